@@ -1,0 +1,273 @@
+"""The `agentmesh` command: run the mesh (`up`, `serve`) and use it (`submit`, `watch`, ...)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SERVICES = {
+    "bus": "services.bus.main",
+    "coordinator": "services.coordinator.main",
+    "planner": "services.planner.main",
+    "executor": "services.executor.main",
+    "inference": "services.inference.main",
+    "gateway": "gateway.main",
+}
+# Start order: what others connect to first. Stop order is the reverse.
+UP_ORDER = ("bus", "planner", "executor", "inference", "coordinator", "gateway")
+
+
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("AGENTMESH_DATA_DIR", "./.agentmesh"))
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key:
+        return args.api_key
+    if os.environ.get("AGENTMESH_API_KEY"):
+        return os.environ["AGENTMESH_API_KEY"]
+    key_file = Path(args.data_dir) / "default.key"
+    return key_file.read_text().strip() if key_file.exists() else None
+
+
+# ---------------------------------------------------------------------------- up / serve / health
+
+
+def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
+    module = importlib.import_module(SERVICES[args.service])
+    return module.main(rest)
+
+
+def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
+    from rich.console import Console
+
+    from services.coordinator.auth import ensure_default_key
+    from services.runtime import config as config_mod
+    from services.runtime.config import CommonConfig
+    from services.runtime.procs import Child, ChildDied, Supervisor, grpc_ready, http_ready, service_argv, tcp_ready
+
+    console = Console(stderr=True)
+    config = config_mod.load(CommonConfig, rest, prog="agentmesh up")
+    data_dir = Path(config.data_dir).resolve()
+    logs = data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    keys_file, new_key = ensure_default_key(data_dir)
+    env = {config_mod.env_name(name): str(value) for name, value in vars(config).items()}
+    env["AGENTMESH_DATA_DIR"] = str(data_dir)
+    if not os.environ.get("AGENTMESH_API_KEYS"):
+        env.setdefault("AGENTMESH_API_KEYS_FILE", str(keys_file))
+    probes = {
+        "bus": tcp_ready(config.bus_sub_addr),
+        "coordinator": grpc_ready(config.coordinator_addr),
+        "planner": grpc_ready(config.planner_addr),
+        "executor": grpc_ready(config.executor_addr),
+        "inference": grpc_ready(config.inference_addr),
+        "gateway": http_ready(f"http://{config.gateway_addr}/healthz"),
+    }
+    sup = Supervisor()
+    for name in UP_ORDER:
+        sup.add(Child(name, service_argv(name), probes[name], env=env, log_path=logs / f"{name}.log"))
+    stop = {"signal": 0}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop["signal"]:
+            return
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    started = time.monotonic()
+    try:
+        sup.start(deadline_s=args.ready_timeout)
+    except (ChildDied, TimeoutError) as exc:
+        console.print(f"[red]agentmesh up failed:[/red] {exc}")
+        sup.stop()
+        return 1
+    ready_s = time.monotonic() - started
+    key_file = data_dir / "default.key"
+    console.print(f"[green]agentmesh is up[/green] in {ready_s:.2f}s (data dir {data_dir})")
+    for child in sup.children:
+        console.print(f"  {child.name:<12} pid {child.pid:<8} log {child.log_path}")
+    console.print(f"  gRPC  {config.coordinator_addr}   HTTP http://{config.gateway_addr}/   bus {config.bus_sub_addr}")
+    if new_key:
+        console.print(f"  API key for tenant [bold]default[/bold]: {new_key} (kept in {key_file})")
+    elif key_file.exists():
+        console.print(f"  API key for tenant default is in {key_file}")
+    if args.ready_file:
+        Path(args.ready_file).write_text(json.dumps({"ready_s": ready_s, "pids": {c.name: c.pid for c in sup.children}}))
+    exit_code = 0
+    while not stop["signal"]:
+        dead = sup.dead_children()
+        if dead:
+            for child in dead:
+                console.print(f"[red]{child.name} exited with {child.proc.returncode}[/red]\n{child.log_tail(20)}")
+            exit_code = 1
+            break
+        time.sleep(0.1)
+    console.print("stopping the mesh ...")
+    codes = sup.stop(grace_s=args.stop_timeout)
+    console.print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()))
+    return exit_code
+
+
+def cmd_health(args: argparse.Namespace, rest: list[str]) -> int:
+    from services.runtime.procs import grpc_ready, http_ready
+
+    probe = grpc_ready(args.target) if args.kind == "grpc" else http_ready(args.target)
+    return 0 if probe() else 1
+
+
+# ---------------------------------------------------------------------------- client verbs
+
+
+def _read_input(text: str) -> str:
+    if text.startswith("@"):
+        text = Path(text[1:]).read_text()
+    json.loads(text)  # fail here, clearly, on bad JSON
+    return text
+
+
+async def _client_call(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from agentmesh.client import AgentMeshClient
+    from agentmesh.render import print_task, print_tasks
+    from services.runtime.errors import AgentMeshError
+    from services.runtime.wire import STATE_VALUES, task_to_dict
+
+    console = Console()
+    client = AgentMeshClient(args.address, _api_key(args))
+    try:
+        if args.command == "submit":
+            task = await client.submit(args.agent, None, input_json=_read_input(args.input), priority=args.priority,
+                                       budget_usd=args.budget, idempotency_key=args.idempotency_key or "")
+            if not args.watch:
+                print_task(console, task, as_json=args.json)
+                return 0
+            console.print(f"submitted [bold]{task.id}[/bold]")
+            return await _watch(console, client, task.id, 0, args.json)
+        if args.command == "watch":
+            return await _watch(console, client, args.id, args.after, args.json)
+        if args.command == "get":
+            print_task(console, await client.get(args.id), as_json=args.json)
+        elif args.command == "list":
+            state = STATE_VALUES.get(args.state.upper(), -1) if args.state else 0
+            if state < 0:
+                console.print(f"unknown state {args.state!r}")
+                return 2
+            reply = await client.list(state=state, limit=args.limit, cursor=args.cursor or "")
+            print_tasks(console, list(reply.tasks), reply.next_cursor, as_json=args.json)
+        elif args.command == "cancel":
+            print_task(console, await client.cancel(args.id), as_json=args.json)
+        elif args.command == "input":
+            reply = await client.send_input(args.id, json.loads(_read_input(args.data)))
+            if args.json:
+                print(json.dumps({"delivered": reply.delivered, "task": task_to_dict(reply.task)}))
+            else:
+                console.print("delivered" if reply.delivered else "queued for the task's next wait")
+        elif args.command == "agents":
+            for agent in (await client.list_agents()).agents:
+                console.print(f"[bold]{agent.name}[/bold]  {agent.description}")
+        return 0
+    except AgentMeshError as exc:
+        console.print(f"[red]{exc.code.name}[/red] {exc.reason}: {exc.message}")
+        return 1
+    finally:
+        await client.close()
+
+
+
+async def _watch(console: Any, client: Any, task_id: str, after: int, as_json: bool) -> int:
+    from agentmesh.render import LiveTaskView
+
+    view = LiveTaskView(console, task_id, as_json=as_json)
+    async for event in client.watch(task_id, after):
+        view.add(event)
+    task = await client.get(task_id)
+    view.finish(task)
+    from protos.agentmesh.v1 import common_pb2
+
+    return 0 if task.state == common_pb2.TASK_STATE_SUCCEEDED else 1
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentmesh", description="A runtime for long-lived AI agent tasks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole mesh here as child processes (Ctrl-C stops it)",
+                        description="Run bus, coordinator, planner, executor, inference and gateway. "
+                                    "Other flags (see `agentmesh serve coordinator --help`) pass through.")
+    up.add_argument("--ready-timeout", type=float, default=60.0)
+    up.add_argument("--stop-timeout", type=float, default=15.0)
+    up.add_argument("--ready-file", default="", help="write readiness time and pids as JSON here")
+
+    serve = sub.add_parser("serve", help="run one service", add_help=False)
+    serve.add_argument("service", choices=sorted(SERVICES))
+
+    health = sub.add_parser("health", help="probe a service: exit 0 when it serves")
+    health.add_argument("kind", choices=("grpc", "http"))
+    health.add_argument("target", help="HOST:PORT for grpc, a URL for http")
+
+    def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--address", default=os.environ.get("AGENTMESH_COORDINATOR_ADDR", "127.0.0.1:50051"))
+        p.add_argument("--api-key", default=None, help="default: $AGENTMESH_API_KEY or DATA_DIR/default.key")
+        p.add_argument("--data-dir", default=str(_default_data_dir()))
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    submit = client_parser("submit", "submit a task")
+    submit.add_argument("agent")
+    submit.add_argument("--input", required=True, help="JSON, or @FILE")
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("--budget", type=float, default=0.0, help="USD")
+    submit.add_argument("--idempotency-key", default="")
+    submit.add_argument("--watch", action="store_true", help="follow it until it finishes")
+    watch = client_parser("watch", "follow a task's events live")
+    watch.add_argument("id")
+    watch.add_argument("--after", type=int, default=0, help="resume after this event seq")
+    get = client_parser("get", "show a task")
+    get.add_argument("id")
+    lst = client_parser("list", "list tasks, newest first")
+    lst.add_argument("--state", default="")
+    lst.add_argument("--limit", type=int, default=20)
+    lst.add_argument("--cursor", default="")
+    cancel = client_parser("cancel", "cancel a task")
+    cancel.add_argument("id")
+    give = client_parser("input", "send input to a task waiting for it")
+    give.add_argument("id")
+    give.add_argument("data", help="JSON, or @FILE")
+    client_parser("agents", "list the agents the planner offers")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv[:1] == ["serve"]:
+        args, rest = parser.parse_known_args(argv[:2])
+        return cmd_serve(args, argv[2:])
+    if argv[:1] == ["up"]:
+        args, rest = parser.parse_known_args(argv)
+        return cmd_up(args, rest)
+    args = parser.parse_args(argv)
+    if args.command == "health":
+        return cmd_health(args, [])
+    try:
+        return asyncio.run(_client_call(args))
+    except json.JSONDecodeError as exc:
+        print(f"invalid JSON: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,826 @@
+"""The coordinator's core: task admission, scheduling, and the durable loop of every task.
+
+Guarantees (the rest of the mesh relies on these):
+- A task acknowledged by `submit` is durable and reaches exactly one terminal state, across
+  coordinator crashes: unfinished tasks resume from their last checkpoint (the last decision),
+  and actions whose result is recorded are never dispatched again.
+- Every change of a task is an event with a dense per-task seq, committed before it is published.
+- Cancel records the intent durably first; then in-flight worker calls are cancelled (the workers
+  kill what they run), children are cancelled, and the task ends CANCELLED.
+- WAITING tasks hold nothing in memory: they live only in the store until an input, a timer or a
+  child wakes them.
+- The queue is bounded: `submit` raises ResourceExhausted rather than growing without limit.
+This module imports neither grpc nor zmq; transport lives in servicer.py and workers.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from protos.agentmesh.v1 import bus_pb2
+from protos.agentmesh.v1 import common_pb2 as pb
+from protos.agentmesh.v1 import planner_pb2
+from services.coordinator import records
+from services.coordinator.events import EventHub, row_to_event
+from services.coordinator.pricing import PriceTable, add_cost
+from services.coordinator.scheduler import Scheduler, TokenBucket
+from services.coordinator.store import EventRow, Store
+from services.coordinator.workers import Workers
+from services.runtime.errors import (
+    AgentMeshError,
+    DeadlineExceeded,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
+from services.runtime.logs import current_task_id
+from services.runtime.wire import STATE_NAMES, TERMINAL_STATES, cost_to_dict
+
+log = logging.getLogger(__name__)
+
+OK, FAILED_A, CANCELLED_A = pb.ACTION_STATUS_OK, pb.ACTION_STATUS_FAILED, pb.ACTION_STATUS_CANCELLED
+TIMED_OUT_A, SKIPPED_A = pb.ACTION_STATUS_TIMED_OUT, pb.ACTION_STATUS_SKIPPED
+ACTION_STATUS_NAMES = {v: k.removeprefix("ACTION_STATUS_") for k, v in pb.ActionStatus.items()}
+DISPATCHED_KINDS = frozenset({"exec", "infer", "embed"})
+WAIT_KINDS = frozenset({"await_input", "sleep", "spawn"})
+# Reasons that no retry can fix.
+NEVER_RETRY = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "CANCELLED", "ISOLATION_UNAVAILABLE",
+                         "UNKNOWN_TOOL", "BUDGET_EXCEEDED"})
+# A sleep this short is waited in memory rather than by parking the task.
+INLINE_SLEEP_S = 1.0
+SWEEP_INTERVAL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_running: int = 256
+    max_queued: int = 10_000
+    max_inflight_exec: int = 64
+    max_inflight_infer: int = 64
+    tenant_submit_rate: float = 0.0
+    tenant_submit_burst: float = 100.0
+    default_action_timeout_s: float = 600.0
+    decide_timeout_s: float = 30.0
+    cancel_grace_s: float = 2.0
+    max_input_bytes: int = 1 << 20
+
+
+class _Interrupt:
+    """Why a running task's loop was cancelled."""
+
+    CANCEL = "cancel"
+    SHUTDOWN = "shutdown"
+    FAIL = "fail"
+
+
+@dataclass(slots=True)
+class TaskRun:
+    """A task while it runs. Dropped when it parks or finishes: WAITING tasks cost no memory."""
+
+    task_id: str
+    tenant: str
+    priority: int = 0
+    agent: str = ""
+    input_json: str = ""
+    memo: str = ""
+    parent_id: str = ""
+    decisions: int = 0
+    decision: pb.Decision | None = None
+    decision_at: float = 0.0
+    results: dict[str, pb.ActionResult] = field(default_factory=dict)
+    cost: pb.Cost = field(default_factory=pb.Cost)
+    budget: pb.Budget = field(default_factory=pb.Budget)
+    deadline: float = 0.0
+    task: asyncio.Task[None] | None = None
+    inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    interrupt: str = ""
+    fail_error: pb.TaskError | None = None
+    wake_pending: bool = False
+
+
+class TaskManager:
+    def __init__(self, store: Store, workers: Workers, publish: Callable[[str, bytes], None],
+                 limits: Limits, prices: PriceTable) -> None:
+        self.store = store
+        self.workers = workers
+        self._publish = publish
+        self.limits = limits
+        self.prices = prices
+        self.scheduler = Scheduler()
+        self.hub = EventHub(self._read_events)
+        self._running: dict[str, TaskRun] = {}
+        self._buckets: dict[str, TokenBucket] = {}
+        self._slots = {
+            "exec": asyncio.Semaphore(limits.max_inflight_exec),
+            "infer": asyncio.Semaphore(limits.max_inflight_infer),
+            "embed": asyncio.Semaphore(limits.max_inflight_infer),
+        }
+        self._accepting = True
+        self._background: set[asyncio.Task[Any]] = set()
+        self._agents_cache: tuple[float, list[Any]] = (0.0, [])
+        self.finished_total: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _emit(self, rows: list[EventRow] | None) -> None:
+        for row in rows or ():
+            event = row_to_event(row)
+            self._publish(f"task.{row.task_id}", event.SerializeToString())
+            self.hub.deliver(event)
+
+    async def _tx(self, fn: Callable[[Any], tuple[Any, list[EventRow] | None]]) -> Any:
+        """Run `fn(conn) -> (value, events)` in the store; publish the events after the commit."""
+        future = self.store.run(fn)
+        future.add_done_callback(self._emit_done)
+        value, _ = await future
+        return value
+
+    def _tx_nowait(self, fn: Callable[[Any], tuple[Any, list[EventRow] | None]]) -> None:
+        """As `_tx`, for writes nobody waits on (output chunks): order is kept by the store queue."""
+        self.store.run(fn).add_done_callback(self._emit_done)
+
+    def _emit_done(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            return
+        self._emit(future.result()[1])
+
+    def _spawn_bg(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background step failed", exc_info=task.exception())
+
+    async def _read_events(self, task_id: str, after: int, limit: int) -> tuple[list[EventRow], tuple[int, int] | None]:
+        return await self.store.run(
+            lambda c: (records.events_after(c, task_id, after, limit), records.task_progress(c, task_id))
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> int:
+        """Put every unfinished task back to work. Returns how many were resumed."""
+        rows = await self.store.run(records.resumable)
+        for task_id, tenant, priority, _state in rows:
+            self.scheduler.push(task_id, tenant, priority)
+        self._pump()
+        return len(rows)
+
+    async def sweep_forever(self) -> None:
+        """Wake parked tasks whose timer is due. Never stopped by an error: it logs and goes on."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                due = await self.store.run(lambda c: records.due_wakeups(c, time.time(), 1000))
+                for task_id, tenant, priority in due:
+                    self._wake_known(task_id, tenant, priority)
+            except Exception:  # noqa: BLE001
+                log.exception("wake-up sweep failed")
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop starting tasks; hand running ones back (they stay RUNNING in the store and resume on
+        the next start); their in-flight actions are cancelled so no worker runs orphaned work."""
+        self._accepting = False
+        runs = list(self._running.values())
+        for run in runs:
+            self._interrupt(run, _Interrupt.SHUTDOWN)
+        tasks = [r.task for r in runs if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for task in list(self._background):
+            task.cancel()
+
+    # ------------------------------------------------------------------ public operations
+
+    async def submit(self, tenant: str, agent: str, input_json: str, *, priority: int = 0,
+                     budget: pb.Budget | None = None, deadline_s: float = 0.0, idempotency_key: str = "",
+                     labels: dict[str, str] | None = None) -> pb.Task:
+        if not self._accepting:
+            raise Unavailable("coordinator is shutting down", reason="DRAINING", retry_after_s=1.0)
+        budget = budget or pb.Budget()
+        labels = labels or {}
+        _validate_submit(agent, input_json, priority, budget, deadline_s, idempotency_key, labels,
+                         self.limits.max_input_bytes)
+        wait = self._bucket(tenant).take(time.monotonic())
+        if wait > 0:
+            raise ResourceExhausted(f"tenant {tenant!r} is over its submit rate", reason="RATE_LIMITED",
+                                    retry_after_s=round(wait, 3))
+        canonical_input = json.dumps(json.loads(input_json), sort_keys=True, separators=(",", ":"))
+        request_hash = hashlib.sha256(json.dumps(
+            [agent, canonical_input, priority, budget.usd, budget.tokens, deadline_s, sorted(labels.items())]
+        ).encode()).hexdigest()
+        if self.scheduler.admitted_waiting >= self.limits.max_queued:
+            if idempotency_key:  # a repeat of an accepted submit is answered even when full
+                existing = await self._find_idempotent(tenant, idempotency_key, request_hash)
+                if existing is not None:
+                    return existing
+            raise ResourceExhausted(
+                f"queue is full ({self.limits.max_queued} tasks waiting to start)", reason="QUEUE_FULL",
+                retry_after_s=self._retry_hint(),
+            )
+        await self.workers.validate(agent, input_json, timeout=self.limits.decide_timeout_s)
+        now = time.time()
+        task = pb.Task(
+            id=records.new_task_id(), tenant=tenant, agent=agent, input_json=input_json, priority=priority,
+            budget=budget, deadline=now + deadline_s if deadline_s else 0.0, labels=labels,
+            idempotency_key=idempotency_key, created_at=now, updated_at=now,
+        )
+
+        def op(conn: Any) -> tuple[tuple[pb.Task, bool], list[EventRow]]:
+            stored, created, events = records.insert_task(conn, task, request_hash)
+            return (stored, created), events
+
+        stored, created = await self._tx(op)
+        if created:
+            self.scheduler.push(stored.id, tenant, priority, admitted=True)
+            self._pump()
+        return stored
+
+    async def _find_idempotent(self, tenant: str, key: str, request_hash: str) -> pb.Task | None:
+        probe = pb.Task(tenant=tenant, idempotency_key=key)
+
+        def op(conn: Any) -> pb.Task | None:
+            row = conn.execute("SELECT id, request_hash FROM tasks WHERE tenant = ? AND idem_key = ?",
+                               (tenant, key)).fetchone()
+            if row is None:
+                return None
+            stored, _, _ = records.insert_task(conn, probe, request_hash)  # raises on a different body
+            return stored
+
+        return await self.store.run(op)
+
+    def _retry_hint(self) -> float:
+        # Roughly the time for the running set to turn over once; at least a second.
+        return max(1.0, min(30.0, len(self.scheduler) / max(1, self.limits.max_running)))
+
+    def _bucket(self, tenant: str) -> TokenBucket:
+        bucket = self._buckets.get(tenant)
+        if bucket is None:
+            bucket = TokenBucket(self.limits.tenant_submit_rate, self.limits.tenant_submit_burst, time.monotonic())
+            self._buckets[tenant] = bucket
+        return bucket
+
+    async def get(self, tenant: str, task_id: str) -> pb.Task:
+        return await self.store.run(lambda c: records.get_task(c, task_id, tenant))
+
+    async def list(self, tenant: str, state: int, limit: int, cursor: str) -> tuple[list[pb.Task], str]:
+        if state and state not in STATE_NAMES:
+            raise InvalidArgument(f"unknown state {state}")
+        limit = 50 if limit <= 0 else min(limit, 1000)
+        return await self.store.run(lambda c: records.list_tasks(c, tenant, state, limit, cursor))
+
+    async def list_agents(self) -> list[Any]:
+        stamp, agents = self._agents_cache
+        if time.monotonic() - stamp > 5.0 or not agents:
+            agents = await self.workers.list_agents(timeout=self.limits.decide_timeout_s)
+            self._agents_cache = (time.monotonic(), agents)
+        return agents
+
+    async def cancel(self, tenant: str | None, task_id: str, reason: str = "") -> pb.Task:
+        """Idempotent. FailedPrecondition if the task already finished otherwise than cancelled."""
+        reason = reason or "cancelled by request"
+
+        def op(conn: Any) -> tuple[tuple[pb.Task, bool, list[str]], list[EventRow]]:
+            task, new, events = records.request_cancel(conn, task_id, tenant, reason)
+            children = records.unfinished_children(conn, task_id) if new else []
+            return (task, new, children), events
+
+        task, new, children = await self._tx(op)
+        if task.state in TERMINAL_STATES:
+            return task
+        self._publish(f"cancel.{task_id}", bus_pb2.CancelNotice(task_id=task_id, reason=reason).SerializeToString())
+        run = self._running.get(task_id)
+        if run is not None:
+            self._interrupt(run, _Interrupt.CANCEL)
+        else:
+            # QUEUED or WAITING: nothing is in flight, so it ends now. If it starts running meanwhile,
+            # its loop reads the durable intent and ends CANCELLED itself; finishing twice is a no-op.
+            self.scheduler.discard(task_id)
+            await self._finish(task_id, records.CANCELLED, parent_id=None)
+        for child in children:
+            with contextlib.suppress(AgentMeshError):
+                await self.cancel(None, child, f"parent {task_id} cancelled")
+        return await self.store.run(lambda c: records.get_task(c, task_id))
+
+    async def send_input(self, tenant: str, task_id: str, data_json: str) -> tuple[bool, pb.Task]:
+        """Queue an input for the task's current or next `await_input`. Refused for finished tasks."""
+        if len(data_json.encode()) > self.limits.max_input_bytes:
+            raise InvalidArgument(f"input is larger than {self.limits.max_input_bytes} bytes", reason="INPUT_TOO_LARGE")
+        _parse_json(data_json, "data")
+
+        def op(conn: Any) -> tuple[pb.Task, list[EventRow]]:
+            return records.add_input(conn, task_id, tenant, data_json)
+
+        task = await self._tx(op)
+        delivered = task.state == records.WAITING and bool(task.input_prompt)
+        self._wake_known(task.id, task.tenant, task.priority)
+        return delivered, task
+
+    async def watch(self, tenant: str, task_id: str, after_seq: int):  # type: ignore[no-untyped-def]
+        await self.get(tenant, task_id)  # NotFound for a missing task or another tenant's
+        async for event in self.hub.watch(task_id, max(0, after_seq), TERMINAL_STATES):
+            yield event
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _wake_known(self, task_id: str, tenant: str, priority: int) -> None:
+        run = self._running.get(task_id)
+        if run is not None:
+            run.wake_pending = True  # it re-checks before parking, or re-queues itself after
+            return
+        self.scheduler.push(task_id, tenant, priority)
+        self._pump()
+
+    async def _wake(self, task_id: str) -> None:
+        row = await self.store.run(
+            lambda c: c.execute("SELECT tenant, priority, state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        )
+        if row is not None and row[2] == records.WAITING:
+            self._wake_known(task_id, row[0], row[1])
+
+    def _pump(self) -> None:
+        while self._accepting and len(self._running) < self.limits.max_running:
+            picked = self.scheduler.pop()
+            if picked is None:
+                return
+            task_id, tenant = picked
+            run = TaskRun(task_id=task_id, tenant=tenant)
+            self._running[task_id] = run
+            self.scheduler.started(tenant)
+            run.task = asyncio.get_running_loop().create_task(self._drive(run), name=f"task-{task_id}")
+
+    def _interrupt(self, run: TaskRun, why: str, error: pb.TaskError | None = None) -> None:
+        if run.interrupt:
+            if why == _Interrupt.CANCEL and run.interrupt == _Interrupt.FAIL:
+                return
+            if run.interrupt == _Interrupt.CANCEL:
+                return
+        run.interrupt = why
+        run.fail_error = error
+        if run.task is not None:
+            run.task.cancel()
+
+    # ------------------------------------------------------------------ the task loop
+
+    async def _drive(self, run: TaskRun) -> None:
+        token = current_task_id.set(run.task_id)
+        requeue = False
+        try:
+            requeue = await self._loop(run)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            await self._stop_inflight(run)
+            if run.interrupt == _Interrupt.CANCEL:
+                await self._finish(run.task_id, records.CANCELLED, parent_id=run.parent_id)
+            elif run.interrupt == _Interrupt.FAIL:
+                await self._finish(run.task_id, records.FAILED, error=run.fail_error, parent_id=run.parent_id)
+            elif run.interrupt != _Interrupt.SHUTDOWN:
+                raise
+        except AgentMeshError as exc:
+            await self._stop_inflight(run)
+            await self._finish(run.task_id, records.FAILED, parent_id=run.parent_id,
+                               error=pb.TaskError(reason=exc.reason, message=exc.message))
+        except Exception as exc:  # noqa: BLE001 - one task's bug must not take the coordinator down
+            log.exception("task loop failed")
+            await self._stop_inflight(run)
+            await self._finish(run.task_id, records.FAILED, parent_id=run.parent_id,
+                               error=pb.TaskError(reason="INTERNAL", message=f"coordinator error: {exc!r}"))
+        finally:
+            current_task_id.reset(token)
+            self._running.pop(run.task_id, None)
+            self.scheduler.finished(run.tenant)
+            if (requeue or run.wake_pending) and self._accepting and not run.interrupt:
+                self._spawn_bg(self._wake(run.task_id))
+            self._pump()
+
+    async def _load(self, run: TaskRun) -> bool:
+        """Read the task into `run`; False if there is nothing to run."""
+
+        def op(conn: Any) -> tuple[Any, list[EventRow] | None]:
+            task = records.get_task(conn, run.task_id)
+            if task.state in TERMINAL_STATES:
+                return None, None
+            if task.cancel_requested:
+                return "cancel", None
+            events = None
+            if task.state != records.RUNNING:
+                events = records.set_state(conn, run.task_id, records.RUNNING)
+            memo = records.load_memo(conn, run.task_id)
+            decision = records.load_decision(conn, run.task_id, task.decisions) if task.decisions else None
+            parent = records.parent_of(conn, run.task_id) or ""
+            return (task, memo, decision, parent), events
+
+        loaded = await self._tx(op)
+        if loaded is None:
+            return False
+        if loaded == "cancel":
+            await self._finish(run.task_id, records.CANCELLED, parent_id=None)
+            return False
+        task, memo, decision, parent = loaded
+        run.agent, run.input_json, run.memo, run.priority = task.agent, task.input_json, memo, task.priority
+        run.decisions, run.cost, run.budget, run.deadline = task.decisions, task.cost, task.budget, task.deadline
+        run.parent_id = parent
+        if decision is not None:
+            run.decision, run.decision_at, run.results = decision
+        return True
+
+    async def _loop(self, run: TaskRun) -> bool:
+        """Drive the task until it parks (returns whether to re-queue at once) or finishes."""
+        if not await self._load(run):
+            return False
+        while True:
+            self._check_deadline(run)
+            decision = run.decision
+            if decision is not None and decision.fail_fast:
+                if any(r.status != OK for r in run.results.values()):
+                    await self._skip_pending(run)
+            pending = [a for a in decision.actions if a.id not in run.results] if decision is not None else []
+            if not pending:
+                if await self._decide_next(run):
+                    return False
+                continue
+            parked = await self._run_actions(run, pending)
+            if parked is not None:
+                return parked
+
+    def _check_deadline(self, run: TaskRun) -> None:
+        if run.deadline and time.time() >= run.deadline:
+            raise DeadlineExceeded("the task passed its deadline", reason="DEADLINE_EXCEEDED")
+
+    async def _skip_pending(self, run: TaskRun) -> None:
+        assert run.decision is not None
+        for action in run.decision.actions:
+            if action.id not in run.results:
+                skipped = pb.ActionResult(action_id=action.id, key=action.key, status=SKIPPED_A,
+                                          error=pb.TaskError(reason="SKIPPED", message="a fail-fast sibling failed"))
+                await self._record(run, skipped)
+
+    async def _decide_next(self, run: TaskRun) -> bool:
+        """Ask the planner for the next decision and checkpoint it. True when the task finished."""
+        seq = run.decisions + 1
+        results = [run.results[a.id] for a in run.decision.actions if a.id in run.results] if run.decision else []
+        request = planner_pb2.DecideRequest(task_id=run.task_id, agent=run.agent, input_json=run.input_json,
+                                            memo_json=run.memo, results=results, decision_seq=seq)
+        decision = await self._call_planner(run, request)
+        for index, action in enumerate(decision.actions):
+            action.id = f"{run.task_id}.{seq}.{index}"
+            if action.WhichOneof("kind") is None:
+                raise InvalidArgument(f"planner returned action {index} with no kind", reason="INVALID_DECISION")
+        summary = {
+            "seq": seq,
+            "actions": [{"id": a.id, "key": a.key, "kind": a.WhichOneof("kind")} for a in decision.actions],
+            "final": STATE_NAMES[decision.final.state] if decision.HasField("final") else None,
+        }
+        if decision.HasField("final"):
+            final = decision.final
+            state = records.SUCCEEDED if final.state == records.SUCCEEDED else records.FAILED
+            error = final.error if final.error.reason else None
+            if state == records.FAILED and error is None:
+                error = pb.TaskError(reason="AGENT_FAILED", message="the agent reported failure")
+
+            def final_op(conn: Any) -> tuple[None, list[EventRow]]:
+                _, events = records.save_decision(conn, run.task_id, seq, decision, summary)
+                return None, events + records.finish(conn, run.task_id, state, result_json=final.result_json,
+                                                      error=error)
+
+            await self._tx(final_op)
+            self._count_finish(state)
+            if run.parent_id:
+                self._spawn_bg(self._wake(run.parent_id))
+            return True
+        asks = [("input.requested", json.dumps({"action_id": a.id, "key": a.key, "prompt": a.await_input.prompt}))
+                for a in decision.actions if a.WhichOneof("kind") == "await_input"]
+
+        def op(conn: Any) -> tuple[float, list[EventRow]]:
+            created_at, events = records.save_decision(conn, run.task_id, seq, decision, summary)
+            return created_at, events + records.append_events(conn, run.task_id, asks, created_at) if asks else events
+
+        run.decision_at = await self._tx(op)
+        run.decision, run.decisions, run.memo, run.results = decision, seq, decision.memo_json, {}
+        return False
+
+    async def _call_planner(self, run: TaskRun, request: planner_pb2.DecideRequest) -> pb.Decision:
+        delay = 0.05
+        while True:
+            try:
+                return await self.workers.decide(request, timeout=self.limits.decide_timeout_s)
+            except AgentMeshError as exc:
+                if not exc.retryable:
+                    raise AgentMeshError(f"planner: {exc.message}", reason="PLANNER_ERROR") from exc
+                log.warning("planner unavailable (%s); retrying in %.2fs", exc.reason, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            self._check_deadline(run)
+
+    # ------------------------------------------------------------------ actions
+
+    async def _run_actions(self, run: TaskRun, pending: list[pb.Action]) -> bool | None:
+        """Run what can run now. None: the decision is complete (decide again). True/False: the task
+        parked (True: an input or wake came in meanwhile, so run it again at once)."""
+        waits = [a for a in pending if a.WhichOneof("kind") in WAIT_KINDS]
+        dispatched = [a for a in pending if a.WhichOneof("kind") in DISPATCHED_KINDS]
+        assert run.decision is not None
+        fail_fast = run.decision.fail_fast
+        waits = [a for a in waits if not await self._try_resolve(run, a)]
+        if dispatched:
+            tasks = {asyncio.get_running_loop().create_task(self._dispatch(run, a)) for a in dispatched}
+            run.inflight = tasks
+            try:
+                while tasks:
+                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    run.inflight = tasks
+                    failed = any(t.result().status != OK for t in done)
+                    if failed and fail_fast and tasks:
+                        for t in tasks:
+                            t.cancel()
+                        await asyncio.gather(*tasks, return_exceptions=True)
+                        tasks = set()
+            finally:
+                run.inflight = set()
+            if fail_fast and any(r.status != OK for r in run.results.values()):
+                return None
+            waits = [a for a in waits if not await self._try_resolve(run, a)]
+        if not waits:
+            return None
+        return await self._park_or_sleep(run, waits)
+
+    async def _park_or_sleep(self, run: TaskRun, waits: list[pb.Action]) -> bool | None:
+        now = time.time()
+        wake_times = []
+        for action in waits:
+            kind = action.WhichOneof("kind")
+            if kind == "sleep":
+                wake_times.append(run.decision_at + action.sleep.seconds)
+            elif kind == "await_input" and action.await_input.timeout_s > 0:
+                wake_times.append(run.decision_at + action.await_input.timeout_s)
+        if run.deadline:
+            wake_times.append(run.deadline)
+        wake_at = min(wake_times) if wake_times else None
+        only_sleeps = all(a.WhichOneof("kind") == "sleep" for a in waits)
+        if only_sleeps and wake_at is not None and wake_at - now <= INLINE_SLEEP_S:
+            await asyncio.sleep(max(0.0, wake_at - now))
+            return None
+        prompts = [a.await_input.prompt for a in waits if a.WhichOneof("kind") == "await_input"]
+        waiting_for_input = bool(prompts)
+        run.wake_pending = False
+
+        def op(conn: Any) -> tuple[bool | None, list[EventRow] | None]:
+            events = records.park(conn, run.task_id, wake_at, prompts[0] if prompts else "", waiting_for_input, [])
+            return (events is not None), events
+
+        parked = await self._tx(op)
+        if not parked:
+            return None  # an input is already there: go on
+        return run.wake_pending
+
+    async def _try_resolve(self, run: TaskRun, action: pb.Action) -> bool:
+        """Settle a wait-kind action if it can be settled now; True if it has a result."""
+        kind = action.WhichOneof("kind")
+        now = time.time()
+        if kind == "sleep":
+            if now < run.decision_at + action.sleep.seconds:
+                return False
+            await self._record(run, pb.ActionResult(action_id=action.id, key=action.key, status=OK,
+                                                    output_json=json.dumps({"slept_s": action.sleep.seconds})))
+            return True
+        if kind == "await_input":
+            timeout = action.await_input.timeout_s
+            timed_out = bool(timeout) and now >= run.decision_at + timeout
+            data = await self.store.run(lambda c: records.take_input(c, run.task_id, action.id))
+            if data is not None:
+                await self._record(run, pb.ActionResult(action_id=action.id, key=action.key, status=OK,
+                                                        output_json=data))
+                return True
+            if timed_out:
+                await self._record(run, pb.ActionResult(
+                    action_id=action.id, key=action.key, status=TIMED_OUT_A,
+                    error=pb.TaskError(reason="INPUT_TIMEOUT", message=f"no input within {timeout:g}s")))
+                return True
+            return False
+        if kind == "spawn":
+            return await self._resolve_spawn(run, action)
+        raise InvalidArgument(f"not a wait action: {kind}")
+
+    async def _resolve_spawn(self, run: TaskRun, action: pb.Action) -> bool:
+        spawn = action.spawn
+        now = time.time()
+
+        def op(conn: Any) -> tuple[tuple[list[pb.Task], bool], list[EventRow]]:
+            children = records.children_of(conn, run.task_id, action.id)
+            if children:
+                return (children, False), []
+            events: list[EventRow] = []
+            for index, spec in enumerate(spawn.children):
+                child = pb.Task(
+                    id=records.new_task_id() + f"{index:04x}", tenant=run.tenant, agent=spec.agent,
+                    input_json=spec.input_json or "{}", priority=spec.priority or run.priority,
+                    labels=dict(spec.labels), parent_id=run.task_id, created_at=now, updated_at=now,
+                    deadline=run.deadline,
+                )
+                stored, _, child_events = records.insert_task(conn, child, "", parent_action=action.id)
+                events += child_events
+                children.append(stored)
+            return (children, True), events
+
+        children, created = await self._tx(op)
+        if created:
+            for child in children:
+                self.scheduler.push(child.id, child.tenant, child.priority)
+            self._pump()
+            return False
+        outcome = _join(spawn.join, children)
+        if outcome is None:
+            return False
+        status, error, losers = outcome
+        output = {"children": [{"id": c.id, "state": STATE_NAMES[c.state],
+                                "result": json.loads(c.result_json) if c.result_json else None,
+                                "error": c.error.reason or None} for c in children]}
+        await self._record(run, pb.ActionResult(action_id=action.id, key=action.key, status=status,
+                                                output_json=json.dumps(output), error=error))
+        for loser in losers:
+            with contextlib.suppress(AgentMeshError):
+                await self.cancel(None, loser, "join settled")
+        return True
+
+    async def _dispatch(self, run: TaskRun, action: pb.Action) -> pb.ActionResult:
+        kind = action.WhichOneof("kind")
+        timeout = action.timeout_s or self.limits.default_action_timeout_s
+        if run.deadline:
+            timeout = max(0.001, min(timeout, run.deadline - time.time()))
+        attempts = max(1, action.retry.attempts)
+        started_event = json.dumps({"action_id": action.id, "key": action.key, "kind": kind})
+        self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, [("action.started", started_event)])))
+
+        def sink(stream: str, data: bytes) -> None:
+            payload = json.dumps({"action_id": action.id, "stream": stream, "text": data.decode(errors="replace")})
+            self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, [("action.output", payload)])))
+
+        result = pb.ActionResult()
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._slots[kind]:
+                    if kind == "exec":
+                        result = await self.workers.run_exec(run.task_id, action, timeout, sink, attempt)
+                    elif kind == "infer":
+                        result = await self.workers.run_infer(run.task_id, action, timeout, sink)
+                    else:
+                        result = await self.workers.run_embed(run.task_id, action, timeout)
+            except AgentMeshError as exc:
+                status = TIMED_OUT_A if exc.reason == "DEADLINE_EXCEEDED" else FAILED_A
+                result = pb.ActionResult(status=status, error=pb.TaskError(reason=exc.reason, message=exc.message))
+            result.action_id, result.key, result.attempts = action.id, action.key, attempt
+            if result.status == OK or attempt == attempts or not _retryable(result, action.retry):
+                break
+            delay = _backoff(action.retry, attempt)
+            note = json.dumps({"message": f"action {action.key or action.id} attempt {attempt} failed "
+                                          f"({result.error.reason or ACTION_STATUS_NAMES[result.status]}); "
+                                          f"retrying in {delay:.2f}s", "action_id": action.id})
+            self._tx_nowait(lambda c, n=note: (None, records.append_if_live(c, run.task_id, [("log", n)])))
+            await asyncio.sleep(delay)
+        await self._record(run, result)
+        return result
+
+    async def _record(self, run: TaskRun, result: pb.ActionResult) -> None:
+        """Persist an action's result with the task's new cost; stop the task if it passed its budget."""
+        result.cost.usd = self.prices.usd(result.cost)
+        total = pb.Cost()
+        total.CopyFrom(run.cost)
+        add_cost(total, result.cost)
+        finished = {
+            "action_id": result.action_id, "key": result.key, "status": ACTION_STATUS_NAMES[result.status],
+            "exit_code": result.exit_code, "attempts": result.attempts,
+            "error": result.error.reason or None,
+        }
+        events = [("action.finished", json.dumps(finished))]
+        if result.cost.usd or result.cost.tokens_in or result.cost.tokens_out:
+            events.append(("cost", json.dumps({"action_id": result.action_id, "action": cost_to_dict(result.cost),
+                                               "task": cost_to_dict(total)})))
+        decision_seq = run.decisions
+
+        def op(conn: Any) -> tuple[None, list[EventRow] | None]:
+            return None, records.save_result(conn, run.task_id, decision_seq, result, total, events)
+
+        await self._tx(op)
+        run.results[result.action_id] = result
+        run.cost = total
+        over = _over_budget(total, run.budget)
+        if over:
+            self._interrupt(run, _Interrupt.FAIL, pb.TaskError(reason="BUDGET_EXCEEDED", message=over))
+
+    async def _stop_inflight(self, run: TaskRun) -> None:
+        tasks = [t for t in run.inflight if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=self.limits.cancel_grace_s)
+        run.inflight = set()
+
+    async def _finish(self, task_id: str, state: int, *, parent_id: str | None, result_json: str = "",
+                      error: pb.TaskError | None = None) -> None:
+        def op(conn: Any) -> tuple[tuple[bool, str | None], list[EventRow]]:
+            events = records.finish(conn, task_id, state, result_json=result_json, error=error)
+            return (bool(events), records.parent_of(conn, task_id)), events
+
+        finished, parent = await self._tx(op)
+        if not finished:
+            return  # it had already finished: count and wake once only
+        self._count_finish(state)
+        if parent or parent_id:
+            self._spawn_bg(self._wake(parent or parent_id or ""))
+
+    def _count_finish(self, state: int) -> None:
+        name = STATE_NAMES[state]
+        self.finished_total[name] = self.finished_total.get(name, 0) + 1
+
+
+# ---------------------------------------------------------------------- pure helpers
+
+
+def _parse_json(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidArgument(f"{what} is nested too deeply", reason="JSON_TOO_DEEP") from None
+    except ValueError as exc:
+        raise InvalidArgument(f"{what} is not valid JSON: {exc}", reason="MALFORMED_JSON") from None
+
+
+def _validate_submit(agent: str, input_json: str, priority: int, budget: pb.Budget, deadline_s: float,
+                     idempotency_key: str, labels: dict[str, str], max_input_bytes: int) -> None:
+    violations = []
+    if not agent:
+        violations.append(("agent", "required"))
+    elif len(agent) > 128:
+        violations.append(("agent", "longer than 128 characters"))
+    if len(input_json.encode()) > max_input_bytes:
+        violations.append(("input", f"larger than {max_input_bytes} bytes"))
+    if not -1000 <= priority <= 1000:
+        violations.append(("priority", "must be between -1000 and 1000"))
+    if budget.usd < 0 or budget.tokens < 0:
+        violations.append(("budget", "must not be negative"))
+    if deadline_s < 0:
+        violations.append(("deadline_s", "must not be negative"))
+    if len(idempotency_key) > 256:
+        violations.append(("idempotency_key", "longer than 256 characters"))
+    if len(labels) > 64 or any(len(k) > 128 or len(v) > 1024 for k, v in labels.items()):
+        violations.append(("labels", "at most 64 labels, keys up to 128 and values up to 1024 characters"))
+    if violations:
+        raise InvalidArgument("; ".join(f"{f}: {d}" for f, d in violations), field_violations=violations)
+    _parse_json(input_json or "null", "input")
+
+
+def _retryable(result: pb.ActionResult, policy: pb.RetryPolicy) -> bool:
+    reason = result.error.reason or ("TIMED_OUT" if result.status == TIMED_OUT_A else "FAILED")
+    if result.status == CANCELLED_A or reason in NEVER_RETRY:
+        return False
+    return not policy.retry_on or reason in policy.retry_on
+
+
+def _backoff(policy: pb.RetryPolicy, attempt: int) -> float:
+    base = policy.backoff_s if policy.backoff_s > 0 else 0.2
+    cap = policy.max_backoff_s if policy.max_backoff_s > 0 else 60.0
+    delay = min(cap, base * (2 ** (attempt - 1)))
+    return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+
+
+def _over_budget(cost: pb.Cost, budget: pb.Budget) -> str:
+    if budget.usd and cost.usd > budget.usd:
+        return f"spent ${cost.usd:.6f} of a ${budget.usd:.6f} budget"
+    if budget.tokens and cost.tokens_in + cost.tokens_out > budget.tokens:
+        return f"used {cost.tokens_in + cost.tokens_out} tokens of a {budget.tokens} token budget"
+    return ""
+
+
+def _join(mode: int, children: list[pb.Task]) -> tuple[int, pb.TaskError | None, list[str]] | None:
+    """Settle a spawn: (status, error, children to cancel), or None while it must still wait."""
+    done = [c for c in children if c.state in TERMINAL_STATES]
+    unfinished = [c.id for c in children if c.state not in TERMINAL_STATES]
+    succeeded = [c for c in done if c.state == records.SUCCEEDED]
+    failed = [c for c in done if c.state != records.SUCCEEDED]
+    if mode == pb.JOIN_MODE_ANY:
+        if succeeded:
+            return OK, None, unfinished
+        if not unfinished:
+            return FAILED_A, pb.TaskError(reason="CHILDREN_FAILED", message="no child succeeded"), []
+        return None
+    if mode == pb.JOIN_MODE_FAIL_FAST and failed:
+        return FAILED_A, pb.TaskError(reason="CHILD_FAILED", message=f"child {failed[0].id} failed"), unfinished
+    if unfinished:
+        return None
+    if failed:
+        return FAILED_A, pb.TaskError(reason="CHILD_FAILED", message=f"{len(failed)} of {len(children)} children failed"), []
+    return OK, None, []

@@ -1,0 +1,77 @@
+"""`agentmesh serve coordinator`."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from prometheus_client import Gauge
+
+from protos.agentmesh.v1 import agent_service_pb2, agent_service_pb2_grpc
+from services.coordinator.auth import load_keyring
+from services.coordinator.config import CoordinatorConfig
+from services.coordinator.core import Limits, TaskManager
+from services.coordinator.pricing import PriceTable
+from services.coordinator.servicer import AgentServicer
+from services.coordinator.store import Store
+from services.coordinator.workers import Workers
+from services.runtime import config as config_mod
+from services.runtime import server
+from services.runtime.server import Runtime, Service
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "agentmesh.db"
+
+
+class CoordinatorService(Service):
+    name = "coordinator"
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.store = Store(Path(config.data_dir) / DB_FILE, synchronous=config.db_synchronous)
+        self.workers: Workers | None = None
+        self.manager: TaskManager | None = None
+
+    async def setup(self, rt: Runtime) -> None:
+        cfg = self.config
+        keys = load_keyring(cfg.api_keys, cfg.api_keys_file, Path(cfg.data_dir))
+        await self.store.start()
+        # Channels belong to the running loop: made here, not in __init__.
+        self.workers = Workers(cfg.planner_addr, cfg.executor_addr, cfg.inference_addr)
+        limits = Limits(
+            max_running=cfg.max_running, max_queued=cfg.max_queued, max_inflight_exec=cfg.max_inflight_exec,
+            max_inflight_infer=cfg.max_inflight_infer, tenant_submit_rate=cfg.tenant_submit_rate,
+            tenant_submit_burst=cfg.tenant_submit_burst, default_action_timeout_s=cfg.default_action_timeout_s,
+            decide_timeout_s=cfg.decide_timeout_s, cancel_grace_s=cfg.cancel_grace_s,
+            max_input_bytes=cfg.max_input_bytes,
+        )
+        manager = TaskManager(self.store, self.workers, rt.bus.publish, limits, PriceTable.parse(cfg.prices))
+        self.manager = manager
+        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(manager, keys), rt.server)
+        rt.add_service_name(agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
+        self._keys = len(keys)
+
+    async def warm(self, rt: Runtime) -> None:
+        assert self.manager is not None
+        manager = self.manager
+        resumed = await manager.start()
+        log.info("store %s; %d keys; resumed %d unfinished tasks", self.store.path, self._keys, resumed)
+        rt.spawn(manager.sweep_forever(), "wake-sweeper")
+        Gauge("agentmesh_tasks_running", "tasks running now").set_function(lambda: len(manager._running))
+        Gauge("agentmesh_tasks_queued", "tasks waiting to start").set_function(lambda: len(manager.scheduler))
+        Gauge("agentmesh_watchers", "tasks with live watchers").set_function(lambda: manager.hub.watched_tasks)
+
+    async def drain(self) -> None:
+        if self.manager is not None:
+            await self.manager.drain(self.config.shutdown_grace_s)
+
+    async def close(self) -> None:
+        if self.workers is not None:
+            await self.workers.close()
+        await self.store.close()
+
+
+def main(argv: list[str]) -> int:
+    config = config_mod.load(CoordinatorConfig, argv, prog="agentmesh serve coordinator")
+    return server.run(CoordinatorService(config), config, config.listen_addr)

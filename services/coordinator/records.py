@@ -1,0 +1,308 @@
+"""SQL operations on the store, each a plain function of a connection, run on the store thread.
+
+Rows become protobuf `Task` messages here and nowhere else. Functions that change a task also
+append the events describing the change and return them, so the caller can publish them after
+the commit.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from protos.agentmesh.v1 import common_pb2 as pb
+from services.coordinator.store import EventRow, append_events
+from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
+from services.runtime.wire import STATE_NAMES, TERMINAL_STATES
+
+QUEUED, RUNNING, WAITING = pb.TASK_STATE_QUEUED, pb.TASK_STATE_RUNNING, pb.TASK_STATE_WAITING
+SUCCEEDED, FAILED, CANCELLED = pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED, pb.TASK_STATE_CANCELLED
+
+TASK_COLUMNS = (
+    "id, tenant, agent, input, priority, budget_usd, budget_tokens, deadline, labels, idem_key, parent_id, "
+    "state, result, error, cost, decisions, last_seq, cancel_requested, input_prompt, created_at, updated_at, "
+    "finished_at"
+)
+
+
+def new_task_id() -> str:
+    """Time-ordered ids: listing by id is listing by submission time."""
+    return f"{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
+def row_to_task(row: tuple[Any, ...]) -> pb.Task:
+    (tid, tenant, agent, input_json, priority, budget_usd, budget_tokens, deadline, labels, idem_key, parent_id,
+     state, result, error, cost, decisions, last_seq, cancel_requested, input_prompt, created_at, updated_at,
+     finished_at) = row
+    task = pb.Task(
+        id=tid, tenant=tenant, agent=agent, input_json=input_json, priority=priority,
+        budget=pb.Budget(usd=budget_usd, tokens=budget_tokens), deadline=deadline, labels=json.loads(labels),
+        idempotency_key=idem_key or "", parent_id=parent_id or "", state=state, result_json=result,
+        decisions=decisions, last_seq=last_seq, cancel_requested=bool(cancel_requested), input_prompt=input_prompt,
+        created_at=created_at, updated_at=updated_at, finished_at=finished_at,
+    )
+    if error:
+        task.error.ParseFromString(error)
+    if cost:
+        task.cost.ParseFromString(cost)
+    return task
+
+
+def state_event(state: int, **extra: Any) -> tuple[str, str]:
+    data = {"state": STATE_NAMES[state], "terminal": state in TERMINAL_STATES, **extra}
+    return "state", json.dumps(data)
+
+
+def get_task(conn: sqlite3.Connection, task_id: str, tenant: str | None = None) -> pb.Task:
+    """The task, or NotFound; with `tenant`, another tenant's task is NotFound too."""
+    row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if row is None or (tenant is not None and row[1] != tenant):
+        raise NotFound(f"no task {task_id!r}", reason="TASK_NOT_FOUND")
+    return row_to_task(row)
+
+
+def insert_task(conn: sqlite3.Connection, task: pb.Task, request_hash: str,
+                parent_action: str = "") -> tuple[pb.Task, bool, list[EventRow]]:
+    """Insert a QUEUED task; (task, created, events). An idempotency key reused with the same request
+    returns the first task; with a different request it is refused."""
+    if task.idempotency_key:
+        row = conn.execute(
+            f"SELECT {TASK_COLUMNS}, request_hash FROM tasks WHERE tenant = ? AND idem_key = ?",
+            (task.tenant, task.idempotency_key),
+        ).fetchone()
+        if row is not None:
+            if row[-1] != request_hash:
+                raise AlreadyExists(
+                    f"idempotency key {task.idempotency_key!r} was used for a different request",
+                    reason="IDEMPOTENCY_KEY_REUSED", details={"task_id": row[0]},
+                )
+            return row_to_task(row[:-1]), False, []
+    conn.execute(
+        "INSERT INTO tasks (id, tenant, agent, input, priority, budget_usd, budget_tokens, deadline, labels, "
+        "idem_key, request_hash, parent_id, parent_action, state, cost, created_at, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (task.id, task.tenant, task.agent, task.input_json, task.priority, task.budget.usd, task.budget.tokens,
+         task.deadline, json.dumps(dict(task.labels)), task.idempotency_key or None, request_hash,
+         task.parent_id or None, parent_action or None, QUEUED, pb.Cost().SerializeToString(),
+         task.created_at, task.created_at),
+    )
+    events = append_events(conn, task.id, [state_event(QUEUED)], task.created_at)
+    task.state = QUEUED
+    task.last_seq = events[-1].seq
+    return task, True, events
+
+
+def list_tasks(conn: sqlite3.Connection, tenant: str, state: int, limit: int, cursor: str) -> tuple[list[pb.Task], str]:
+    clauses, params = ["tenant = ?"], [tenant]
+    if state:
+        clauses.append("state = ?")
+        params.append(state)
+    if cursor:
+        clauses.append("id < ?")
+        params.append(cursor)
+    rows = conn.execute(
+        f"SELECT {TASK_COLUMNS} FROM tasks WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
+        (*params, limit + 1),
+    ).fetchall()
+    tasks = [row_to_task(r) for r in rows[:limit]]
+    next_cursor = tasks[-1].id if len(rows) > limit else ""
+    return tasks, next_cursor
+
+
+def set_state(conn: sqlite3.Connection, task_id: str, state: int, *, now: float | None = None,
+              extra_events: Iterable[tuple[str, str]] = (), **event_data: Any) -> list[EventRow]:
+    now = time.time() if now is None else now
+    conn.execute("UPDATE tasks SET state = ?, updated_at = ?, wake_at = NULL, input_prompt = '' WHERE id = ?",
+                 (state, now, task_id))
+    return append_events(conn, task_id, [*extra_events, state_event(state, **event_data)], now)
+
+
+def finish(conn: sqlite3.Connection, task_id: str, state: int, *, result_json: str = "",
+           error: pb.TaskError | None = None, now: float | None = None) -> list[EventRow]:
+    """Move a task to a terminal state; its terminal 'state' event is always its last event."""
+    now = time.time() if now is None else now
+    current = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if current is None or current[0] in TERMINAL_STATES:
+        return []
+    conn.execute(
+        "UPDATE tasks SET state = ?, result = ?, error = ?, updated_at = ?, finished_at = ?, wake_at = NULL, "
+        "input_prompt = '' WHERE id = ?",
+        (state, result_json, error.SerializeToString() if error is not None and error.reason else None, now, now,
+         task_id),
+    )
+    data: dict[str, Any] = {}
+    if error is not None and error.reason:
+        data = {"reason": error.reason, "message": error.message}
+    return append_events(conn, task_id, [state_event(state, **data)], now)
+
+
+def is_terminal(conn: sqlite3.Connection, task_id: str) -> bool:
+    row = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    return row is None or row[0] in TERMINAL_STATES
+
+
+def request_cancel(conn: sqlite3.Connection, task_id: str, tenant: str | None,
+                   reason: str) -> tuple[pb.Task, bool, list[EventRow]]:
+    """Record the cancel intent durably. Returns (task, newly_requested, events).
+    Idempotent; FailedPrecondition for a task that finished other than by cancellation."""
+    task = get_task(conn, task_id, tenant)
+    if task.state in TERMINAL_STATES:
+        if task.state == CANCELLED:
+            return task, False, []
+        raise FailedPrecondition(f"task {task_id} already finished ({STATE_NAMES[task.state]})",
+                                 reason="TASK_FINISHED", details={"state": STATE_NAMES[task.state]})
+    if task.cancel_requested:
+        return task, False, []
+    conn.execute("UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?", (time.time(), task_id))
+    events = append_events(conn, task_id, [("log", json.dumps({"message": "cancel requested", "reason": reason}))])
+    task.cancel_requested = True
+    return task, True, events
+
+
+def unfinished_children(conn: sqlite3.Connection, parent_id: str) -> list[str]:
+    rows = conn.execute("SELECT id FROM tasks WHERE parent_id = ? AND state IN (1, 2, 3)", (parent_id,))
+    return [r[0] for r in rows]
+
+
+def events_after(conn: sqlite3.Connection, task_id: str, after_seq: int, limit: int) -> list[EventRow]:
+    rows = conn.execute(
+        "SELECT task_id, seq, ts, kind, data FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+        (task_id, after_seq, limit),
+    )
+    return [EventRow(*r) for r in rows]
+
+
+def task_progress(conn: sqlite3.Connection, task_id: str) -> tuple[int, int] | None:
+    """(state, last_seq) of a task, or None if it does not exist."""
+    return conn.execute("SELECT state, last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
+
+
+def add_input(conn: sqlite3.Connection, task_id: str, tenant: str, data_json: str) -> tuple[pb.Task, list[EventRow]]:
+    task = get_task(conn, task_id, tenant)
+    if task.state in TERMINAL_STATES:
+        raise FailedPrecondition(f"task {task_id} already finished ({STATE_NAMES[task.state]})",
+                                 reason="TASK_FINISHED", details={"state": STATE_NAMES[task.state]})
+    (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM inputs WHERE task_id = ?", (task_id,)).fetchone()
+    conn.execute("INSERT INTO inputs (task_id, seq, data) VALUES (?, ?, ?)", (task_id, seq, data_json))
+    events = append_events(conn, task_id, [("log", json.dumps({"message": "input received", "input_seq": seq}))])
+    return task, events
+
+
+def take_input(conn: sqlite3.Connection, task_id: str, action_id: str) -> str | None:
+    """The oldest unconsumed input, marked consumed by `action_id`; an action that already consumed
+    one (before a crash) gets the same one back."""
+    row = conn.execute("SELECT data FROM inputs WHERE task_id = ? AND consumed_by = ?", (task_id, action_id)).fetchone()
+    if row is not None:
+        return row[0]
+    row = conn.execute(
+        "SELECT seq, data FROM inputs WHERE task_id = ? AND consumed_by IS NULL ORDER BY seq LIMIT 1", (task_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    conn.execute("UPDATE inputs SET consumed_by = ? WHERE task_id = ? AND seq = ?", (action_id, task_id, row[0]))
+    return row[1]
+
+
+def load_decision(conn: sqlite3.Connection, task_id: str, seq: int) -> tuple[pb.Decision, float, dict[str, pb.ActionResult]]:
+    body, created_at = conn.execute(
+        "SELECT body, created_at FROM decisions WHERE task_id = ? AND seq = ?", (task_id, seq)
+    ).fetchone()
+    decision = pb.Decision()
+    decision.ParseFromString(body)
+    results = {}
+    for action_id, result_body in conn.execute(
+        "SELECT action_id, body FROM results WHERE task_id = ? AND decision_seq = ?", (task_id, seq)
+    ):
+        result = pb.ActionResult()
+        result.ParseFromString(result_body)
+        results[action_id] = result
+    return decision, created_at, results
+
+
+def load_memo(conn: sqlite3.Connection, task_id: str) -> str:
+    return conn.execute("SELECT memo FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
+
+
+def save_decision(conn: sqlite3.Connection, task_id: str, seq: int, decision: pb.Decision,
+                  summary: dict[str, Any]) -> tuple[float, list[EventRow]]:
+    """The checkpoint: the decision and the new memo, atomically with its event."""
+    now = time.time()
+    conn.execute("INSERT INTO decisions (task_id, seq, body, created_at) VALUES (?, ?, ?, ?)",
+                 (task_id, seq, decision.SerializeToString(), now))
+    conn.execute("UPDATE tasks SET decisions = ?, memo = ?, updated_at = ? WHERE id = ?",
+                 (seq, decision.memo_json, now, task_id))
+    return now, append_events(conn, task_id, [("decision", json.dumps(summary))], now)
+
+
+def save_result(conn: sqlite3.Connection, task_id: str, decision_seq: int, result: pb.ActionResult,
+                cost: pb.Cost, events: list[tuple[str, str]]) -> list[EventRow] | None:
+    """Persist one action's result and the task's new total cost. None if the task already finished
+    (a late result of a cancelled task is dropped, so the terminal event stays last)."""
+    if is_terminal(conn, task_id):
+        return None
+    conn.execute(
+        "INSERT OR REPLACE INTO results (task_id, action_id, decision_seq, body) VALUES (?, ?, ?, ?)",
+        (task_id, result.action_id, decision_seq, result.SerializeToString()),
+    )
+    conn.execute("UPDATE tasks SET cost = ?, updated_at = ? WHERE id = ?",
+                 (cost.SerializeToString(), time.time(), task_id))
+    return append_events(conn, task_id, events)
+
+
+def append_if_live(conn: sqlite3.Connection, task_id: str, events: list[tuple[str, str]]) -> list[EventRow]:
+    if is_terminal(conn, task_id):
+        return []
+    return append_events(conn, task_id, events)
+
+
+def park(conn: sqlite3.Connection, task_id: str, wake_at: float | None, prompt: str,
+         waiting_for_input: bool, events: list[tuple[str, str]]) -> list[EventRow] | None:
+    """Move a running task to WAITING. None (and nothing changed) if an input is already queued for a
+    waiting action: then the task must go on running instead. This check and SendInput's insert are
+    serialized by the store, so an input can never arrive unseen between the check and the park."""
+    if waiting_for_input and conn.execute(
+        "SELECT 1 FROM inputs WHERE task_id = ? AND consumed_by IS NULL LIMIT 1", (task_id,)
+    ).fetchone():
+        return None
+    if is_terminal(conn, task_id):
+        return []
+    now = time.time()
+    conn.execute("UPDATE tasks SET state = ?, wake_at = ?, input_prompt = ?, updated_at = ? WHERE id = ?",
+                 (WAITING, wake_at, prompt, now, task_id))
+    return append_events(conn, task_id, [*events, state_event(WAITING)], now)
+
+
+def due_wakeups(conn: sqlite3.Connection, now: float, limit: int) -> list[tuple[str, str, int]]:
+    return conn.execute(
+        "SELECT id, tenant, priority FROM tasks WHERE wake_at IS NOT NULL AND wake_at <= ? AND state = ? LIMIT ?",
+        (now, WAITING, limit),
+    ).fetchall()
+
+
+def resumable(conn: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
+    """Tasks to put back in the queue at start: RUNNING first (they were mid-flight), then QUEUED."""
+    return conn.execute(
+        "SELECT id, tenant, priority, state FROM tasks WHERE state IN (?, ?) ORDER BY state DESC, id",
+        (RUNNING, QUEUED),
+    ).fetchall()
+
+
+def counts_by_state(conn: sqlite3.Connection) -> dict[int, int]:
+    return dict(conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall())
+
+
+def children_of(conn: sqlite3.Connection, parent_id: str, action_id: str) -> list[pb.Task]:
+    rows = conn.execute(
+        f"SELECT {TASK_COLUMNS} FROM tasks WHERE parent_id = ? AND parent_action = ? ORDER BY id",
+        (parent_id, action_id),
+    )
+    return [row_to_task(r) for r in rows]
+
+
+def parent_of(conn: sqlite3.Connection, task_id: str) -> str | None:
+    row = conn.execute("SELECT parent_id FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    return row[0] if row else None

@@ -1,0 +1,81 @@
+"""`agentmesh serve executor`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from protos.agentmesh.v1 import bus_pb2, executor_pb2, executor_pb2_grpc
+from services.executor.core import Executor, ExecutorLimits
+from services.executor.servicer import ExecutorServicer
+from services.runtime import config as config_mod
+from services.runtime import server
+from services.runtime.config import CommonConfig, setting
+from services.runtime.server import Runtime, Service
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExecutorConfig(CommonConfig):
+    listen: str = setting("", "address to listen on (default: executor_addr)")
+    max_output_bytes: int = setting(1 << 20, "stdout+stderr kept per action; the rest is dropped (truncated)")
+    max_artifact_bytes: int = setting(1 << 20, "largest output file returned as an artifact")
+    workspace_root: str = setting("", "where action workspaces are made (default: the temp dir)")
+    action_python: str = setting("", "interpreter for python/pytest/scan tools (default: this one)")
+    network_policy: str = setting("strict", "strict: refuse network-off actions the host cannot isolate; permissive: run them")
+    instance: str = setting("", "name of this executor's cgroup subtree (default: from the listen address)")
+
+
+class ExecutorService(Service):
+    name = "executor"
+
+    def __init__(self, config: ExecutorConfig, listen: str) -> None:
+        self.config = config
+        self.listen = listen
+        self.executor: Executor | None = None
+
+    async def setup(self, rt: Runtime) -> None:
+        cfg = self.config
+        limits = ExecutorLimits(max_output_bytes=cfg.max_output_bytes, max_artifact_bytes=cfg.max_artifact_bytes,
+                                workspace_root=cfg.workspace_root, python=cfg.action_python,
+                                network_policy=cfg.network_policy)
+        executor = Executor(limits, cfg.instance or "exec-" + self.listen.rsplit(":", 1)[-1])
+        self.executor = executor
+        executor_pb2_grpc.add_ExecutorServicer_to_server(ExecutorServicer(executor), rt.server)
+        rt.add_service_name(executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name)
+        log.info("executor capabilities: %s", executor.capabilities())
+        rt.spawn(self._follow_cancels(rt), "cancel-listener")
+        rt.spawn(self._reap_forever(), "orphan-reaper")
+
+    async def _follow_cancels(self, rt: Runtime) -> None:
+        sub = rt.bus.subscriber("cancel.")
+        assert self.executor is not None
+        while True:
+            try:
+                _, payload = await sub.recv()
+                notice = bus_pb2.CancelNotice.FromString(payload)
+                if self.executor.cancel_task(notice.task_id):
+                    log.info("cancelled actions of task %s (bus)", notice.task_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bad message must not stop cancellation
+                log.exception("bad cancel notice")
+
+    async def _reap_forever(self) -> None:
+        assert self.executor is not None
+        while True:
+            await asyncio.sleep(1.0)
+            self.executor.reap_orphans()
+
+    async def drain(self) -> None:
+        # In-flight actions are handed back: the coordinator re-dispatches them after it resumes.
+        if self.executor is not None:
+            self.executor.cancel_all()
+
+
+def main(argv: list[str]) -> int:
+    config = config_mod.load(ExecutorConfig, argv, prog="agentmesh serve executor")
+    listen = config.listen or config.executor_addr
+    return server.run(ExecutorService(config, listen), config, listen)

@@ -1,0 +1,245 @@
+"""Containment of an action's process tree, and killing all of it.
+
+Two mechanisms, picked once at start:
+- `cgroup`: a cgroup v2 directory per action (the unified hierarchy, also on hybrid hosts). Every
+  process the action starts stays in it whatever it does (setsid, double fork), and `cgroup.kill`
+  kills them all at once.
+- `process-group`: the action runs in a new session; killing walks /proc for the session, the
+  process group, the descendants of the root, and orphans (re-parented to the executor, which is
+  their subreaper) that carry the action's marker in their environment.
+The executor is the child subreaper of everything it starts, so orphans come back to it and are
+reaped here rather than lingering as zombies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PR_SET_CHILD_SUBREAPER = 36
+MARKER_ENV = "AGENTMESH_ACTION_MARK"
+
+
+def become_subreaper() -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except OSError:
+        return False
+
+
+def _cgroup2_mount() -> Path | None:
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] == "cgroup2":
+                return Path(left.split()[4])
+    except OSError:
+        return None
+    return None
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:200]
+
+
+class CgroupRoot:
+    """The executor's own subtree of cgroups: `<mount>/agentmesh/<instance>/<action>`."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+
+    @classmethod
+    def probe(cls, instance: str) -> CgroupRoot | None:
+        mount = _cgroup2_mount()
+        if mount is None:
+            return None
+        base = mount / "agentmesh" / _safe(instance)
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+            test = base / "probe"
+            test.mkdir(exist_ok=True)
+            usable = (test / "cgroup.kill").exists() and os.access(test / "cgroup.procs", os.W_OK)
+            test.rmdir()
+        except OSError:
+            return None
+        return cls(base) if usable else None
+
+    def reap_leftovers(self) -> int:
+        """Kill and remove cgroups left by a previous executor that crashed. Returns how many."""
+        count = 0
+        for child in self.base.iterdir():
+            if child.is_dir():
+                tree = CgroupTree(child)
+                tree.kill()
+                tree.remove()
+                count += 1
+        return count
+
+    def new(self, action_key: str) -> CgroupTree:
+        path = self.base / _safe(action_key)
+        path.mkdir(exist_ok=True)
+        return CgroupTree(path)
+
+
+class CgroupTree:
+    kind = "cgroup"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        # The shell puts itself into the cgroup before exec'ing the tool, so no process of the action
+        # ever runs outside it (no race with an early fork).
+        return ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.path), *argv]
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return []
+
+    def cpu_ms(self) -> float:
+        try:
+            for line in (self.path / "cpu.stat").read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == "usage_usec":
+                    return int(value) / 1000.0
+        except (OSError, ValueError):
+            pass
+        return 0.0
+
+    def kill(self, root_pid: int | None = None, wait_s: float = 1.0) -> list[int]:
+        victims = self.pids()
+        with contextlib.suppress(OSError):
+            (self.path / "cgroup.kill").write_text("1")
+        deadline = time.monotonic() + wait_s
+        while self.pids() and time.monotonic() < deadline:
+            reap(victims, exclude=root_pid)
+            time.sleep(0.001)
+        reap(victims, exclude=root_pid)
+        return victims
+
+    def remove(self) -> None:
+        for _ in range(100):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.002)
+        log.warning("could not remove cgroup %s", self.path)
+
+
+def _proc_table() -> dict[int, tuple[int, int, int]]:
+    """pid -> (ppid, pgid, sid) for every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[3]))
+    return table
+
+
+def _has_marker(pid: int, marker: bytes) -> bool:
+    try:
+        return marker in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+class GroupTree:
+    kind = "process-group"
+
+    def __init__(self, mark: str) -> None:
+        self.mark = mark
+        self.root_pid: int | None = None
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        return argv
+
+    def cpu_ms(self) -> float:
+        return 0.0
+
+    def _members(self) -> set[int]:
+        me = os.getpid()
+        table = _proc_table()
+        members: set[int] = set()
+        root = self.root_pid
+        if root is not None:
+            members |= {pid for pid, (_, pgid, sid) in table.items() if pgid == root or sid == root}
+            frontier = [root]
+            while frontier:
+                parent = frontier.pop()
+                for pid, (ppid, _, _) in table.items():
+                    if ppid == parent and pid not in members:
+                        members.add(pid)
+                        frontier.append(pid)
+        marker = f"{MARKER_ENV}={self.mark}".encode()
+        members |= {pid for pid, (ppid, _, _) in table.items() if ppid == me and _has_marker(pid, marker)}
+        members.discard(me)
+        return members
+
+    def kill(self, root_pid: int | None = None, wait_s: float = 1.0) -> list[int]:
+        killed: set[int] = set()
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            members = self._members() - {p for p in killed if not _alive(p)}
+            live = {p for p in members if _alive(p)}
+            if not live:
+                break
+            for pid in live:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            killed |= live
+            reap(list(killed), exclude=root_pid)
+            time.sleep(0.001)
+        reap(list(killed), exclude=root_pid)
+        return sorted(killed)
+
+    def remove(self) -> None:
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return state[state.rfind(")") + 2] != "Z"
+
+
+def reap(pids: list[int], exclude: int | None = None) -> None:
+    """Collect exit statuses of our (re-parented) children among `pids`, except the root, whose
+    status belongs to the event loop's child watcher."""
+    for pid in pids:
+        if pid == exclude:
+            continue
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def reap_orphans(known: set[int]) -> int:
+    """Reap zombie children of the executor that it did not start directly (re-parented orphans)."""
+    me = os.getpid()
+    count = 0
+    for pid, (ppid, _, _) in _proc_table().items():
+        if ppid == me and pid not in known and not _alive(pid):
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+                count += 1
+    return count

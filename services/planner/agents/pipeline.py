@@ -1,0 +1,253 @@
+"""The `pipeline` agent: a DAG of tool steps, as DESIGN.md's pipeline spec says.
+
+Each decision runs every step whose dependencies are settled, concurrently. A step that fails
+(after its retries) fails the pipeline unless it sets `continue_on_error`; steps that depend on a
+failed step are skipped. The memo holds each step's outcome; the result is
+`{"steps": {ID: {status, exit_code, stdout, stderr, output, attempts, cost}}}`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from protos.agentmesh.v1 import common_pb2 as pb
+from services.planner.registry import DecideContext
+from services.runtime.errors import InvalidArgument
+from services.runtime.wire import cost_to_dict
+
+EXEC_TOOLS = frozenset({"echo", "python", "shell", "pytest", "scan"})
+TOOLS = EXEC_TOOLS | {"infer", "embed", "approval"}
+STEP_FIELDS = frozenset({"id", "tool", "args", "files", "depends_on", "retry", "timeout_s", "continue_on_error",
+                         "network"})
+STEP_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+MAX_STEPS = 1000
+MAX_TIMEOUT_S = 24 * 3600.0
+# What each tool needs in `args`: field -> accepted types.
+REQUIRED_ARGS: dict[str, dict[str, tuple[type, ...]]] = {
+    "python": {"code": (str,)},
+    "shell": {"command": (str,)},
+    "embed": {"texts": (list,)},
+}
+
+PENDING, OK, FAILED, SKIPPED = "pending", "ok", "failed", "skipped"
+STATUS_OF_RESULT = {pb.ACTION_STATUS_OK: OK}
+
+
+def check_file_name(name: Any) -> str | None:
+    """Why a declared workspace file name is unsafe, or None if it is fine."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty string"
+    if "\x00" in name:
+        return "must not contain NUL"
+    if name.startswith("/"):
+        return "must be relative, not absolute"
+    parts = name.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        return "must not contain '..', '.' or empty path parts"
+    if len(name) > 255:
+        return "longer than 255 characters"
+    return None
+
+
+def _validate_step(index: int, step: Any, violations: list[tuple[str, str]]) -> None:
+    where = f"steps[{index}]"
+    if not isinstance(step, dict):
+        violations.append((where, "must be an object"))
+        return
+    unknown = set(step) - STEP_FIELDS
+    if unknown:
+        violations.append((where, f"unknown fields: {', '.join(sorted(unknown))}"))
+    if not isinstance(step.get("id"), str) or not STEP_ID.match(step["id"]):
+        violations.append((f"{where}.id", "required; 1-64 characters of A-Z a-z 0-9 _ . -"))
+    tool = step.get("tool")
+    if tool not in TOOLS:
+        violations.append((f"{where}.tool", f"must be one of {', '.join(sorted(TOOLS))}"))
+    args = step.get("args", {})
+    if not isinstance(args, dict):
+        violations.append((f"{where}.args", "must be an object"))
+    else:
+        for name, types in REQUIRED_ARGS.get(tool, {}).items():
+            if not isinstance(args.get(name), types):
+                violations.append((f"{where}.args.{name}", f"required, {types[0].__name__}"))
+        if tool == "infer" and not isinstance(args.get("prompt"), str) and not isinstance(args.get("messages"), list):
+            violations.append((f"{where}.args", "infer needs `prompt` (string) or `messages` (list)"))
+    files = step.get("files", {})
+    if not isinstance(files, dict):
+        violations.append((f"{where}.files", "must be an object of name -> content"))
+    else:
+        for name, content in files.items():
+            problem = check_file_name(name)
+            if problem:
+                violations.append((f"{where}.files[{name!r}]", problem))
+            if not isinstance(content, str):
+                violations.append((f"{where}.files[{name!r}]", "content must be a string"))
+    deps = step.get("depends_on", [])
+    if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
+        violations.append((f"{where}.depends_on", "must be a list of step ids"))
+    retry = step.get("retry", {})
+    if not isinstance(retry, dict) or set(retry) - {"attempts", "backoff_s", "max_backoff_s"}:
+        violations.append((f"{where}.retry", "must be {attempts, backoff_s, max_backoff_s}"))
+    else:
+        attempts = retry.get("attempts", 1)
+        if not isinstance(attempts, int) or isinstance(attempts, bool) or not 1 <= attempts <= 100:
+            violations.append((f"{where}.retry.attempts", "integer from 1 to 100"))
+        for name in ("backoff_s", "max_backoff_s"):
+            value = retry.get(name, 0)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= 3600:
+                violations.append((f"{where}.retry.{name}", "number from 0 to 3600"))
+    timeout = step.get("timeout_s", 0)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 <= timeout <= MAX_TIMEOUT_S:
+        violations.append((f"{where}.timeout_s", f"number from 0 to {MAX_TIMEOUT_S:g}"))
+    for flag in ("continue_on_error", "network"):
+        if not isinstance(step.get(flag, False), bool):
+            violations.append((f"{where}.{flag}", "must be true or false"))
+
+
+def _find_cycle(steps: list[dict[str, Any]]) -> str | None:
+    deps = {s["id"]: s.get("depends_on", []) for s in steps}
+    state: dict[str, int] = {}
+
+    def visit(node: str) -> str | None:
+        state[node] = 1
+        for dep in deps.get(node, []):
+            if state.get(dep) == 1:
+                return dep
+            if state.get(dep) is None:
+                found = visit(dep)
+                if found:
+                    return found
+        state[node] = 2
+        return None
+
+    for node in deps:
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+class PipelineAgent:
+    name = "pipeline"
+    description = "A DAG of tool steps (echo, python, shell, pytest, scan, infer, embed, approval) with retries"
+
+    def validate(self, input: Any) -> None:  # noqa: A002
+        if not isinstance(input, dict) or set(input) != {"steps"}:
+            raise InvalidArgument("pipeline input must be {\"steps\": [...]}", field_violations=[("input", "must be {steps}")])
+        steps = input["steps"]
+        if not isinstance(steps, list) or not 1 <= len(steps) <= MAX_STEPS:
+            raise InvalidArgument(f"steps must be a list of 1 to {MAX_STEPS} steps",
+                                  field_violations=[("input.steps", "1 to 1000 steps")])
+        violations: list[tuple[str, str]] = []
+        for index, step in enumerate(steps):
+            _validate_step(index, step, violations)
+        if not violations:
+            ids = [s["id"] for s in steps]
+            if len(set(ids)) != len(ids):
+                violations.append(("input.steps", "step ids must be unique"))
+            known = set(ids)
+            for index, step in enumerate(steps):
+                for dep in step.get("depends_on", []):
+                    if dep not in known:
+                        violations.append((f"steps[{index}].depends_on", f"unknown step {dep!r}"))
+            if not violations:
+                cycle = _find_cycle(steps)
+                if cycle:
+                    violations.append(("input.steps", f"dependency cycle through {cycle!r}"))
+        if violations:
+            raise InvalidArgument("invalid pipeline: " + "; ".join(f"{f}: {d}" for f, d in violations[:10]),
+                                  field_violations=violations)
+
+    def decide(self, ctx: DecideContext) -> pb.Decision:
+        steps: list[dict[str, Any]] = ctx.input["steps"]
+        memo: dict[str, Any] = ctx.memo or {"steps": {s["id"]: {"status": PENDING} for s in steps}}
+        outcomes: dict[str, dict[str, Any]] = memo["steps"]
+        for result in ctx.results:
+            outcomes[result.key] = _outcome(result)
+        by_id = {s["id"]: s for s in steps}
+        changed = True
+        while changed:  # skip steps whose dependencies failed, transitively
+            changed = False
+            for step in steps:
+                sid = step["id"]
+                if outcomes[sid]["status"] != PENDING:
+                    continue
+                for dep in step.get("depends_on", []):
+                    dep_out = outcomes[dep]
+                    blocked = dep_out["status"] == SKIPPED or (
+                        dep_out["status"] == FAILED and not by_id[dep].get("continue_on_error", False))
+                    if blocked:
+                        outcomes[sid] = {"status": SKIPPED, "reason": f"dependency {dep} did not succeed"}
+                        changed = True
+                        break
+        ready = [s for s in steps if outcomes[s["id"]]["status"] == PENDING
+                 and all(outcomes[d]["status"] in (OK, FAILED) for d in s.get("depends_on", []))]
+        decision = pb.Decision(memo_json=json.dumps(memo))
+        if ready:
+            decision.actions.extend(_action(step) for step in ready)
+            return decision
+        failed = [sid for sid, out in outcomes.items()
+                  if out["status"] == FAILED and not by_id[sid].get("continue_on_error", False)]
+        result = json.dumps({"steps": outcomes})
+        if failed:
+            decision.final.CopyFrom(pb.Final(
+                state=pb.TASK_STATE_FAILED, result_json=result,
+                error=pb.TaskError(reason="STEP_FAILED", message=f"step(s) failed: {', '.join(failed)}",
+                                   details_json=json.dumps({"steps": failed}))))
+        else:
+            decision.final.CopyFrom(pb.Final(state=pb.TASK_STATE_SUCCEEDED, result_json=result))
+        return decision
+
+
+def _outcome(result: pb.ActionResult) -> dict[str, Any]:
+    output = json.loads(result.output_json) if result.output_json else None
+    status = OK if result.status == pb.ACTION_STATUS_OK else FAILED
+    if status == OK and isinstance(output, dict) and output.get("approved") is False:
+        status = FAILED  # an approval answered with {"approved": false}
+    outcome: dict[str, Any] = {
+        "status": status,
+        "exit_code": result.exit_code,
+        "stdout": result.stdout,
+        "stderr": result.stderr,
+        "output": output,
+        "attempts": result.attempts,
+        "cost": cost_to_dict(result.cost),
+    }
+    if result.error.reason:
+        outcome["error"] = {"reason": result.error.reason, "message": result.error.message}
+    if result.truncated:
+        outcome["truncated"] = True
+    return outcome
+
+
+def _action(step: dict[str, Any]) -> pb.Action:
+    retry = step.get("retry", {})
+    action = pb.Action(
+        key=step["id"],
+        timeout_s=float(step.get("timeout_s", 0)),
+        retry=pb.RetryPolicy(attempts=retry.get("attempts", 1), backoff_s=float(retry.get("backoff_s", 0)),
+                             max_backoff_s=float(retry.get("max_backoff_s", 0))),
+    )
+    tool, args = step["tool"], step.get("args", {})
+    if tool in EXEC_TOOLS:
+        action.exec.CopyFrom(pb.ExecAction(
+            tool=tool, args_json=json.dumps(args), network=step.get("network", False),
+            files={name: content.encode() for name, content in step.get("files", {}).items()},
+        ))
+    elif tool == "infer":
+        action.infer.CopyFrom(pb.InferAction(
+            model=str(args.get("model", "")), prompt=str(args.get("prompt", "")),
+            messages=[pb.ChatMessage(role=str(m.get("role", "user")), content=str(m.get("content", "")))
+                      for m in args.get("messages", []) if isinstance(m, dict)],
+            max_tokens=int(args.get("max_tokens", 128)), temperature=float(args.get("temperature", 0.0)),
+            top_p=float(args.get("top_p", 1.0)), top_k=int(args.get("top_k", 0)), seed=int(args.get("seed", 0)),
+            stop=[str(s) for s in args.get("stop", [])],
+        ))
+    elif tool == "embed":
+        action.embed.CopyFrom(pb.EmbedAction(model=str(args.get("model", "")), texts=[str(t) for t in args["texts"]]))
+    else:  # approval
+        action.await_input.CopyFrom(pb.AwaitInputAction(prompt=str(args.get("prompt", "approve?")),
+                                                        timeout_s=float(args.get("timeout_s", 0))))
+    return action

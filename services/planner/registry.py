@@ -1,0 +1,62 @@
+"""Agents: stateless policies found through the `agentmesh.agents` entry-point group.
+
+An agent is a class with `name`, `description`, `validate(input) -> None` (raise InvalidArgument)
+and `decide(DecideContext) -> Decision`. It keeps nothing between calls: everything it needs comes
+in the request (input, memo, the previous decision's results).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any, Protocol
+
+from protos.agentmesh.v1 import common_pb2 as pb
+from services.runtime.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
+
+GROUP = "agentmesh.agents"
+
+
+@dataclass(frozen=True)
+class DecideContext:
+    task_id: str
+    input: Any
+    memo: Any
+    results: list[pb.ActionResult]
+    decision_seq: int
+
+
+class Agent(Protocol):
+    name: str
+    description: str
+
+    def validate(self, input: Any) -> None: ...  # noqa: A002
+
+    def decide(self, ctx: DecideContext) -> pb.Decision: ...
+
+
+def load_agents() -> dict[str, Agent]:
+    agents: dict[str, Agent] = {}
+    for ep in entry_points(group=GROUP):
+        try:
+            agent = ep.load()()
+        except Exception:  # noqa: BLE001 - one broken plug-in must not stop the planner
+            log.exception("cannot load agent %s from %s", ep.name, ep.value)
+            continue
+        agents[ep.name] = agent
+    if "pipeline" not in agents:  # running from a source tree without the entry points installed
+        from services.planner.agents.pipeline import PipelineAgent
+
+        agents["pipeline"] = PipelineAgent()
+    return agents
+
+
+def get_agent(agents: dict[str, Agent], name: str) -> Agent:
+    agent = agents.get(name)
+    if agent is None:
+        raise InvalidArgument(f"unknown agent {name!r}; known: {', '.join(sorted(agents))}", reason="UNKNOWN_AGENT",
+                              field_violations=[("agent", "unknown agent")])
+    return agent

@@ -1,0 +1,117 @@
+"""The one server interceptor every service runs: errors, deadlines and per-method metrics.
+
+- An `AgentMeshError` raised by a handler becomes its gRPC status with `google.rpc.Status` details.
+- Any other exception becomes INTERNAL with a correlation id that is also in the log.
+- The caller's deadline is kept in a context variable so outbound calls derive their own from it
+  (Python gRPC does not propagate deadlines).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from services.runtime.errors import AgentMeshError, internal_error, trailing_metadata_for
+
+log = logging.getLogger(__name__)
+
+# Monotonic time by which the current inbound call must be answered; None when the caller set none.
+call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
+
+RPC_TOTAL = Counter("agentmesh_rpc_total", "RPCs handled", ["method", "code"])
+RPC_SECONDS = Histogram(
+    "agentmesh_rpc_seconds", "RPC handling time (streams: until the last message)", ["method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
+)
+
+
+def remaining_timeout(default: float, margin: float = 0.05) -> float:
+    """The timeout for an outbound call: `default`, shortened to the inbound call's remaining time."""
+    deadline = call_deadline.get()
+    if deadline is None:
+        return default
+    return max(0.001, min(default, deadline - time.monotonic() - margin))
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: AgentMeshError) -> None:
+    await context.abort(error.code, error.message, trailing_metadata=trailing_metadata_for(error))
+
+
+def _set_deadline(context: grpc.aio.ServicerContext) -> None:
+    remaining = context.time_remaining()
+    call_deadline.set(None if remaining is None else time.monotonic() + remaining)
+
+
+def _on_unexpected(method: str, exc: BaseException) -> AgentMeshError:
+    correlation = uuid.uuid4().hex[:12]
+    log.error("unhandled error in %s (correlation id %s)", method, correlation, exc_info=exc)
+    return internal_error(correlation)
+
+
+def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        _set_deadline(context)
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            return await behavior(request, context)
+        except AgentMeshError as exc:
+            code = exc.code.name
+            await _abort(context, exc)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            code = "ABORTED_BY_HANDLER"
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place that turns unknowns into INTERNAL
+            code = "INTERNAL"
+            await _abort(context, _on_unexpected(method, exc))
+        finally:
+            RPC_TOTAL.labels(method, code).inc()
+            RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+    return handler
+
+
+def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        _set_deadline(context)
+        started = time.perf_counter()
+        code = "OK"
+        try:
+            async for item in behavior(request, context):
+                yield item
+        except AgentMeshError as exc:
+            code = exc.code.name
+            await _abort(context, exc)
+        except (grpc.aio.AbortError, grpc.RpcError):
+            code = "ABORTED_BY_HANDLER"
+            raise
+        except Exception as exc:  # noqa: BLE001
+            code = "INTERNAL"
+            await _abort(context, _on_unexpected(method, exc))
+        finally:
+            RPC_TOTAL.labels(method, code).inc()
+            RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
+
+    return handler
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):  # type: ignore[no-untyped-def]
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if method.startswith(("/grpc.health", "/grpc.reflection")):
+            return handler
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
+        return handler

@@ -1,0 +1,69 @@
+"""Conversions between protobuf messages and the JSON shapes of the public HTTP API and CLI."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from protos.agentmesh.v1 import common_pb2
+
+STATE_NAMES = {v: k.removeprefix("TASK_STATE_") for k, v in common_pb2.TaskState.items()}
+STATE_VALUES = {name: value for value, name in STATE_NAMES.items() if value}
+TERMINAL_STATES = frozenset(
+    {common_pb2.TASK_STATE_SUCCEEDED, common_pb2.TASK_STATE_FAILED, common_pb2.TASK_STATE_CANCELLED}
+)
+
+
+def loads_or_none(text: str) -> Any:
+    return json.loads(text) if text else None
+
+
+def cost_to_dict(cost: common_pb2.Cost) -> dict[str, Any]:
+    return {
+        "tokens_in": cost.tokens_in,
+        "tokens_out": cost.tokens_out,
+        "gpu_ms": round(cost.gpu_ms, 3),
+        "cpu_ms": round(cost.cpu_ms, 3),
+        "wall_ms": round(cost.wall_ms, 3),
+        "usd": round(cost.usd, 8),
+    }
+
+
+def task_to_dict(task: common_pb2.Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "tenant": task.tenant,
+        "agent": task.agent,
+        "input": loads_or_none(task.input_json),
+        "priority": task.priority,
+        "budget": {"usd": task.budget.usd, "tokens": task.budget.tokens},
+        "deadline": task.deadline or None,
+        "labels": dict(task.labels),
+        "idempotency_key": task.idempotency_key or None,
+        "parent_id": task.parent_id or None,
+        "state": STATE_NAMES[task.state],
+        "result": loads_or_none(task.result_json),
+        "error": (
+            {"reason": task.error.reason, "message": task.error.message,
+             "details": loads_or_none(task.error.details_json)}
+            if task.error.reason else None
+        ),
+        "cost": cost_to_dict(task.cost),
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "finished_at": task.finished_at or None,
+        "last_seq": task.last_seq,
+        "cancel_requested": task.cancel_requested,
+        "decisions": task.decisions,
+        "input_prompt": task.input_prompt or None,
+    }
+
+
+def event_to_dict(event: common_pb2.Event) -> dict[str, Any]:
+    return {
+        "task_id": event.task_id,
+        "seq": event.seq,
+        "ts": event.ts,
+        "kind": event.kind,
+        "data": loads_or_none(event.data_json),
+    }

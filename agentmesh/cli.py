@@ -42,6 +42,9 @@ def _api_key(args: argparse.Namespace) -> str | None:
 
 
 def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
+    # Services never fork a process that goes on using gRPC (the executor fork+execs tools at once),
+    # so gRPC's fork handlers are only a hazard while other threads are inside gRPC.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     module = importlib.import_module(SERVICES[args.service])
     return module.main(rest)
 
@@ -52,7 +55,15 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
     from services.coordinator.auth import ensure_default_key
     from services.runtime import config as config_mod
     from services.runtime.config import CommonConfig
-    from services.runtime.procs import Child, ChildDied, Supervisor, grpc_ready, http_ready, service_argv, tcp_ready
+    from services.runtime.procs import (
+        Child,
+        ChildDied,
+        Supervisor,
+        grpc_ready,
+        http_ready,
+        service_argv,
+        tcp_ready,
+    )
 
     console = Console(stderr=True)
     config = config_mod.load(CommonConfig, rest, prog="agentmesh up")
@@ -96,19 +107,25 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
     console.print(f"[green]agentmesh is up[/green] in {ready_s:.2f}s (data dir {data_dir})")
     for child in sup.children:
         console.print(f"  {child.name:<12} pid {child.pid:<8} log {child.log_path}")
-    console.print(f"  gRPC  {config.coordinator_addr}   HTTP http://{config.gateway_addr}/   bus {config.bus_sub_addr}")
+    console.print(
+        f"  gRPC  {config.coordinator_addr}   HTTP http://{config.gateway_addr}/   bus {config.bus_sub_addr}"
+    )
     if new_key:
         console.print(f"  API key for tenant [bold]default[/bold]: {new_key} (kept in {key_file})")
     elif key_file.exists():
         console.print(f"  API key for tenant default is in {key_file}")
     if args.ready_file:
-        Path(args.ready_file).write_text(json.dumps({"ready_s": ready_s, "pids": {c.name: c.pid for c in sup.children}}))
+        Path(args.ready_file).write_text(
+            json.dumps({"ready_s": ready_s, "pids": {c.name: c.pid for c in sup.children}})
+        )
     exit_code = 0
     while not stop["signal"]:
         dead = sup.dead_children()
         if dead:
             for child in dead:
-                console.print(f"[red]{child.name} exited with {child.proc.returncode}[/red]\n{child.log_tail(20)}")
+                console.print(
+                    f"[red]{child.name} exited with {child.proc.returncode}[/red]\n{child.log_tail(20)}"
+                )
             exit_code = 1
             break
         time.sleep(0.1)
@@ -147,8 +164,14 @@ async def _client_call(args: argparse.Namespace) -> int:
     client = AgentMeshClient(args.address, _api_key(args))
     try:
         if args.command == "submit":
-            task = await client.submit(args.agent, None, input_json=_read_input(args.input), priority=args.priority,
-                                       budget_usd=args.budget, idempotency_key=args.idempotency_key or "")
+            task = await client.submit(
+                args.agent,
+                None,
+                input_json=_read_input(args.input),
+                priority=args.priority,
+                budget_usd=args.budget,
+                idempotency_key=args.idempotency_key or "",
+            )
             if not args.watch:
                 print_task(console, task, as_json=args.json)
                 return 0
@@ -184,7 +207,6 @@ async def _client_call(args: argparse.Namespace) -> int:
         await client.close()
 
 
-
 async def _watch(console: Any, client: Any, task_id: str, after: int, as_json: bool) -> int:
     from agentmesh.render import LiveTaskView
 
@@ -205,9 +227,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentmesh", description="A runtime for long-lived AI agent tasks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="run the whole mesh here as child processes (Ctrl-C stops it)",
-                        description="Run bus, coordinator, planner, executor, inference and gateway. "
-                                    "Other flags (see `agentmesh serve coordinator --help`) pass through.")
+    up = sub.add_parser(
+        "up",
+        help="run the whole mesh here as child processes (Ctrl-C stops it)",
+        description="Run bus, coordinator, planner, executor, inference and gateway. "
+        "Other flags (see `agentmesh serve coordinator --help`) pass through.",
+    )
     up.add_argument("--ready-timeout", type=float, default=60.0)
     up.add_argument("--stop-timeout", type=float, default=15.0)
     up.add_argument("--ready-file", default="", help="write readiness time and pids as JSON here")

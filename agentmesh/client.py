@@ -22,7 +22,9 @@ DEFAULT_TIMEOUT_S = 30.0
 
 
 class AgentMeshClient:
-    def __init__(self, address: str, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self, address: str, api_key: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S
+    ) -> None:
         self.address = address
         self._channel = insecure_channel(address)
         self._stub = api_grpc.AgentServiceStub(self._channel)
@@ -80,7 +82,9 @@ class AgentMeshClient:
         return await self._unary(self._stub.GetTask, api.GetTaskRequest(id=task_id))
 
     async def list(self, state: int = 0, limit: int = 50, cursor: str = "") -> api.ListTasksResponse:
-        return await self._unary(self._stub.ListTasks, api.ListTasksRequest(state=state, limit=limit, cursor=cursor))
+        return await self._unary(
+            self._stub.ListTasks, api.ListTasksRequest(state=state, limit=limit, cursor=cursor)
+        )
 
     async def cancel(self, task_id: str, reason: str = "") -> common_pb2.Task:
         return await self._unary(self._stub.CancelTask, api.CancelTaskRequest(id=task_id, reason=reason))
@@ -94,7 +98,9 @@ class AgentMeshClient:
 
     async def watch(self, task_id: str, after_seq: int = 0) -> AsyncIterator[common_pb2.Event]:
         """Events after `after_seq`, in order, each once; ends after the task's terminal state event."""
-        call = self._stub.WatchTask(api.WatchTaskRequest(id=task_id, after_seq=after_seq), metadata=self._metadata)
+        call = self._stub.WatchTask(
+            api.WatchTaskRequest(id=task_id, after_seq=after_seq), metadata=self._metadata
+        )
         try:
             async for event in call:
                 yield event

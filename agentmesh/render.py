@@ -11,8 +11,14 @@ from rich.table import Table
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.wire import STATE_NAMES, event_to_dict, task_to_dict
 
-STATE_STYLE = {"SUCCEEDED": "green", "FAILED": "red", "CANCELLED": "yellow", "WAITING": "cyan",
-               "RUNNING": "blue", "QUEUED": "white"}
+STATE_STYLE = {
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "CANCELLED": "yellow",
+    "WAITING": "cyan",
+    "RUNNING": "blue",
+    "QUEUED": "white",
+}
 
 
 def print_task(console: Console, task: pb.Task, as_json: bool = False) -> None:
@@ -27,8 +33,10 @@ def print_task(console: Console, task: pb.Task, as_json: bool = False) -> None:
     if data["input_prompt"]:
         console.print(f"  waiting for input: {data['input_prompt']}")
     cost = data["cost"]
-    console.print(f"  cost: ${cost['usd']:.6f}  tokens {cost['tokens_in']}/{cost['tokens_out']}  "
-                  f"cpu {cost['cpu_ms']:.0f} ms")
+    console.print(
+        f"  cost: ${cost['usd']:.6f}  tokens {cost['tokens_in']}/{cost['tokens_out']}  "
+        f"cpu {cost['cpu_ms']:.0f} ms"
+    )
     if data["result"] is not None:
         console.print_json(json.dumps(data["result"]))
 
@@ -40,8 +48,13 @@ def print_tasks(console: Console, tasks: list[pb.Task], next_cursor: str, as_jso
     table = Table("id", "agent", "state", "cost $", "created")
     for task in tasks:
         state = STATE_NAMES[task.state]
-        table.add_row(task.id, task.agent, f"[{STATE_STYLE.get(state, 'white')}]{state}[/]", f"{task.cost.usd:.6f}",
-                      _stamp(task.created_at))
+        table.add_row(
+            task.id,
+            task.agent,
+            f"[{STATE_STYLE.get(state, 'white')}]{state}[/]",
+            f"{task.cost.usd:.6f}",
+            _stamp(task.created_at),
+        )
     console.print(table)
     if next_cursor:
         console.print(f"more: --cursor {next_cursor}")
@@ -49,7 +62,10 @@ def print_tasks(console: Console, tasks: list[pb.Task], next_cursor: str, as_jso
 
 def print_event(console: Console, event: pb.Event) -> None:
     data = json.loads(event.data_json) if event.data_json else {}
-    console.print(f"[dim]{event.seq:>4} {_stamp(event.ts)}[/dim] [bold]{event.kind:<16}[/bold] {_summary(event.kind, data)}")
+    console.print(
+        f"[dim]{event.seq:>4} {_stamp(event.ts)}[/dim] [bold]{event.kind:<16}[/bold] "
+        + _summary(event.kind, data)
+    )
 
 
 def _stamp(ts: float) -> str:
@@ -65,11 +81,14 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
     if kind == "decision":
         if data.get("final"):
             return f"#{data.get('seq')} final: {data['final']}"
-        return f"#{data.get('seq')} run " + ", ".join(a.get("key") or a.get("kind", "") for a in data.get("actions", []))
+        return f"#{data.get('seq')} run " + ", ".join(
+            a.get("key") or a.get("kind", "") for a in data.get("actions", [])
+        )
     if kind == "action.started":
         return f"{data.get('key') or data.get('action_id')} ({data.get('kind')})"
     if kind == "action.finished":
-        return f"{data.get('key') or data.get('action_id')} {data.get('status')} (attempts {data.get('attempts')})"
+        name = data.get("key") or data.get("action_id")
+        return f"{name} {data.get('status')} (attempts {data.get('attempts')})"
     if kind == "action.output":
         return data.get("text", "").rstrip()[:200]
     if kind == "input.requested":

@@ -35,6 +35,7 @@ from gateway.validation import (
     validate_submit,
 )
 from services.runtime.errors import AgentMeshError
+from services.runtime.logs import current_task_id
 from services.runtime.wire import TERMINAL_STATES, task_to_dict
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ def api(fn: Endpoint) -> Endpoint:
 
     @functools.wraps(fn)
     async def endpoint(request: Request) -> Response:
+        task_id = request.path_params.get("task_id")
+        if task_id:
+            current_task_id.set(task_id)  # log lines of this request carry the task id
         try:
             return await fn(request)
         except AgentMeshError as exc:

@@ -58,7 +58,9 @@ def _generated(directory: Path) -> dict[str, Path]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--check", action="store_true", help="compare instead of writing")
     opts = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,7 +70,11 @@ def main() -> int:
         if opts.check:
             stale = sorted(
                 set(fresh) ^ set(current)
-                | {n for n in set(fresh) & set(current) if not filecmp.cmp(fresh[n], current[n], shallow=False)}
+                | {
+                    n
+                    for n in set(fresh) & set(current)
+                    if not filecmp.cmp(fresh[n], current[n], shallow=False)
+                }
             )
             if stale:
                 print("generated protobuf code is stale:", ", ".join(stale), file=sys.stderr)

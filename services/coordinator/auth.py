@@ -29,10 +29,14 @@ class KeyRing:
 
     def tenant_for(self, authorization: str | None) -> str:
         if not authorization:
-            raise Unauthenticated("missing API key: send `authorization: Bearer <key>`", reason="MISSING_API_KEY")
+            raise Unauthenticated(
+                "missing API key: send `authorization: Bearer <key>`", reason="MISSING_API_KEY"
+            )
         scheme, _, key = authorization.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated("malformed authorization: expected `Bearer <key>`", reason="MALFORMED_API_KEY")
+            raise Unauthenticated(
+                "malformed authorization: expected `Bearer <key>`", reason="MALFORMED_API_KEY"
+            )
         digest = hash_key(key.strip())
         for stored, tenant in self._by_hash.items():
             if hmac.compare_digest(stored, digest):

@@ -26,9 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from protos.agentmesh.v1 import bus_pb2
+from protos.agentmesh.v1 import bus_pb2, planner_pb2
 from protos.agentmesh.v1 import common_pb2 as pb
-from protos.agentmesh.v1 import planner_pb2
 from services.coordinator import records
 from services.coordinator.events import EventHub, row_to_event
 from services.coordinator.pricing import PriceTable, add_cost
@@ -53,8 +52,16 @@ ACTION_STATUS_NAMES = {v: k.removeprefix("ACTION_STATUS_") for k, v in pb.Action
 DISPATCHED_KINDS = frozenset({"exec", "infer", "embed"})
 WAIT_KINDS = frozenset({"await_input", "sleep", "spawn"})
 # Reasons that no retry can fix.
-NEVER_RETRY = frozenset({"INVALID_ARGUMENT", "FAILED_PRECONDITION", "CANCELLED", "ISOLATION_UNAVAILABLE",
-                         "UNKNOWN_TOOL", "BUDGET_EXCEEDED"})
+NEVER_RETRY = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "FAILED_PRECONDITION",
+        "CANCELLED",
+        "ISOLATION_UNAVAILABLE",
+        "UNKNOWN_TOOL",
+        "BUDGET_EXCEEDED",
+    }
+)
 # A sleep this short is waited in memory rather than by parking the task.
 INLINE_SLEEP_S = 1.0
 SWEEP_INTERVAL_S = 0.2
@@ -108,8 +115,14 @@ class TaskRun:
 
 
 class TaskManager:
-    def __init__(self, store: Store, workers: Workers, publish: Callable[[str, bytes], None],
-                 limits: Limits, prices: PriceTable) -> None:
+    def __init__(
+        self,
+        store: Store,
+        workers: Workers,
+        publish: Callable[[str, bytes], None],
+        limits: Limits,
+        prices: PriceTable,
+    ) -> None:
         self.store = store
         self.workers = workers
         self._publish = publish
@@ -163,7 +176,9 @@ class TaskManager:
         if not task.cancelled() and task.exception() is not None:
             log.error("background step failed", exc_info=task.exception())
 
-    async def _read_events(self, task_id: str, after: int, limit: int) -> tuple[list[EventRow], tuple[int, int] | None]:
+    async def _read_events(
+        self, task_id: str, after: int, limit: int
+    ) -> tuple[list[EventRow], tuple[int, int] | None]:
         return await self.store.run(
             lambda c: (records.events_after(c, task_id, after, limit), records.task_progress(c, task_id))
         )
@@ -204,38 +219,77 @@ class TaskManager:
 
     # ------------------------------------------------------------------ public operations
 
-    async def submit(self, tenant: str, agent: str, input_json: str, *, priority: int = 0,
-                     budget: pb.Budget | None = None, deadline_s: float = 0.0, idempotency_key: str = "",
-                     labels: dict[str, str] | None = None) -> pb.Task:
+    async def submit(
+        self,
+        tenant: str,
+        agent: str,
+        input_json: str,
+        *,
+        priority: int = 0,
+        budget: pb.Budget | None = None,
+        deadline_s: float = 0.0,
+        idempotency_key: str = "",
+        labels: dict[str, str] | None = None,
+    ) -> pb.Task:
         if not self._accepting:
             raise Unavailable("coordinator is shutting down", reason="DRAINING", retry_after_s=1.0)
         budget = budget or pb.Budget()
         labels = labels or {}
-        _validate_submit(agent, input_json, priority, budget, deadline_s, idempotency_key, labels,
-                         self.limits.max_input_bytes)
+        _validate_submit(
+            agent,
+            input_json,
+            priority,
+            budget,
+            deadline_s,
+            idempotency_key,
+            labels,
+            self.limits.max_input_bytes,
+        )
         wait = self._bucket(tenant).take(time.monotonic())
         if wait > 0:
-            raise ResourceExhausted(f"tenant {tenant!r} is over its submit rate", reason="RATE_LIMITED",
-                                    retry_after_s=round(wait, 3))
+            raise ResourceExhausted(
+                f"tenant {tenant!r} is over its submit rate",
+                reason="RATE_LIMITED",
+                retry_after_s=round(wait, 3),
+            )
         canonical_input = json.dumps(json.loads(input_json), sort_keys=True, separators=(",", ":"))
-        request_hash = hashlib.sha256(json.dumps(
-            [agent, canonical_input, priority, budget.usd, budget.tokens, deadline_s, sorted(labels.items())]
-        ).encode()).hexdigest()
+        request_hash = hashlib.sha256(
+            json.dumps(
+                [
+                    agent,
+                    canonical_input,
+                    priority,
+                    budget.usd,
+                    budget.tokens,
+                    deadline_s,
+                    sorted(labels.items()),
+                ]
+            ).encode()
+        ).hexdigest()
         if self.scheduler.admitted_waiting >= self.limits.max_queued:
             if idempotency_key:  # a repeat of an accepted submit is answered even when full
                 existing = await self._find_idempotent(tenant, idempotency_key, request_hash)
                 if existing is not None:
                     return existing
             raise ResourceExhausted(
-                f"queue is full ({self.limits.max_queued} tasks waiting to start)", reason="QUEUE_FULL",
+                f"queue is full ({self.limits.max_queued} tasks waiting to start)",
+                reason="QUEUE_FULL",
                 retry_after_s=self._retry_hint(),
             )
         await self.workers.validate(agent, input_json, timeout=self.limits.decide_timeout_s)
         now = time.time()
         task = pb.Task(
-            id=records.new_task_id(), tenant=tenant, agent=agent, input_json=input_json, priority=priority,
-            budget=budget, deadline=now + deadline_s if deadline_s else 0.0, labels=labels,
-            idempotency_key=idempotency_key, created_at=now, updated_at=now,
+            id=records.new_task_id(),
+            tenant=tenant,
+            agent=agent,
+            input_json=input_json,
+            priority=priority,
+            budget=budget,
+            deadline=now + deadline_s if deadline_s else 0.0,
+            labels=labels,
+            idempotency_key=idempotency_key,
+            created_at=now,
+            updated_at=now,
         )
 
         def op(conn: Any) -> tuple[tuple[pb.Task, bool], list[EventRow]]:
@@ -252,8 +306,9 @@ class TaskManager:
         probe = pb.Task(tenant=tenant, idempotency_key=key)
 
         def op(conn: Any) -> pb.Task | None:
-            row = conn.execute("SELECT id, request_hash FROM tasks WHERE tenant = ? AND idem_key = ?",
-                               (tenant, key)).fetchone()
+            row = conn.execute(
+                "SELECT id, request_hash FROM tasks WHERE tenant = ? AND idem_key = ?", (tenant, key)
+            ).fetchone()
             if row is None:
                 return None
             stored, _, _ = records.insert_task(conn, probe, request_hash)  # raises on a different body
@@ -268,7 +323,9 @@ class TaskManager:
     def _bucket(self, tenant: str) -> TokenBucket:
         bucket = self._buckets.get(tenant)
         if bucket is None:
-            bucket = TokenBucket(self.limits.tenant_submit_rate, self.limits.tenant_submit_burst, time.monotonic())
+            bucket = TokenBucket(
+                self.limits.tenant_submit_rate, self.limits.tenant_submit_burst, time.monotonic()
+            )
             self._buckets[tenant] = bucket
         return bucket
 
@@ -300,7 +357,9 @@ class TaskManager:
         task, new, children = await self._tx(op)
         if task.state in TERMINAL_STATES:
             return task
-        self._publish(f"cancel.{task_id}", bus_pb2.CancelNotice(task_id=task_id, reason=reason).SerializeToString())
+        self._publish(
+            f"cancel.{task_id}", bus_pb2.CancelNotice(task_id=task_id, reason=reason).SerializeToString()
+        )
         run = self._running.get(task_id)
         if run is not None:
             self._interrupt(run, _Interrupt.CANCEL)
@@ -317,7 +376,9 @@ class TaskManager:
     async def send_input(self, tenant: str, task_id: str, data_json: str) -> tuple[bool, pb.Task]:
         """Queue an input for the task's current or next `await_input`. Refused for finished tasks."""
         if len(data_json.encode()) > self.limits.max_input_bytes:
-            raise InvalidArgument(f"input is larger than {self.limits.max_input_bytes} bytes", reason="INPUT_TOO_LARGE")
+            raise InvalidArgument(
+                f"input is larger than {self.limits.max_input_bytes} bytes", reason="INPUT_TOO_LARGE"
+            )
         _parse_json(data_json, "data")
 
         def op(conn: Any) -> tuple[pb.Task, list[EventRow]]:
@@ -345,7 +406,9 @@ class TaskManager:
 
     async def _wake(self, task_id: str) -> None:
         row = await self.store.run(
-            lambda c: c.execute("SELECT tenant, priority, state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            lambda c: c.execute(
+                "SELECT tenant, priority, state FROM tasks WHERE id = ?", (task_id,)
+            ).fetchone()
         )
         if row is not None and row[2] == records.WAITING:
             self._wake_known(task_id, row[0], row[1])
@@ -392,13 +455,21 @@ class TaskManager:
                 raise
         except AgentMeshError as exc:
             await self._stop_inflight(run)
-            await self._finish(run.task_id, records.FAILED, parent_id=run.parent_id,
-                               error=pb.TaskError(reason=exc.reason, message=exc.message))
+            await self._finish(
+                run.task_id,
+                records.FAILED,
+                parent_id=run.parent_id,
+                error=pb.TaskError(reason=exc.reason, message=exc.message),
+            )
         except Exception as exc:  # noqa: BLE001 - one task's bug must not take the coordinator down
             log.exception("task loop failed")
             await self._stop_inflight(run)
-            await self._finish(run.task_id, records.FAILED, parent_id=run.parent_id,
-                               error=pb.TaskError(reason="INTERNAL", message=f"coordinator error: {exc!r}"))
+            await self._finish(
+                run.task_id,
+                records.FAILED,
+                parent_id=run.parent_id,
+                error=pb.TaskError(reason="INTERNAL", message=f"coordinator error: {exc!r}"),
+            )
         finally:
             current_task_id.reset(token)
             self._running.pop(run.task_id, None)
@@ -432,7 +503,12 @@ class TaskManager:
             return False
         task, memo, decision, parent = loaded
         run.agent, run.input_json, run.memo, run.priority = task.agent, task.input_json, memo, task.priority
-        run.decisions, run.cost, run.budget, run.deadline = task.decisions, task.cost, task.budget, task.deadline
+        run.decisions, run.cost, run.budget, run.deadline = (
+            task.decisions,
+            task.cost,
+            task.budget,
+            task.deadline,
+        )
         run.parent_id = parent
         if decision is not None:
             run.decision, run.decision_at, run.results = decision
@@ -465,21 +541,35 @@ class TaskManager:
         assert run.decision is not None
         for action in run.decision.actions:
             if action.id not in run.results:
-                skipped = pb.ActionResult(action_id=action.id, key=action.key, status=SKIPPED_A,
-                                          error=pb.TaskError(reason="SKIPPED", message="a fail-fast sibling failed"))
+                skipped = pb.ActionResult(
+                    action_id=action.id,
+                    key=action.key,
+                    status=SKIPPED_A,
+                    error=pb.TaskError(reason="SKIPPED", message="a fail-fast sibling failed"),
+                )
                 await self._record(run, skipped)
 
     async def _decide_next(self, run: TaskRun) -> bool:
         """Ask the planner for the next decision and checkpoint it. True when the task finished."""
         seq = run.decisions + 1
-        results = [run.results[a.id] for a in run.decision.actions if a.id in run.results] if run.decision else []
-        request = planner_pb2.DecideRequest(task_id=run.task_id, agent=run.agent, input_json=run.input_json,
-                                            memo_json=run.memo, results=results, decision_seq=seq)
+        results = (
+            [run.results[a.id] for a in run.decision.actions if a.id in run.results] if run.decision else []
+        )
+        request = planner_pb2.DecideRequest(
+            task_id=run.task_id,
+            agent=run.agent,
+            input_json=run.input_json,
+            memo_json=run.memo,
+            results=results,
+            decision_seq=seq,
+        )
         decision = await self._call_planner(run, request)
         for index, action in enumerate(decision.actions):
             action.id = f"{run.task_id}.{seq}.{index}"
             if action.WhichOneof("kind") is None:
-                raise InvalidArgument(f"planner returned action {index} with no kind", reason="INVALID_DECISION")
+                raise InvalidArgument(
+                    f"planner returned action {index} with no kind", reason="INVALID_DECISION"
+                )
         summary = {
             "seq": seq,
             "actions": [{"id": a.id, "key": a.key, "kind": a.WhichOneof("kind")} for a in decision.actions],
@@ -494,20 +584,26 @@ class TaskManager:
 
             def final_op(conn: Any) -> tuple[None, list[EventRow]]:
                 _, events = records.save_decision(conn, run.task_id, seq, decision, summary)
-                return None, events + records.finish(conn, run.task_id, state, result_json=final.result_json,
-                                                      error=error)
+                return None, events + records.finish(
+                    conn, run.task_id, state, result_json=final.result_json, error=error
+                )
 
             await self._tx(final_op)
             self._count_finish(state)
             if run.parent_id:
                 self._spawn_bg(self._wake(run.parent_id))
             return True
-        asks = [("input.requested", json.dumps({"action_id": a.id, "key": a.key, "prompt": a.await_input.prompt}))
-                for a in decision.actions if a.WhichOneof("kind") == "await_input"]
+        asks = [
+            ("input.requested", json.dumps({"action_id": a.id, "key": a.key, "prompt": a.await_input.prompt}))
+            for a in decision.actions
+            if a.WhichOneof("kind") == "await_input"
+        ]
 
         def op(conn: Any) -> tuple[float, list[EventRow]]:
             created_at, events = records.save_decision(conn, run.task_id, seq, decision, summary)
-            return created_at, events + records.append_events(conn, run.task_id, asks, created_at) if asks else events
+            return created_at, events + records.append_events(
+                conn, run.task_id, asks, created_at
+            ) if asks else events
 
         run.decision_at = await self._tx(op)
         run.decision, run.decisions, run.memo, run.results = decision, seq, decision.memo_json, {}
@@ -579,7 +675,9 @@ class TaskManager:
         run.wake_pending = False
 
         def op(conn: Any) -> tuple[bool | None, list[EventRow] | None]:
-            events = records.park(conn, run.task_id, wake_at, prompts[0] if prompts else "", waiting_for_input, [])
+            events = records.park(
+                conn, run.task_id, wake_at, prompts[0] if prompts else "", waiting_for_input, []
+            )
             return (events is not None), events
 
         parked = await self._tx(op)
@@ -594,21 +692,35 @@ class TaskManager:
         if kind == "sleep":
             if now < run.decision_at + action.sleep.seconds:
                 return False
-            await self._record(run, pb.ActionResult(action_id=action.id, key=action.key, status=OK,
-                                                    output_json=json.dumps({"slept_s": action.sleep.seconds})))
+            await self._record(
+                run,
+                pb.ActionResult(
+                    action_id=action.id,
+                    key=action.key,
+                    status=OK,
+                    output_json=json.dumps({"slept_s": action.sleep.seconds}),
+                ),
+            )
             return True
         if kind == "await_input":
             timeout = action.await_input.timeout_s
             timed_out = bool(timeout) and now >= run.decision_at + timeout
             data = await self.store.run(lambda c: records.take_input(c, run.task_id, action.id))
             if data is not None:
-                await self._record(run, pb.ActionResult(action_id=action.id, key=action.key, status=OK,
-                                                        output_json=data))
+                await self._record(
+                    run, pb.ActionResult(action_id=action.id, key=action.key, status=OK, output_json=data)
+                )
                 return True
             if timed_out:
-                await self._record(run, pb.ActionResult(
-                    action_id=action.id, key=action.key, status=TIMED_OUT_A,
-                    error=pb.TaskError(reason="INPUT_TIMEOUT", message=f"no input within {timeout:g}s")))
+                await self._record(
+                    run,
+                    pb.ActionResult(
+                        action_id=action.id,
+                        key=action.key,
+                        status=TIMED_OUT_A,
+                        error=pb.TaskError(reason="INPUT_TIMEOUT", message=f"no input within {timeout:g}s"),
+                    ),
+                )
                 return True
             return False
         if kind == "spawn":
@@ -626,9 +738,15 @@ class TaskManager:
             events: list[EventRow] = []
             for index, spec in enumerate(spawn.children):
                 child = pb.Task(
-                    id=records.new_task_id() + f"{index:04x}", tenant=run.tenant, agent=spec.agent,
-                    input_json=spec.input_json or "{}", priority=spec.priority or run.priority,
-                    labels=dict(spec.labels), parent_id=run.task_id, created_at=now, updated_at=now,
+                    id=records.new_task_id() + f"{index:04x}",
+                    tenant=run.tenant,
+                    agent=spec.agent,
+                    input_json=spec.input_json or "{}",
+                    priority=spec.priority or run.priority,
+                    labels=dict(spec.labels),
+                    parent_id=run.task_id,
+                    created_at=now,
+                    updated_at=now,
                     deadline=run.deadline,
                 )
                 stored, _, child_events = records.insert_task(conn, child, "", parent_action=action.id)
@@ -646,11 +764,27 @@ class TaskManager:
         if outcome is None:
             return False
         status, error, losers = outcome
-        output = {"children": [{"id": c.id, "state": STATE_NAMES[c.state],
-                                "result": json.loads(c.result_json) if c.result_json else None,
-                                "error": c.error.reason or None} for c in children]}
-        await self._record(run, pb.ActionResult(action_id=action.id, key=action.key, status=status,
-                                                output_json=json.dumps(output), error=error))
+        output = {
+            "children": [
+                {
+                    "id": c.id,
+                    "state": STATE_NAMES[c.state],
+                    "result": json.loads(c.result_json) if c.result_json else None,
+                    "error": c.error.reason or None,
+                }
+                for c in children
+            ]
+        }
+        await self._record(
+            run,
+            pb.ActionResult(
+                action_id=action.id,
+                key=action.key,
+                status=status,
+                output_json=json.dumps(output),
+                error=error,
+            ),
+        )
         for loser in losers:
             with contextlib.suppress(AgentMeshError):
                 await self.cancel(None, loser, "join settled")
@@ -663,11 +797,17 @@ class TaskManager:
             timeout = max(0.001, min(timeout, run.deadline - time.time()))
         attempts = max(1, action.retry.attempts)
         started_event = json.dumps({"action_id": action.id, "key": action.key, "kind": kind})
-        self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, [("action.started", started_event)])))
+        self._tx_nowait(
+            lambda c: (None, records.append_if_live(c, run.task_id, [("action.started", started_event)]))
+        )
 
         def sink(stream: str, data: bytes) -> None:
-            payload = json.dumps({"action_id": action.id, "stream": stream, "text": data.decode(errors="replace")})
-            self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, [("action.output", payload)])))
+            payload = json.dumps(
+                {"action_id": action.id, "stream": stream, "text": data.decode(errors="replace")}
+            )
+            self._tx_nowait(
+                lambda c: (None, records.append_if_live(c, run.task_id, [("action.output", payload)]))
+            )
 
         result = pb.ActionResult()
         for attempt in range(1, attempts + 1):
@@ -681,14 +821,21 @@ class TaskManager:
                         result = await self.workers.run_embed(run.task_id, action, timeout)
             except AgentMeshError as exc:
                 status = TIMED_OUT_A if exc.reason == "DEADLINE_EXCEEDED" else FAILED_A
-                result = pb.ActionResult(status=status, error=pb.TaskError(reason=exc.reason, message=exc.message))
+                result = pb.ActionResult(
+                    status=status, error=pb.TaskError(reason=exc.reason, message=exc.message)
+                )
             result.action_id, result.key, result.attempts = action.id, action.key, attempt
             if result.status == OK or attempt == attempts or not _retryable(result, action.retry):
                 break
             delay = _backoff(action.retry, attempt)
-            note = json.dumps({"message": f"action {action.key or action.id} attempt {attempt} failed "
-                                          f"({result.error.reason or ACTION_STATUS_NAMES[result.status]}); "
-                                          f"retrying in {delay:.2f}s", "action_id": action.id})
+            note = json.dumps(
+                {
+                    "message": f"action {action.key or action.id} attempt {attempt} failed "
+                    f"({result.error.reason or ACTION_STATUS_NAMES[result.status]}); "
+                    f"retrying in {delay:.2f}s",
+                    "action_id": action.id,
+                }
+            )
             self._tx_nowait(lambda c, n=note: (None, records.append_if_live(c, run.task_id, [("log", n)])))
             await asyncio.sleep(delay)
         await self._record(run, result)
@@ -701,14 +848,27 @@ class TaskManager:
         total.CopyFrom(run.cost)
         add_cost(total, result.cost)
         finished = {
-            "action_id": result.action_id, "key": result.key, "status": ACTION_STATUS_NAMES[result.status],
-            "exit_code": result.exit_code, "attempts": result.attempts,
+            "action_id": result.action_id,
+            "key": result.key,
+            "status": ACTION_STATUS_NAMES[result.status],
+            "exit_code": result.exit_code,
+            "attempts": result.attempts,
             "error": result.error.reason or None,
         }
         events = [("action.finished", json.dumps(finished))]
         if result.cost.usd or result.cost.tokens_in or result.cost.tokens_out:
-            events.append(("cost", json.dumps({"action_id": result.action_id, "action": cost_to_dict(result.cost),
-                                               "task": cost_to_dict(total)})))
+            events.append(
+                (
+                    "cost",
+                    json.dumps(
+                        {
+                            "action_id": result.action_id,
+                            "action": cost_to_dict(result.cost),
+                            "task": cost_to_dict(total),
+                        }
+                    ),
+                )
+            )
         decision_seq = run.decisions
 
         def op(conn: Any) -> tuple[None, list[EventRow] | None]:
@@ -729,8 +889,15 @@ class TaskManager:
             await asyncio.wait(tasks, timeout=self.limits.cancel_grace_s)
         run.inflight = set()
 
-    async def _finish(self, task_id: str, state: int, *, parent_id: str | None, result_json: str = "",
-                      error: pb.TaskError | None = None) -> None:
+    async def _finish(
+        self,
+        task_id: str,
+        state: int,
+        *,
+        parent_id: str | None,
+        result_json: str = "",
+        error: pb.TaskError | None = None,
+    ) -> None:
         def op(conn: Any) -> tuple[tuple[bool, str | None], list[EventRow]]:
             events = records.finish(conn, task_id, state, result_json=result_json, error=error)
             return (bool(events), records.parent_of(conn, task_id)), events
@@ -759,8 +926,16 @@ def _parse_json(text: str, what: str) -> Any:
         raise InvalidArgument(f"{what} is not valid JSON: {exc}", reason="MALFORMED_JSON") from None
 
 
-def _validate_submit(agent: str, input_json: str, priority: int, budget: pb.Budget, deadline_s: float,
-                     idempotency_key: str, labels: dict[str, str], max_input_bytes: int) -> None:
+def _validate_submit(
+    agent: str,
+    input_json: str,
+    priority: int,
+    budget: pb.Budget,
+    deadline_s: float,
+    idempotency_key: str,
+    labels: dict[str, str],
+    max_input_bytes: int,
+) -> None:
     violations = []
     if not agent:
         violations.append(("agent", "required"))
@@ -818,9 +993,17 @@ def _join(mode: int, children: list[pb.Task]) -> tuple[int, pb.TaskError | None,
             return FAILED_A, pb.TaskError(reason="CHILDREN_FAILED", message="no child succeeded"), []
         return None
     if mode == pb.JOIN_MODE_FAIL_FAST and failed:
-        return FAILED_A, pb.TaskError(reason="CHILD_FAILED", message=f"child {failed[0].id} failed"), unfinished
+        return (
+            FAILED_A,
+            pb.TaskError(reason="CHILD_FAILED", message=f"child {failed[0].id} failed"),
+            unfinished,
+        )
     if unfinished:
         return None
     if failed:
-        return FAILED_A, pb.TaskError(reason="CHILD_FAILED", message=f"{len(failed)} of {len(children)} children failed"), []
+        return (
+            FAILED_A,
+            pb.TaskError(reason="CHILD_FAILED", message=f"{len(failed)} of {len(children)} children failed"),
+            [],
+        )
     return OK, None, []

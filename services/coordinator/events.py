@@ -49,9 +49,13 @@ class _Watcher:
 
 
 class EventHub:
-    def __init__(self, read_events: ReadEvents, poll_s: float = 1.0,
-                 on_first_watcher: Callable[[str], None] | None = None,
-                 on_last_watcher: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        read_events: ReadEvents,
+        poll_s: float = 1.0,
+        on_first_watcher: Callable[[str], None] | None = None,
+        on_last_watcher: Callable[[str], None] | None = None,
+    ) -> None:
         self._read_events = read_events
         self._watchers: dict[str, set[_Watcher]] = {}
         self.poll_s = poll_s
@@ -86,7 +90,9 @@ class EventHub:
             if self._on_last:
                 self._on_last(task_id)
 
-    async def watch(self, task_id: str, after_seq: int, terminal_states: frozenset[int]) -> AsyncIterator[pb.Event]:
+    async def watch(
+        self, task_id: str, after_seq: int, terminal_states: frozenset[int]
+    ) -> AsyncIterator[pb.Event]:
         watcher = self._register(task_id)  # before the first store read, so nothing falls in between
         last = after_seq
         try:

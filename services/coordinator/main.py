@@ -40,10 +40,15 @@ class CoordinatorService(Service):
         # Channels belong to the running loop: made here, not in __init__.
         self.workers = Workers(cfg.planner_addr, cfg.executor_addr, cfg.inference_addr)
         limits = Limits(
-            max_running=cfg.max_running, max_queued=cfg.max_queued, max_inflight_exec=cfg.max_inflight_exec,
-            max_inflight_infer=cfg.max_inflight_infer, tenant_submit_rate=cfg.tenant_submit_rate,
-            tenant_submit_burst=cfg.tenant_submit_burst, default_action_timeout_s=cfg.default_action_timeout_s,
-            decide_timeout_s=cfg.decide_timeout_s, cancel_grace_s=cfg.cancel_grace_s,
+            max_running=cfg.max_running,
+            max_queued=cfg.max_queued,
+            max_inflight_exec=cfg.max_inflight_exec,
+            max_inflight_infer=cfg.max_inflight_infer,
+            tenant_submit_rate=cfg.tenant_submit_rate,
+            tenant_submit_burst=cfg.tenant_submit_burst,
+            default_action_timeout_s=cfg.default_action_timeout_s,
+            decide_timeout_s=cfg.decide_timeout_s,
+            cancel_grace_s=cfg.cancel_grace_s,
             max_input_bytes=cfg.max_input_bytes,
         )
         manager = TaskManager(self.store, self.workers, rt.bus.publish, limits, PriceTable.parse(cfg.prices))
@@ -60,7 +65,9 @@ class CoordinatorService(Service):
         rt.spawn(manager.sweep_forever(), "wake-sweeper")
         Gauge("agentmesh_tasks_running", "tasks running now").set_function(lambda: len(manager._running))
         Gauge("agentmesh_tasks_queued", "tasks waiting to start").set_function(lambda: len(manager.scheduler))
-        Gauge("agentmesh_watchers", "tasks with live watchers").set_function(lambda: manager.hub.watched_tasks)
+        Gauge("agentmesh_watchers", "tasks with live watchers").set_function(
+            lambda: manager.hub.watched_tasks
+        )
 
     async def drain(self) -> None:
         if self.manager is not None:

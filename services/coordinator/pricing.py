@@ -27,7 +27,9 @@ class PriceTable:
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, sep, raw = part.partition("=")
             if not sep or name.strip() not in cls.__dataclass_fields__:
-                raise ValueError(f"bad price entry {part!r}; expected one of {sorted(cls.__dataclass_fields__)}=N")
+                raise ValueError(
+                    f"bad price entry {part!r}; expected one of {sorted(cls.__dataclass_fields__)}=N"
+                )
             price = float(raw)
             if price < 0:
                 raise ValueError(f"negative price for {name}")
@@ -35,8 +37,13 @@ class PriceTable:
         return cls(**values)
 
     def usd(self, cost: pb.Cost) -> float:
-        return (cost.tokens_in * self.tokens_in + cost.tokens_out * self.tokens_out + cost.gpu_ms * self.gpu_ms
-                + cost.cpu_ms * self.cpu_ms + cost.wall_ms * self.wall_ms)
+        return (
+            cost.tokens_in * self.tokens_in
+            + cost.tokens_out * self.tokens_out
+            + cost.gpu_ms * self.gpu_ms
+            + cost.cpu_ms * self.cpu_ms
+            + cost.wall_ms * self.wall_ms
+        )
 
 
 def add_cost(total: pb.Cost, part: pb.Cost) -> None:

@@ -24,7 +24,8 @@ SUCCEEDED, FAILED, CANCELLED = pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED, pb
 
 TASK_COLUMNS = (
     "id, tenant, agent, input, priority, budget_usd, budget_tokens, deadline, labels, idem_key, parent_id, "
-    "state, result, error, cost, decisions, last_seq, cancel_requested, input_prompt, created_at, updated_at, "
+    "state, result, error, cost, decisions, last_seq, cancel_requested, input_prompt, created_at, "
+    "updated_at, "
     "finished_at"
 )
 
@@ -35,15 +36,50 @@ def new_task_id() -> str:
 
 
 def row_to_task(row: tuple[Any, ...]) -> pb.Task:
-    (tid, tenant, agent, input_json, priority, budget_usd, budget_tokens, deadline, labels, idem_key, parent_id,
-     state, result, error, cost, decisions, last_seq, cancel_requested, input_prompt, created_at, updated_at,
-     finished_at) = row
+    (
+        tid,
+        tenant,
+        agent,
+        input_json,
+        priority,
+        budget_usd,
+        budget_tokens,
+        deadline,
+        labels,
+        idem_key,
+        parent_id,
+        state,
+        result,
+        error,
+        cost,
+        decisions,
+        last_seq,
+        cancel_requested,
+        input_prompt,
+        created_at,
+        updated_at,
+        finished_at,
+    ) = row
     task = pb.Task(
-        id=tid, tenant=tenant, agent=agent, input_json=input_json, priority=priority,
-        budget=pb.Budget(usd=budget_usd, tokens=budget_tokens), deadline=deadline, labels=json.loads(labels),
-        idempotency_key=idem_key or "", parent_id=parent_id or "", state=state, result_json=result,
-        decisions=decisions, last_seq=last_seq, cancel_requested=bool(cancel_requested), input_prompt=input_prompt,
-        created_at=created_at, updated_at=updated_at, finished_at=finished_at,
+        id=tid,
+        tenant=tenant,
+        agent=agent,
+        input_json=input_json,
+        priority=priority,
+        budget=pb.Budget(usd=budget_usd, tokens=budget_tokens),
+        deadline=deadline,
+        labels=json.loads(labels),
+        idempotency_key=idem_key or "",
+        parent_id=parent_id or "",
+        state=state,
+        result_json=result,
+        decisions=decisions,
+        last_seq=last_seq,
+        cancel_requested=bool(cancel_requested),
+        input_prompt=input_prompt,
+        created_at=created_at,
+        updated_at=updated_at,
+        finished_at=finished_at,
     )
     if error:
         task.error.ParseFromString(error)
@@ -65,8 +101,9 @@ def get_task(conn: sqlite3.Connection, task_id: str, tenant: str | None = None) 
     return row_to_task(row)
 
 
-def insert_task(conn: sqlite3.Connection, task: pb.Task, request_hash: str,
-                parent_action: str = "") -> tuple[pb.Task, bool, list[EventRow]]:
+def insert_task(
+    conn: sqlite3.Connection, task: pb.Task, request_hash: str, parent_action: str = ""
+) -> tuple[pb.Task, bool, list[EventRow]]:
     """Insert a QUEUED task; (task, created, events). An idempotency key reused with the same request
     returns the first task; with a different request it is refused."""
     if task.idempotency_key:
@@ -78,17 +115,33 @@ def insert_task(conn: sqlite3.Connection, task: pb.Task, request_hash: str,
             if row[-1] != request_hash:
                 raise AlreadyExists(
                     f"idempotency key {task.idempotency_key!r} was used for a different request",
-                    reason="IDEMPOTENCY_KEY_REUSED", details={"task_id": row[0]},
+                    reason="IDEMPOTENCY_KEY_REUSED",
+                    details={"task_id": row[0]},
                 )
             return row_to_task(row[:-1]), False, []
     conn.execute(
         "INSERT INTO tasks (id, tenant, agent, input, priority, budget_usd, budget_tokens, deadline, labels, "
         "idem_key, request_hash, parent_id, parent_action, state, cost, created_at, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (task.id, task.tenant, task.agent, task.input_json, task.priority, task.budget.usd, task.budget.tokens,
-         task.deadline, json.dumps(dict(task.labels)), task.idempotency_key or None, request_hash,
-         task.parent_id or None, parent_action or None, QUEUED, pb.Cost().SerializeToString(),
-         task.created_at, task.created_at),
+        (
+            task.id,
+            task.tenant,
+            task.agent,
+            task.input_json,
+            task.priority,
+            task.budget.usd,
+            task.budget.tokens,
+            task.deadline,
+            json.dumps(dict(task.labels)),
+            task.idempotency_key or None,
+            request_hash,
+            task.parent_id or None,
+            parent_action or None,
+            QUEUED,
+            pb.Cost().SerializeToString(),
+            task.created_at,
+            task.created_at,
+        ),
     )
     events = append_events(conn, task.id, [state_event(QUEUED)], task.created_at)
     task.state = QUEUED
@@ -96,7 +149,9 @@ def insert_task(conn: sqlite3.Connection, task: pb.Task, request_hash: str,
     return task, True, events
 
 
-def list_tasks(conn: sqlite3.Connection, tenant: str, state: int, limit: int, cursor: str) -> tuple[list[pb.Task], str]:
+def list_tasks(
+    conn: sqlite3.Connection, tenant: str, state: int, limit: int, cursor: str
+) -> tuple[list[pb.Task], str]:
     clauses, params = ["tenant = ?"], [tenant]
     if state:
         clauses.append("state = ?")
@@ -113,16 +168,32 @@ def list_tasks(conn: sqlite3.Connection, tenant: str, state: int, limit: int, cu
     return tasks, next_cursor
 
 
-def set_state(conn: sqlite3.Connection, task_id: str, state: int, *, now: float | None = None,
-              extra_events: Iterable[tuple[str, str]] = (), **event_data: Any) -> list[EventRow]:
+def set_state(
+    conn: sqlite3.Connection,
+    task_id: str,
+    state: int,
+    *,
+    now: float | None = None,
+    extra_events: Iterable[tuple[str, str]] = (),
+    **event_data: Any,
+) -> list[EventRow]:
     now = time.time() if now is None else now
-    conn.execute("UPDATE tasks SET state = ?, updated_at = ?, wake_at = NULL, input_prompt = '' WHERE id = ?",
-                 (state, now, task_id))
+    conn.execute(
+        "UPDATE tasks SET state = ?, updated_at = ?, wake_at = NULL, input_prompt = '' WHERE id = ?",
+        (state, now, task_id),
+    )
     return append_events(conn, task_id, [*extra_events, state_event(state, **event_data)], now)
 
 
-def finish(conn: sqlite3.Connection, task_id: str, state: int, *, result_json: str = "",
-           error: pb.TaskError | None = None, now: float | None = None) -> list[EventRow]:
+def finish(
+    conn: sqlite3.Connection,
+    task_id: str,
+    state: int,
+    *,
+    result_json: str = "",
+    error: pb.TaskError | None = None,
+    now: float | None = None,
+) -> list[EventRow]:
     """Move a task to a terminal state; its terminal 'state' event is always its last event."""
     now = time.time() if now is None else now
     current = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
@@ -131,8 +202,14 @@ def finish(conn: sqlite3.Connection, task_id: str, state: int, *, result_json: s
     conn.execute(
         "UPDATE tasks SET state = ?, result = ?, error = ?, updated_at = ?, finished_at = ?, wake_at = NULL, "
         "input_prompt = '' WHERE id = ?",
-        (state, result_json, error.SerializeToString() if error is not None and error.reason else None, now, now,
-         task_id),
+        (
+            state,
+            result_json,
+            error.SerializeToString() if error is not None and error.reason else None,
+            now,
+            now,
+            task_id,
+        ),
     )
     data: dict[str, Any] = {}
     if error is not None and error.reason:
@@ -145,20 +222,26 @@ def is_terminal(conn: sqlite3.Connection, task_id: str) -> bool:
     return row is None or row[0] in TERMINAL_STATES
 
 
-def request_cancel(conn: sqlite3.Connection, task_id: str, tenant: str | None,
-                   reason: str) -> tuple[pb.Task, bool, list[EventRow]]:
+def request_cancel(
+    conn: sqlite3.Connection, task_id: str, tenant: str | None, reason: str
+) -> tuple[pb.Task, bool, list[EventRow]]:
     """Record the cancel intent durably. Returns (task, newly_requested, events).
     Idempotent; FailedPrecondition for a task that finished other than by cancellation."""
     task = get_task(conn, task_id, tenant)
     if task.state in TERMINAL_STATES:
         if task.state == CANCELLED:
             return task, False, []
-        raise FailedPrecondition(f"task {task_id} already finished ({STATE_NAMES[task.state]})",
-                                 reason="TASK_FINISHED", details={"state": STATE_NAMES[task.state]})
+        raise FailedPrecondition(
+            f"task {task_id} already finished ({STATE_NAMES[task.state]})",
+            reason="TASK_FINISHED",
+            details={"state": STATE_NAMES[task.state]},
+        )
     if task.cancel_requested:
         return task, False, []
     conn.execute("UPDATE tasks SET cancel_requested = 1, updated_at = ? WHERE id = ?", (time.time(), task_id))
-    events = append_events(conn, task_id, [("log", json.dumps({"message": "cancel requested", "reason": reason}))])
+    events = append_events(
+        conn, task_id, [("log", json.dumps({"message": "cancel requested", "reason": reason}))]
+    )
     task.cancel_requested = True
     return task, True, events
 
@@ -181,33 +264,49 @@ def task_progress(conn: sqlite3.Connection, task_id: str) -> tuple[int, int] | N
     return conn.execute("SELECT state, last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
 
 
-def add_input(conn: sqlite3.Connection, task_id: str, tenant: str, data_json: str) -> tuple[pb.Task, list[EventRow]]:
+def add_input(
+    conn: sqlite3.Connection, task_id: str, tenant: str, data_json: str
+) -> tuple[pb.Task, list[EventRow]]:
     task = get_task(conn, task_id, tenant)
     if task.state in TERMINAL_STATES:
-        raise FailedPrecondition(f"task {task_id} already finished ({STATE_NAMES[task.state]})",
-                                 reason="TASK_FINISHED", details={"state": STATE_NAMES[task.state]})
-    (seq,) = conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM inputs WHERE task_id = ?", (task_id,)).fetchone()
+        raise FailedPrecondition(
+            f"task {task_id} already finished ({STATE_NAMES[task.state]})",
+            reason="TASK_FINISHED",
+            details={"state": STATE_NAMES[task.state]},
+        )
+    (seq,) = conn.execute(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM inputs WHERE task_id = ?", (task_id,)
+    ).fetchone()
     conn.execute("INSERT INTO inputs (task_id, seq, data) VALUES (?, ?, ?)", (task_id, seq, data_json))
-    events = append_events(conn, task_id, [("log", json.dumps({"message": "input received", "input_seq": seq}))])
+    events = append_events(
+        conn, task_id, [("log", json.dumps({"message": "input received", "input_seq": seq}))]
+    )
     return task, events
 
 
 def take_input(conn: sqlite3.Connection, task_id: str, action_id: str) -> str | None:
     """The oldest unconsumed input, marked consumed by `action_id`; an action that already consumed
     one (before a crash) gets the same one back."""
-    row = conn.execute("SELECT data FROM inputs WHERE task_id = ? AND consumed_by = ?", (task_id, action_id)).fetchone()
+    row = conn.execute(
+        "SELECT data FROM inputs WHERE task_id = ? AND consumed_by = ?", (task_id, action_id)
+    ).fetchone()
     if row is not None:
         return row[0]
     row = conn.execute(
-        "SELECT seq, data FROM inputs WHERE task_id = ? AND consumed_by IS NULL ORDER BY seq LIMIT 1", (task_id,)
+        "SELECT seq, data FROM inputs WHERE task_id = ? AND consumed_by IS NULL ORDER BY seq LIMIT 1",
+        (task_id,),
     ).fetchone()
     if row is None:
         return None
-    conn.execute("UPDATE inputs SET consumed_by = ? WHERE task_id = ? AND seq = ?", (action_id, task_id, row[0]))
+    conn.execute(
+        "UPDATE inputs SET consumed_by = ? WHERE task_id = ? AND seq = ?", (action_id, task_id, row[0])
+    )
     return row[1]
 
 
-def load_decision(conn: sqlite3.Connection, task_id: str, seq: int) -> tuple[pb.Decision, float, dict[str, pb.ActionResult]]:
+def load_decision(
+    conn: sqlite3.Connection, task_id: str, seq: int
+) -> tuple[pb.Decision, float, dict[str, pb.ActionResult]]:
     body, created_at = conn.execute(
         "SELECT body, created_at FROM decisions WHERE task_id = ? AND seq = ?", (task_id, seq)
     ).fetchone()
@@ -227,19 +326,30 @@ def load_memo(conn: sqlite3.Connection, task_id: str) -> str:
     return conn.execute("SELECT memo FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
 
 
-def save_decision(conn: sqlite3.Connection, task_id: str, seq: int, decision: pb.Decision,
-                  summary: dict[str, Any]) -> tuple[float, list[EventRow]]:
+def save_decision(
+    conn: sqlite3.Connection, task_id: str, seq: int, decision: pb.Decision, summary: dict[str, Any]
+) -> tuple[float, list[EventRow]]:
     """The checkpoint: the decision and the new memo, atomically with its event."""
     now = time.time()
-    conn.execute("INSERT INTO decisions (task_id, seq, body, created_at) VALUES (?, ?, ?, ?)",
-                 (task_id, seq, decision.SerializeToString(), now))
-    conn.execute("UPDATE tasks SET decisions = ?, memo = ?, updated_at = ? WHERE id = ?",
-                 (seq, decision.memo_json, now, task_id))
+    conn.execute(
+        "INSERT INTO decisions (task_id, seq, body, created_at) VALUES (?, ?, ?, ?)",
+        (task_id, seq, decision.SerializeToString(), now),
+    )
+    conn.execute(
+        "UPDATE tasks SET decisions = ?, memo = ?, updated_at = ? WHERE id = ?",
+        (seq, decision.memo_json, now, task_id),
+    )
     return now, append_events(conn, task_id, [("decision", json.dumps(summary))], now)
 
 
-def save_result(conn: sqlite3.Connection, task_id: str, decision_seq: int, result: pb.ActionResult,
-                cost: pb.Cost, events: list[tuple[str, str]]) -> list[EventRow] | None:
+def save_result(
+    conn: sqlite3.Connection,
+    task_id: str,
+    decision_seq: int,
+    result: pb.ActionResult,
+    cost: pb.Cost,
+    events: list[tuple[str, str]],
+) -> list[EventRow] | None:
     """Persist one action's result and the task's new total cost. None if the task already finished
     (a late result of a cancelled task is dropped, so the terminal event stays last)."""
     if is_terminal(conn, task_id):
@@ -248,8 +358,10 @@ def save_result(conn: sqlite3.Connection, task_id: str, decision_seq: int, resul
         "INSERT OR REPLACE INTO results (task_id, action_id, decision_seq, body) VALUES (?, ?, ?, ?)",
         (task_id, result.action_id, decision_seq, result.SerializeToString()),
     )
-    conn.execute("UPDATE tasks SET cost = ?, updated_at = ? WHERE id = ?",
-                 (cost.SerializeToString(), time.time(), task_id))
+    conn.execute(
+        "UPDATE tasks SET cost = ?, updated_at = ? WHERE id = ?",
+        (cost.SerializeToString(), time.time(), task_id),
+    )
     return append_events(conn, task_id, events)
 
 
@@ -259,26 +371,38 @@ def append_if_live(conn: sqlite3.Connection, task_id: str, events: list[tuple[st
     return append_events(conn, task_id, events)
 
 
-def park(conn: sqlite3.Connection, task_id: str, wake_at: float | None, prompt: str,
-         waiting_for_input: bool, events: list[tuple[str, str]]) -> list[EventRow] | None:
+def park(
+    conn: sqlite3.Connection,
+    task_id: str,
+    wake_at: float | None,
+    prompt: str,
+    waiting_for_input: bool,
+    events: list[tuple[str, str]],
+) -> list[EventRow] | None:
     """Move a running task to WAITING. None (and nothing changed) if an input is already queued for a
     waiting action: then the task must go on running instead. This check and SendInput's insert are
     serialized by the store, so an input can never arrive unseen between the check and the park."""
-    if waiting_for_input and conn.execute(
-        "SELECT 1 FROM inputs WHERE task_id = ? AND consumed_by IS NULL LIMIT 1", (task_id,)
-    ).fetchone():
+    if (
+        waiting_for_input
+        and conn.execute(
+            "SELECT 1 FROM inputs WHERE task_id = ? AND consumed_by IS NULL LIMIT 1", (task_id,)
+        ).fetchone()
+    ):
         return None
     if is_terminal(conn, task_id):
         return []
     now = time.time()
-    conn.execute("UPDATE tasks SET state = ?, wake_at = ?, input_prompt = ?, updated_at = ? WHERE id = ?",
-                 (WAITING, wake_at, prompt, now, task_id))
+    conn.execute(
+        "UPDATE tasks SET state = ?, wake_at = ?, input_prompt = ?, updated_at = ? WHERE id = ?",
+        (WAITING, wake_at, prompt, now, task_id),
+    )
     return append_events(conn, task_id, [*events, state_event(WAITING)], now)
 
 
 def due_wakeups(conn: sqlite3.Connection, now: float, limit: int) -> list[tuple[str, str, int]]:
     return conn.execute(
-        "SELECT id, tenant, priority FROM tasks WHERE wake_at IS NOT NULL AND wake_at <= ? AND state = ? LIMIT ?",
+        "SELECT id, tenant, priority FROM tasks "
+        "WHERE wake_at IS NOT NULL AND wake_at <= ? AND state = ? LIMIT ?",
         (now, WAITING, limit),
     ).fetchall()
 

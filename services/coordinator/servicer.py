@@ -30,29 +30,44 @@ class AgentServicer(api_grpc.AgentServiceServicer):
 
     async def SubmitTask(self, request: api.SubmitTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         return await self.manager.submit(
-            self._tenant(context), request.agent, request.input_json, priority=request.priority,
-            budget=request.budget, deadline_s=request.deadline_s, idempotency_key=request.idempotency_key,
+            self._tenant(context),
+            request.agent,
+            request.input_json,
+            priority=request.priority,
+            budget=request.budget,
+            deadline_s=request.deadline_s,
+            idempotency_key=request.idempotency_key,
             labels=dict(request.labels),
         )
 
     async def GetTask(self, request: api.GetTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         return await self.manager.get(self._tenant(context), request.id)
 
-    async def ListTasks(self, request: api.ListTasksRequest, context: grpc.aio.ServicerContext) -> api.ListTasksResponse:
-        tasks, cursor = await self.manager.list(self._tenant(context), request.state, request.limit, request.cursor)
+    async def ListTasks(
+        self, request: api.ListTasksRequest, context: grpc.aio.ServicerContext
+    ) -> api.ListTasksResponse:
+        tasks, cursor = await self.manager.list(
+            self._tenant(context), request.state, request.limit, request.cursor
+        )
         return api.ListTasksResponse(tasks=tasks, next_cursor=cursor)
 
     async def CancelTask(self, request: api.CancelTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         return await self.manager.cancel(self._tenant(context), request.id, request.reason)
 
-    async def SendInput(self, request: api.SendInputRequest, context: grpc.aio.ServicerContext) -> api.SendInputResponse:
+    async def SendInput(
+        self, request: api.SendInputRequest, context: grpc.aio.ServicerContext
+    ) -> api.SendInputResponse:
         delivered, task = await self.manager.send_input(self._tenant(context), request.id, request.data_json)
         return api.SendInputResponse(delivered=delivered, task=task)
 
-    async def WatchTask(self, request: api.WatchTaskRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.Event]:
+    async def WatchTask(
+        self, request: api.WatchTaskRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Event]:
         async for event in self.manager.watch(self._tenant(context), request.id, request.after_seq):
             yield event
 
-    async def ListAgents(self, request: api.ListAgentsRequest, context: grpc.aio.ServicerContext) -> api.ListAgentsResponse:
+    async def ListAgents(
+        self, request: api.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> api.ListAgentsResponse:
         self._tenant(context)
         return api.ListAgentsResponse(agents=await self.manager.list_agents())

@@ -103,8 +103,9 @@ class EventRow:
     data: str
 
 
-def append_events(conn: sqlite3.Connection, task_id: str, items: Iterable[tuple[str, str]],
-                  now: float | None = None) -> list[EventRow]:
+def append_events(
+    conn: sqlite3.Connection, task_id: str, items: Iterable[tuple[str, str]], now: float | None = None
+) -> list[EventRow]:
     """Append events (kind, data_json) to a task, numbering them after its last seq."""
     items = list(items)
     if not items:
@@ -129,9 +130,9 @@ class Store:
         self.path = path
         self.synchronous = synchronous
         self.max_batch = max_batch
-        self._queue: queue.SimpleQueue[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
+        self._queue: queue.SimpleQueue[
+            tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]] | None
+        ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.commits = 0
@@ -192,7 +193,9 @@ class Store:
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         conn.close()
 
-    def _execute(self, conn: sqlite3.Connection, batch: list[Any]) -> list[tuple[asyncio.Future[Any], bool, Any]]:
+    def _execute(
+        self, conn: sqlite3.Connection, batch: list[Any]
+    ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
         outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")

@@ -15,8 +15,14 @@ import grpc
 
 from protos.agentmesh.v1 import agent_service_pb2 as api
 from protos.agentmesh.v1 import common_pb2 as pb
-from protos.agentmesh.v1 import executor_pb2, executor_pb2_grpc, inference_pb2, inference_pb2_grpc
-from protos.agentmesh.v1 import planner_pb2, planner_pb2_grpc
+from protos.agentmesh.v1 import (
+    executor_pb2,
+    executor_pb2_grpc,
+    inference_pb2,
+    inference_pb2_grpc,
+    planner_pb2,
+    planner_pb2_grpc,
+)
 from services.runtime.channels import insecure_channel
 from services.runtime.errors import from_rpc_error
 
@@ -42,8 +48,9 @@ class Workers:
 
     async def validate(self, agent: str, input_json: str, timeout: float) -> None:
         try:
-            await self.planner.Validate(planner_pb2.ValidateRequest(agent=agent, input_json=input_json),
-                                        timeout=timeout)
+            await self.planner.Validate(
+                planner_pb2.ValidateRequest(agent=agent, input_json=input_json), timeout=timeout
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
 
@@ -54,10 +61,12 @@ class Workers:
             raise from_rpc_error(exc) from None
         return list(reply.agents)
 
-    async def run_exec(self, task_id: str, action: pb.Action, timeout: float, on_output: OutputSink,
-                       attempt: int = 1) -> pb.ActionResult:
-        request = executor_pb2.ExecRequest(task_id=task_id, action_id=action.id, action=action.exec,
-                                           timeout_s=timeout, attempt=attempt)
+    async def run_exec(
+        self, task_id: str, action: pb.Action, timeout: float, on_output: OutputSink, attempt: int = 1
+    ) -> pb.ActionResult:
+        request = executor_pb2.ExecRequest(
+            task_id=task_id, action_id=action.id, action=action.exec, timeout_s=timeout, attempt=attempt
+        )
         # A margin over the executor's own wall limit: it reports TIMED_OUT itself, with the output.
         call = self.executor.Exec(request, timeout=timeout + 10.0)
         try:
@@ -72,7 +81,9 @@ class Workers:
             call.cancel()
         raise from_rpc_error_missing("executor ended the stream without a result")
 
-    async def run_infer(self, task_id: str, action: pb.Action, timeout: float, on_output: OutputSink) -> pb.ActionResult:
+    async def run_infer(
+        self, task_id: str, action: pb.Action, timeout: float, on_output: OutputSink
+    ) -> pb.ActionResult:
         started = time.monotonic()
         request = inference_pb2.GenerateRequest(task_id=task_id, action_id=action.id, params=action.infer)
         call = self.inference.Generate(request, timeout=timeout)
@@ -85,11 +96,19 @@ class Workers:
                 if event.final:
                     usage = event.usage
                     return pb.ActionResult(
-                        action_id=action.id, key=action.key, status=pb.ACTION_STATUS_OK,
-                        output_json=json.dumps({"text": "".join(pieces), "finish_reason": event.finish_reason}),
-                        cost=pb.Cost(tokens_in=usage.prompt_tokens, tokens_out=usage.completion_tokens,
-                                     gpu_ms=usage.gpu_ms, cpu_ms=usage.engine_ms if not usage.gpu_ms else 0.0,
-                                     wall_ms=(time.monotonic() - started) * 1000),
+                        action_id=action.id,
+                        key=action.key,
+                        status=pb.ACTION_STATUS_OK,
+                        output_json=json.dumps(
+                            {"text": "".join(pieces), "finish_reason": event.finish_reason}
+                        ),
+                        cost=pb.Cost(
+                            tokens_in=usage.prompt_tokens,
+                            tokens_out=usage.completion_tokens,
+                            gpu_ms=usage.gpu_ms,
+                            cpu_ms=usage.engine_ms if not usage.gpu_ms else 0.0,
+                            wall_ms=(time.monotonic() - started) * 1000,
+                        ),
                     )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
@@ -105,11 +124,16 @@ class Workers:
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
         return pb.ActionResult(
-            action_id=action.id, key=action.key, status=pb.ACTION_STATUS_OK,
+            action_id=action.id,
+            key=action.key,
+            status=pb.ACTION_STATUS_OK,
             output_json=json.dumps({"vectors": [list(v.values) for v in reply.vectors]}),
-            cost=pb.Cost(tokens_in=reply.usage.prompt_tokens, gpu_ms=reply.usage.gpu_ms,
-                         cpu_ms=reply.usage.engine_ms if not reply.usage.gpu_ms else 0.0,
-                         wall_ms=(time.monotonic() - started) * 1000),
+            cost=pb.Cost(
+                tokens_in=reply.usage.prompt_tokens,
+                gpu_ms=reply.usage.gpu_ms,
+                cpu_ms=reply.usage.engine_ms if not reply.usage.gpu_ms else 0.0,
+                wall_ms=(time.monotonic() - started) * 1000,
+            ),
         )
 
 

@@ -64,8 +64,9 @@ def _check_files(files: dict[str, bytes]) -> None:
     for name in files:
         parts = name.split("/")
         if not name or name.startswith("/") or "\x00" in name or any(p in ("", ".", "..") for p in parts):
-            raise InvalidArgument(f"unsafe workspace file name {name!r}: relative paths without '..' only",
-                                  reason="UNSAFE_PATH")
+            raise InvalidArgument(
+                f"unsafe workspace file name {name!r}: relative paths without '..' only", reason="UNSAFE_PATH"
+            )
 
 
 def _probe_netns() -> list[str] | None:
@@ -109,13 +110,27 @@ class Executor:
         if not self.subreaper:
             notes.append("not a child subreaper: orphans of an action re-parent to init")
         if self.netns is None:
-            notes.append(f"no network namespaces: network-off actions are {'refused' if self.limits.network_policy == 'strict' else 'run with network'}")
+            notes.append(
+                "no network namespaces: network-off actions are "
+                + ("refused" if self.limits.network_policy == "strict" else "run with network")
+            )
         notes.append("filesystem isolation, rlimits and seccomp: not yet (the hardened sandbox)")
-        return {"tools": sorted(self.tools), "containment": self.containment,
-                "network_isolation": self.netns is not None, "notes": notes}
+        return {
+            "tools": sorted(self.tools),
+            "containment": self.containment,
+            "network_isolation": self.netns is not None,
+            "notes": notes,
+        }
 
-    async def run(self, task_id: str, action_id: str, attempt: int, action: pb.ExecAction, timeout_s: float,
-                  sink: OutputSink) -> pb.ActionResult:
+    async def run(
+        self,
+        task_id: str,
+        action_id: str,
+        attempt: int,
+        action: pb.ExecAction,
+        timeout_s: float,
+        sink: OutputSink,
+    ) -> pb.ActionResult:
         key = (action_id, attempt)
         done = self._done.get(key)
         if done is not None:
@@ -129,13 +144,18 @@ class Executor:
         try:
             result = await self._execute(run, action, timeout_s or self.limits.default_timeout_s)
         except AgentMeshError as exc:
-            result = pb.ActionResult(action_id=action_id, status=pb.ACTION_STATUS_FAILED,
-                                     error=pb.TaskError(reason=exc.reason, message=exc.message))
+            result = pb.ActionResult(
+                action_id=action_id,
+                status=pb.ACTION_STATUS_FAILED,
+                error=pb.TaskError(reason=exc.reason, message=exc.message),
+            )
             if isinstance(exc, InvalidArgument | FailedPrecondition):
                 run.future.set_result(result)
                 raise
         except BaseException as exc:
-            run.future.set_exception(exc if not isinstance(exc, asyncio.CancelledError) else asyncio.CancelledError())
+            run.future.set_exception(
+                exc if not isinstance(exc, asyncio.CancelledError) else asyncio.CancelledError()
+            )
             run.future.exception()  # mark retrieved
             raise
         finally:
@@ -163,8 +183,12 @@ class Executor:
         started = time.monotonic()
         args = _args(action.args_json)
         if action.tool == "echo":
-            return pb.ActionResult(action_id=run.action_id, status=pb.ACTION_STATUS_OK, output_json=action.args_json or "{}",
-                                   cost=pb.Cost(wall_ms=(time.monotonic() - started) * 1000))
+            return pb.ActionResult(
+                action_id=run.action_id,
+                status=pb.ACTION_STATUS_OK,
+                output_json=action.args_json or "{}",
+                cost=pb.Cost(wall_ms=(time.monotonic() - started) * 1000),
+            )
         command = tools.command_for(action.tool, args, self.python, self.tools)
         _check_files(dict(action.files))
         prefix: list[str] = []
@@ -172,9 +196,11 @@ class Executor:
             if self.netns is not None:
                 prefix = self.netns
             elif self.limits.network_policy == "strict":
-                raise FailedPrecondition("this action must run without network, and this host cannot cut it off "
-                                         "(no network namespaces); set AGENTMESH_NETWORK_POLICY=permissive to allow",
-                                         reason="ISOLATION_UNAVAILABLE")
+                raise FailedPrecondition(
+                    "this action must run without network, and this host cannot cut it off "
+                    "(no network namespaces); set AGENTMESH_NETWORK_POLICY=permissive to allow",
+                    reason="ISOLATION_UNAVAILABLE",
+                )
         workspace = Path(tempfile.mkdtemp(prefix="agentmesh-ws-", dir=self.limits.workspace_root or None))
         tree: proctree.CgroupTree | proctree.GroupTree
         mark = f"{run.action_id}#{os.getpid()}"
@@ -184,21 +210,41 @@ class Executor:
                 target = workspace / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(content)
-            return await self._spawn(run, tree, [*prefix, *command.argv], workspace, timeout_s, command, started, action)
+            return await self._spawn(
+                run, tree, [*prefix, *command.argv], workspace, timeout_s, command, started, action
+            )
         finally:
             tree.remove()
             shutil.rmtree(workspace, ignore_errors=True)
 
-    async def _spawn(self, run: _Run, tree: Any, argv: list[str], workspace: Path, timeout_s: float,
-                     command: tools.Command, started: float, action: pb.ExecAction) -> pb.ActionResult:
+    async def _spawn(
+        self,
+        run: _Run,
+        tree: Any,
+        argv: list[str],
+        workspace: Path,
+        timeout_s: float,
+        command: tools.Command,
+        started: float,
+        action: pb.ExecAction,
+    ) -> pb.ActionResult:
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workspace), "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", proctree.MARKER_ENV: tree_mark(tree, run),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(workspace),
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            proctree.MARKER_ENV: tree_mark(tree, run),
         }
         usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = await asyncio.create_subprocess_exec(
-            *tree.wrap(argv), cwd=workspace, env=env, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            *tree.wrap(argv),
+            cwd=workspace,
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
         )
         if isinstance(tree, proctree.GroupTree):
             tree.root_pid = proc.pid
@@ -224,8 +270,10 @@ class Executor:
                 for sink in run.sinks:
                     sink(name, kept)
 
-        readers = [asyncio.ensure_future(pump(proc.stdout, "stdout")),  # type: ignore[arg-type]
-                   asyncio.ensure_future(pump(proc.stderr, "stderr"))]  # type: ignore[arg-type]
+        readers = [
+            asyncio.ensure_future(pump(proc.stdout, "stdout")),  # type: ignore[arg-type]
+            asyncio.ensure_future(pump(proc.stderr, "stderr")),
+        ]  # type: ignore[arg-type]
         status, error = pb.ACTION_STATUS_OK, None
         try:
             try:
@@ -253,7 +301,9 @@ class Executor:
         cpu_ms = tree.cpu_ms()
         if not cpu_ms:
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu_ms = ((usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)) * 1000
+            cpu_ms = (
+                (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
+            ) * 1000
         output_json = ""
         with contextlib.suppress(Exception):
             output_json = tools.parse_output(command.parse, workspace)
@@ -263,9 +313,15 @@ class Executor:
             if path.is_file() and path.stat().st_size <= self.limits.max_artifact_bytes:
                 artifacts[name] = path.read_bytes()
         return pb.ActionResult(
-            action_id=run.action_id, status=status, exit_code=exit_code,
-            stdout=buffers["stdout"].decode(errors="replace"), stderr=buffers["stderr"].decode(errors="replace"),
-            output_json=output_json, error=error, truncated=truncated[0], artifacts=artifacts,
+            action_id=run.action_id,
+            status=status,
+            exit_code=exit_code,
+            stdout=buffers["stdout"].decode(errors="replace"),
+            stderr=buffers["stderr"].decode(errors="replace"),
+            output_json=output_json,
+            error=error,
+            truncated=truncated[0],
+            artifacts=artifacts,
             cost=pb.Cost(cpu_ms=cpu_ms, wall_ms=(time.monotonic() - started) * 1000),
         )
 
@@ -297,5 +353,8 @@ def _default_python() -> str:
 
 def _importable(python: str, module: str) -> bool:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=30).returncode == 0
+        return (
+            subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=30).returncode
+            == 0
+        )
     return False

@@ -24,7 +24,9 @@ class ExecutorConfig(CommonConfig):
     max_artifact_bytes: int = setting(1 << 20, "largest output file returned as an artifact")
     workspace_root: str = setting("", "where action workspaces are made (default: the temp dir)")
     action_python: str = setting("", "interpreter for python/pytest/scan tools (default: this one)")
-    network_policy: str = setting("strict", "strict: refuse network-off actions the host cannot isolate; permissive: run them")
+    network_policy: str = setting(
+        "strict", "strict: refuse network-off actions the host cannot isolate; permissive: run them"
+    )
     instance: str = setting("", "name of this executor's cgroup subtree (default: from the listen address)")
 
 
@@ -38,9 +40,13 @@ class ExecutorService(Service):
 
     async def setup(self, rt: Runtime) -> None:
         cfg = self.config
-        limits = ExecutorLimits(max_output_bytes=cfg.max_output_bytes, max_artifact_bytes=cfg.max_artifact_bytes,
-                                workspace_root=cfg.workspace_root, python=cfg.action_python,
-                                network_policy=cfg.network_policy)
+        limits = ExecutorLimits(
+            max_output_bytes=cfg.max_output_bytes,
+            max_artifact_bytes=cfg.max_artifact_bytes,
+            workspace_root=cfg.workspace_root,
+            python=cfg.action_python,
+            network_policy=cfg.network_policy,
+        )
         executor = Executor(limits, cfg.instance or "exec-" + self.listen.rsplit(":", 1)[-1])
         self.executor = executor
         executor_pb2_grpc.add_ExecutorServicer_to_server(ExecutorServicer(executor), rt.server)

@@ -150,7 +150,7 @@ def _proc_table() -> dict[int, tuple[int, int, int]]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         table[int(entry)] = (int(fields[1]), int(fields[2]), int(fields[3]))
     return table
 

@@ -18,22 +18,37 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 
-    async def Exec(self, request: executor_pb2.ExecRequest,
-                   context: grpc.aio.ServicerContext) -> AsyncIterator[executor_pb2.ExecEvent]:
+    async def Exec(
+        self, request: executor_pb2.ExecRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[executor_pb2.ExecEvent]:
         if request.action.tool == "echo":  # the fast path: no process, no stream plumbing
-            result = await self.executor.run(request.task_id, request.action_id, request.attempt or 1,
-                                              request.action, request.timeout_s, _ignore)
+            result = await self.executor.run(
+                request.task_id,
+                request.action_id,
+                request.attempt or 1,
+                request.action,
+                request.timeout_s,
+                _ignore,
+            )
             yield executor_pb2.ExecEvent(result=result)
             return
         queue: asyncio.Queue[object] = asyncio.Queue()
 
         def sink(stream: str, data: bytes) -> None:
-            queue.put_nowait(executor_pb2.ExecEvent(output=executor_pb2.OutputChunk(stream=stream, data=data)))
+            queue.put_nowait(
+                executor_pb2.ExecEvent(output=executor_pb2.OutputChunk(stream=stream, data=data))
+            )
 
         async def work() -> pb.ActionResult:
             try:
-                return await self.executor.run(request.task_id, request.action_id, request.attempt or 1,
-                                               request.action, request.timeout_s, sink)
+                return await self.executor.run(
+                    request.task_id,
+                    request.action_id,
+                    request.attempt or 1,
+                    request.action,
+                    request.timeout_s,
+                    sink,
+                )
             finally:
                 queue.put_nowait(_DONE)
 
@@ -51,8 +66,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
 
-    async def GetCapabilities(self, request: executor_pb2.GetCapabilitiesRequest,
-                              context: grpc.aio.ServicerContext) -> executor_pb2.Capabilities:
+    async def GetCapabilities(
+        self, request: executor_pb2.GetCapabilitiesRequest, context: grpc.aio.ServicerContext
+    ) -> executor_pb2.Capabilities:
         return executor_pb2.Capabilities(**self.executor.capabilities())
 
 

@@ -23,8 +23,10 @@ class Command:
 
 def command_for(tool: str, args: dict[str, Any], python: str, available: set[str]) -> Command:
     if tool not in available:
-        raise FailedPrecondition(f"tool {tool!r} is not available on this executor (has: {', '.join(sorted(available))})",
-                                 reason="TOOL_UNAVAILABLE")
+        raise FailedPrecondition(
+            f"tool {tool!r} is not available on this executor (has: {', '.join(sorted(available))})",
+            reason="TOOL_UNAVAILABLE",
+        )
     if tool == "python":
         code = args.get("code")
         if not isinstance(code, str):
@@ -39,10 +41,14 @@ def command_for(tool: str, args: dict[str, Any], python: str, available: set[str
         extra = args.get("args", [])
         if not isinstance(extra, list) or not all(isinstance(a, str) for a in extra):
             raise InvalidArgument("pytest args.args must be a list of strings")
-        return Command([python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={JUNIT_FILE}", *extra],
-                       parse="junit")
+        return Command(
+            [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={JUNIT_FILE}", *extra],
+            parse="junit",
+        )
     if tool == "scan":
-        return Command([python, "-m", "bandit", "-r", ".", "-f", "json", "-o", BANDIT_FILE, "-q"], parse="bandit")
+        return Command(
+            [python, "-m", "bandit", "-r", ".", "-f", "json", "-o", BANDIT_FILE, "-q"], parse="bandit"
+        )
     raise InvalidArgument(f"unknown tool {tool!r}", reason="UNKNOWN_TOOL")
 
 
@@ -67,8 +73,13 @@ def parse_junit(path: Path) -> dict[str, Any]:
                 outcome = {"failure": "failed", "error": "errors", "skipped": "skipped"}[child.tag]
                 message = (child.get("message") or "") + ("\n" + child.text if child.text else "")
         counts[outcome] += 1
-        tests.append({"name": f"{case.get('classname', '')}::{case.get('name', '')}",
-                      "outcome": "error" if outcome == "errors" else outcome, "message": message[:4000]})
+        tests.append(
+            {
+                "name": f"{case.get('classname', '')}::{case.get('name', '')}",
+                "outcome": "error" if outcome == "errors" else outcome,
+                "message": message[:4000],
+            }
+        )
     return {**counts, "tests": tests}
 
 
@@ -76,9 +87,16 @@ def parse_bandit(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"error": "bandit wrote no report", "findings": []}
     report = json.loads(path.read_text())
-    findings = [{
-        "severity": r.get("issue_severity"), "confidence": r.get("issue_confidence"),
-        "cwe": (r.get("issue_cwe") or {}).get("id"), "test_id": r.get("test_id"), "file": r.get("filename"),
-        "line": r.get("line_number"), "message": r.get("issue_text"),
-    } for r in report.get("results", [])]
+    findings = [
+        {
+            "severity": r.get("issue_severity"),
+            "confidence": r.get("issue_confidence"),
+            "cwe": (r.get("issue_cwe") or {}).get("id"),
+            "test_id": r.get("test_id"),
+            "file": r.get("filename"),
+            "line": r.get("line_number"),
+            "message": r.get("issue_text"),
+        }
+        for r in report.get("results", [])
+    ]
     return {"findings": findings, "high": sum(1 for f in findings if f["severity"] == "HIGH")}

@@ -43,17 +43,20 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     def _no_model(self, what: str) -> FailedPrecondition:
         return FailedPrecondition(f"no {what} model is loaded on this inference worker", reason="NO_MODEL")
 
-    async def Generate(self, request: inference_pb2.GenerateRequest,
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[inference_pb2.GenerateEvent]:
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateEvent]:
         raise self._no_model("generation")
         yield  # an async generator: the stream shape of the real engine
 
-    async def Embed(self, request: inference_pb2.EmbedRequest,
-                    context: grpc.aio.ServicerContext) -> inference_pb2.EmbedResponse:
+    async def Embed(
+        self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.EmbedResponse:
         raise self._no_model("embedding")
 
-    async def ListModels(self, request: inference_pb2.ListModelsRequest,
-                         context: grpc.aio.ServicerContext) -> inference_pb2.ListModelsResponse:
+    async def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ListModelsResponse:
         return inference_pb2.ListModelsResponse()
 
 

@@ -57,6 +57,9 @@ def load_agents() -> dict[str, Agent]:
 def get_agent(agents: dict[str, Agent], name: str) -> Agent:
     agent = agents.get(name)
     if agent is None:
-        raise InvalidArgument(f"unknown agent {name!r}; known: {', '.join(sorted(agents))}", reason="UNKNOWN_AGENT",
-                              field_violations=[("agent", "unknown agent")])
+        raise InvalidArgument(
+            f"unknown agent {name!r}; known: {', '.join(sorted(agents))}",
+            reason="UNKNOWN_AGENT",
+            field_violations=[("agent", "unknown agent")],
+        )
     return agent

@@ -27,19 +27,32 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
     def __init__(self, agents: dict[str, Agent]) -> None:
         self.agents = agents
 
-    async def Decide(self, request: planner_pb2.DecideRequest, context: grpc.aio.ServicerContext) -> pb.Decision:
+    async def Decide(
+        self, request: planner_pb2.DecideRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Decision:
         agent = get_agent(self.agents, request.agent)
-        ctx = DecideContext(task_id=request.task_id, input=_json(request.input_json, "input"),
-                            memo=_json(request.memo_json, "memo"), results=list(request.results),
-                            decision_seq=request.decision_seq)
+        ctx = DecideContext(
+            task_id=request.task_id,
+            input=_json(request.input_json, "input"),
+            memo=_json(request.memo_json, "memo"),
+            results=list(request.results),
+            decision_seq=request.decision_seq,
+        )
         return agent.decide(ctx)
 
-    async def Validate(self, request: planner_pb2.ValidateRequest,
-                       context: grpc.aio.ServicerContext) -> planner_pb2.ValidateResponse:
+    async def Validate(
+        self, request: planner_pb2.ValidateRequest, context: grpc.aio.ServicerContext
+    ) -> planner_pb2.ValidateResponse:
         agent = get_agent(self.agents, request.agent)
         agent.validate(_json(request.input_json, "input"))
         return planner_pb2.ValidateResponse()
 
-    async def ListAgents(self, request: api.ListAgentsRequest, context: grpc.aio.ServicerContext) -> api.ListAgentsResponse:
-        return api.ListAgentsResponse(agents=[api.AgentInfo(name=name, description=agent.description)
-                                              for name, agent in sorted(self.agents.items())])
+    async def ListAgents(
+        self, request: api.ListAgentsRequest, context: grpc.aio.ServicerContext
+    ) -> api.ListAgentsResponse:
+        return api.ListAgentsResponse(
+            agents=[
+                api.AgentInfo(name=name, description=agent.description)
+                for name, agent in sorted(self.agents.items())
+            ]
+        )

@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 DEFAULT_HWM = 100_000
 
 
-def make_socket(ctx: zmq.Context, kind: int, addr: str, *, bind: bool = False, hwm: int = DEFAULT_HWM) -> zmq.Socket:
+def make_socket(
+    ctx: zmq.Context, kind: int, addr: str, *, bind: bool = False, hwm: int = DEFAULT_HWM
+) -> zmq.Socket:
     """The one socket factory: linger 0 (never block exit on unsent hints), bounded queues."""
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)

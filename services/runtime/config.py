@@ -74,8 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         )
 
 
-def load(cls: type[C], argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None,
-         prog: str | None = None) -> C:
+def load(
+    cls: type[C],
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    prog: str | None = None,
+) -> C:
     """Build `cls` from flags, then environment variables, then defaults. Bad values exit with usage."""
     environ = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(prog=prog)

@@ -146,9 +146,20 @@ class RemoteError(AgentMeshError):
 
 _BY_CODE: dict[grpc.StatusCode, type[AgentMeshError]] = {
     cls.code: cls
-    for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, ResourceExhausted,
-                Unauthenticated, PermissionDenied, Unavailable, DeadlineExceeded, Cancelled,
-                Unimplemented, Internal)
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        FailedPrecondition,
+        ResourceExhausted,
+        Unauthenticated,
+        PermissionDenied,
+        Unavailable,
+        DeadlineExceeded,
+        Cancelled,
+        Unimplemented,
+        Internal,
+    )
 }
 
 
@@ -193,10 +204,10 @@ def trailing_metadata_for(error: AgentMeshError) -> tuple[tuple[str, bytes], ...
 
 
 def internal_error(correlation_id: str) -> Internal:
-    return Internal(f"internal error (correlation id {correlation_id}; see the service log)",
-                    details={"correlation_id": correlation_id})
-
-
+    return Internal(
+        f"internal error (correlation id {correlation_id}; see the service log)",
+        details={"correlation_id": correlation_id},
+    )
 
 
 def json_details(value: Any) -> str:

@@ -27,7 +27,9 @@ call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("ca
 
 RPC_TOTAL = Counter("agentmesh_rpc_total", "RPCs handled", ["method", "code"])
 RPC_SECONDS = Histogram(
-    "agentmesh_rpc_seconds", "RPC handling time (streams: until the last message)", ["method"],
+    "agentmesh_rpc_seconds",
+    "RPC handling time (streams: until the last message)",
+    ["method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
 )
 
@@ -78,7 +80,9 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
     return handler
 
 
-def _wrap_stream(method: str, behavior: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(
+    method: str, behavior: Callable[..., AsyncIterator[Any]]
+) -> Callable[..., AsyncIterator[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         _set_deadline(context)
         started = time.perf_counter()

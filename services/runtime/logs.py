@@ -46,8 +46,10 @@ class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created)) + f".{int(record.msecs):03d}"
         task = f" task={record.task_id}" if record.task_id else ""  # type: ignore[attr-defined]
-        text = (f"{stamp} {record.levelname[0]} {record.service}[{record.pid_}]{task} "  # type: ignore[attr-defined]
-                f"{record.name}: {record.getMessage()}")
+        text = (
+            f"{stamp} {record.levelname[0]} {record.service}[{record.pid_}]{task} "  # type: ignore[attr-defined]
+            f"{record.name}: {record.getMessage()}"
+        )
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text

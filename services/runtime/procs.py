@@ -33,7 +33,9 @@ def grpc_ready(address: str) -> Callable[[], bool]:
     def probe() -> bool:
         with grpc.insecure_channel(address) as channel:
             try:
-                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=0.5
+                )
             except grpc.RpcError:
                 return False
             return reply.status == health_pb2.HealthCheckResponse.SERVING
@@ -83,8 +85,9 @@ class Child:
         env = {**os.environ, **self.env}
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
-            self.proc = subprocess.Popen(list(self.argv), env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                list(self.argv), env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
         finally:
             if out is not subprocess.DEVNULL:
                 out.close()
@@ -130,15 +133,18 @@ class Supervisor:
         while pending:
             for child in list(pending):
                 if not child.alive():
-                    raise ChildDied(f"{child.name} exited with {child.proc and child.proc.returncode} "
-                                    f"before it was ready:\n{child.log_tail()}")
+                    raise ChildDied(
+                        f"{child.name} exited with {child.proc and child.proc.returncode} "
+                        f"before it was ready:\n{child.log_tail()}"
+                    )
                 if child.ready():
                     child.is_ready = True
                     pending.remove(child)
             if pending and time.monotonic() > deadline:
                 names = ", ".join(c.name for c in pending)
-                raise TimeoutError(f"not ready after {deadline_s}s: {names}\n"
-                                   + "\n".join(c.log_tail() for c in pending))
+                raise TimeoutError(
+                    f"not ready after {deadline_s}s: {names}\n" + "\n".join(c.log_tail() for c in pending)
+                )
             if pending:
                 time.sleep(0.02)
 

@@ -36,8 +36,14 @@ log = logging.getLogger(__name__)
 class Runtime:
     """What the bootstrap hands a service: its server, bus, health and a supervisor for owned tasks."""
 
-    def __init__(self, name: str, config: CommonConfig, server: grpc.aio.Server, bus: Bus,
-                 health: health_aio.HealthServicer) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: CommonConfig,
+        server: grpc.aio.Server,
+        bus: Bus,
+        health: health_aio.HealthServicer,
+    ) -> None:
         self.name = name
         self.config = config
         self.server = server
@@ -126,7 +132,11 @@ async def _serve(service: Service, config: CommonConfig, listen: str) -> int:
     # Handlers must be registered before the server starts; slow work goes in `warm`.
     await service.setup(rt)
     reflection.enable_server_reflection(
-        (*rt.service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            *rt.service_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         server,
     )
     await server.start()

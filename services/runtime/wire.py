@@ -44,9 +44,13 @@ def task_to_dict(task: common_pb2.Task) -> dict[str, Any]:
         "state": STATE_NAMES[task.state],
         "result": loads_or_none(task.result_json),
         "error": (
-            {"reason": task.error.reason, "message": task.error.message,
-             "details": loads_or_none(task.error.details_json)}
-            if task.error.reason else None
+            {
+                "reason": task.error.reason,
+                "message": task.error.message,
+                "details": loads_or_none(task.error.details_json),
+            }
+            if task.error.reason
+            else None
         ),
         "cost": cost_to_dict(task.cost),
         "created_at": task.created_at,

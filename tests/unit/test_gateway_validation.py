@@ -229,8 +229,10 @@ def test_event_stream_keeps_alive_and_closes_its_source_when_the_reader_leaves()
     async def scenario() -> list[bytes]:
         frames: list[bytes] = []
 
+        held = source()  # as the gRPC machinery does: garbage collection must not be what closes it
+
         async def read() -> None:
-            stream = event_stream(source(), keepalive_s=0.05, draining=asyncio.Event(), task_id="t1")
+            stream = event_stream(held, keepalive_s=0.05, draining=asyncio.Event(), task_id="t1")
             async for frame in stream:
                 frames.append(frame)
 
@@ -261,7 +263,8 @@ def test_event_stream_closes_its_source_when_a_read_lands_as_the_reader_leaves()
             closed.set()
 
     async def scenario() -> bool:
-        stream = event_stream(source(), keepalive_s=10, draining=asyncio.Event(), task_id="t1")
+        held = source()  # as the gRPC machinery does: garbage collection must not be what closes it
+        stream = event_stream(held, keepalive_s=10, draining=asyncio.Event(), task_id="t1")
 
         async def read() -> None:
             async for _ in stream:

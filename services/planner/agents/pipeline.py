@@ -19,8 +19,9 @@ from services.runtime.wire import cost_to_dict
 
 EXEC_TOOLS = frozenset({"echo", "python", "shell", "pytest", "scan"})
 TOOLS = EXEC_TOOLS | {"infer", "embed", "approval"}
-STEP_FIELDS = frozenset({"id", "tool", "args", "files", "depends_on", "retry", "timeout_s", "continue_on_error",
-                         "network"})
+STEP_FIELDS = frozenset(
+    {"id", "tool", "args", "files", "depends_on", "retry", "timeout_s", "continue_on_error", "network"}
+)
 STEP_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_STEPS = 1000
 MAX_TIMEOUT_S = 24 * 3600.0
@@ -71,7 +72,11 @@ def _validate_step(index: int, step: Any, violations: list[tuple[str, str]]) -> 
         for name, types in REQUIRED_ARGS.get(tool, {}).items():
             if not isinstance(args.get(name), types):
                 violations.append((f"{where}.args.{name}", f"required, {types[0].__name__}"))
-        if tool == "infer" and not isinstance(args.get("prompt"), str) and not isinstance(args.get("messages"), list):
+        if (
+            tool == "infer"
+            and not isinstance(args.get("prompt"), str)
+            and not isinstance(args.get("messages"), list)
+        ):
             violations.append((f"{where}.args", "infer needs `prompt` (string) or `messages` (list)"))
     files = step.get("files", {})
     if not isinstance(files, dict):
@@ -131,15 +136,21 @@ def _find_cycle(steps: list[dict[str, Any]]) -> str | None:
 
 class PipelineAgent:
     name = "pipeline"
-    description = "A DAG of tool steps (echo, python, shell, pytest, scan, infer, embed, approval) with retries"
+    description = (
+        "A DAG of tool steps (echo, python, shell, pytest, scan, infer, embed, approval) with retries"
+    )
 
     def validate(self, input: Any) -> None:  # noqa: A002
         if not isinstance(input, dict) or set(input) != {"steps"}:
-            raise InvalidArgument("pipeline input must be {\"steps\": [...]}", field_violations=[("input", "must be {steps}")])
+            raise InvalidArgument(
+                'pipeline input must be {"steps": [...]}', field_violations=[("input", "must be {steps}")]
+            )
         steps = input["steps"]
         if not isinstance(steps, list) or not 1 <= len(steps) <= MAX_STEPS:
-            raise InvalidArgument(f"steps must be a list of 1 to {MAX_STEPS} steps",
-                                  field_violations=[("input.steps", "1 to 1000 steps")])
+            raise InvalidArgument(
+                f"steps must be a list of 1 to {MAX_STEPS} steps",
+                field_violations=[("input.steps", "1 to 1000 steps")],
+            )
         violations: list[tuple[str, str]] = []
         for index, step in enumerate(steps):
             _validate_step(index, step, violations)
@@ -157,8 +168,10 @@ class PipelineAgent:
                 if cycle:
                     violations.append(("input.steps", f"dependency cycle through {cycle!r}"))
         if violations:
-            raise InvalidArgument("invalid pipeline: " + "; ".join(f"{f}: {d}" for f, d in violations[:10]),
-                                  field_violations=violations)
+            raise InvalidArgument(
+                "invalid pipeline: " + "; ".join(f"{f}: {d}" for f, d in violations[:10]),
+                field_violations=violations,
+            )
 
     def decide(self, ctx: DecideContext) -> pb.Decision:
         steps: list[dict[str, Any]] = ctx.input["steps"]
@@ -177,25 +190,40 @@ class PipelineAgent:
                 for dep in step.get("depends_on", []):
                     dep_out = outcomes[dep]
                     blocked = dep_out["status"] == SKIPPED or (
-                        dep_out["status"] == FAILED and not by_id[dep].get("continue_on_error", False))
+                        dep_out["status"] == FAILED and not by_id[dep].get("continue_on_error", False)
+                    )
                     if blocked:
                         outcomes[sid] = {"status": SKIPPED, "reason": f"dependency {dep} did not succeed"}
                         changed = True
                         break
-        ready = [s for s in steps if outcomes[s["id"]]["status"] == PENDING
-                 and all(outcomes[d]["status"] in (OK, FAILED) for d in s.get("depends_on", []))]
+        ready = [
+            s
+            for s in steps
+            if outcomes[s["id"]]["status"] == PENDING
+            and all(outcomes[d]["status"] in (OK, FAILED) for d in s.get("depends_on", []))
+        ]
         decision = pb.Decision(memo_json=json.dumps(memo))
         if ready:
             decision.actions.extend(_action(step) for step in ready)
             return decision
-        failed = [sid for sid, out in outcomes.items()
-                  if out["status"] == FAILED and not by_id[sid].get("continue_on_error", False)]
+        failed = [
+            sid
+            for sid, out in outcomes.items()
+            if out["status"] == FAILED and not by_id[sid].get("continue_on_error", False)
+        ]
         result = json.dumps({"steps": outcomes})
         if failed:
-            decision.final.CopyFrom(pb.Final(
-                state=pb.TASK_STATE_FAILED, result_json=result,
-                error=pb.TaskError(reason="STEP_FAILED", message=f"step(s) failed: {', '.join(failed)}",
-                                   details_json=json.dumps({"steps": failed}))))
+            decision.final.CopyFrom(
+                pb.Final(
+                    state=pb.TASK_STATE_FAILED,
+                    result_json=result,
+                    error=pb.TaskError(
+                        reason="STEP_FAILED",
+                        message=f"step(s) failed: {', '.join(failed)}",
+                        details_json=json.dumps({"steps": failed}),
+                    ),
+                )
+            )
         else:
             decision.final.CopyFrom(pb.Final(state=pb.TASK_STATE_SUCCEEDED, result_json=result))
         return decision
@@ -227,27 +255,48 @@ def _action(step: dict[str, Any]) -> pb.Action:
     action = pb.Action(
         key=step["id"],
         timeout_s=float(step.get("timeout_s", 0)),
-        retry=pb.RetryPolicy(attempts=retry.get("attempts", 1), backoff_s=float(retry.get("backoff_s", 0)),
-                             max_backoff_s=float(retry.get("max_backoff_s", 0))),
+        retry=pb.RetryPolicy(
+            attempts=retry.get("attempts", 1),
+            backoff_s=float(retry.get("backoff_s", 0)),
+            max_backoff_s=float(retry.get("max_backoff_s", 0)),
+        ),
     )
     tool, args = step["tool"], step.get("args", {})
     if tool in EXEC_TOOLS:
-        action.exec.CopyFrom(pb.ExecAction(
-            tool=tool, args_json=json.dumps(args), network=step.get("network", False),
-            files={name: content.encode() for name, content in step.get("files", {}).items()},
-        ))
+        action.exec.CopyFrom(
+            pb.ExecAction(
+                tool=tool,
+                args_json=json.dumps(args),
+                network=step.get("network", False),
+                files={name: content.encode() for name, content in step.get("files", {}).items()},
+            )
+        )
     elif tool == "infer":
-        action.infer.CopyFrom(pb.InferAction(
-            model=str(args.get("model", "")), prompt=str(args.get("prompt", "")),
-            messages=[pb.ChatMessage(role=str(m.get("role", "user")), content=str(m.get("content", "")))
-                      for m in args.get("messages", []) if isinstance(m, dict)],
-            max_tokens=int(args.get("max_tokens", 128)), temperature=float(args.get("temperature", 0.0)),
-            top_p=float(args.get("top_p", 1.0)), top_k=int(args.get("top_k", 0)), seed=int(args.get("seed", 0)),
-            stop=[str(s) for s in args.get("stop", [])],
-        ))
+        action.infer.CopyFrom(
+            pb.InferAction(
+                model=str(args.get("model", "")),
+                prompt=str(args.get("prompt", "")),
+                messages=[
+                    pb.ChatMessage(role=str(m.get("role", "user")), content=str(m.get("content", "")))
+                    for m in args.get("messages", [])
+                    if isinstance(m, dict)
+                ],
+                max_tokens=int(args.get("max_tokens", 128)),
+                temperature=float(args.get("temperature", 0.0)),
+                top_p=float(args.get("top_p", 1.0)),
+                top_k=int(args.get("top_k", 0)),
+                seed=int(args.get("seed", 0)),
+                stop=[str(s) for s in args.get("stop", [])],
+            )
+        )
     elif tool == "embed":
-        action.embed.CopyFrom(pb.EmbedAction(model=str(args.get("model", "")), texts=[str(t) for t in args["texts"]]))
+        action.embed.CopyFrom(
+            pb.EmbedAction(model=str(args.get("model", "")), texts=[str(t) for t in args["texts"]])
+        )
     else:  # approval
-        action.await_input.CopyFrom(pb.AwaitInputAction(prompt=str(args.get("prompt", "approve?")),
-                                                        timeout_s=float(args.get("timeout_s", 0))))
+        action.await_input.CopyFrom(
+            pb.AwaitInputAction(
+                prompt=str(args.get("prompt", "approve?")), timeout_s=float(args.get("timeout_s", 0))
+            )
+        )
     return action

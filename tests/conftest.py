@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agentmesh.client import AgentMeshClient
+from tests.mesh import TENANT_KEYS, Mesh
+
+
+def _run_mesh(root: Path, request: pytest.FixtureRequest, **kwargs: object) -> Iterator[Mesh]:
+    mesh = Mesh(root, **kwargs)  # type: ignore[arg-type]
+    try:
+        mesh.start()
+        yield mesh
+    except BaseException:
+        mesh.dump_logs()
+        raise
+    finally:
+        mesh.stop()
+
+
+@pytest.fixture(scope="session")
+def mesh(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Mesh]:
+    """One mesh shared by the tests that do not disturb it."""
+    yield from _run_mesh(tmp_path_factory.mktemp("mesh"), request)
+
+
+@pytest.fixture
+def own_mesh(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """A factory for a private mesh (tests that kill processes or change limits)."""
+    started: list[Mesh] = []
+
+    def make(**kwargs: object) -> Mesh:
+        mesh = Mesh(tmp_path / f"mesh{len(started)}", **kwargs)  # type: ignore[arg-type]
+        started.append(mesh)
+        mesh.start()
+        return mesh
+
+    try:
+        yield make
+    finally:
+        for mesh in started:
+            if request.node.rep_call_failed if hasattr(request.node, "rep_call_failed") else False:
+                mesh.dump_logs()
+            mesh.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
+    report = yield
+    if report.when == "call" and report.failed:
+        item.rep_call_failed = True  # type: ignore[attr-defined]
+    return report
+
+
+def run(coro):  # type: ignore[no-untyped-def]
+    """Run a coroutine to completion with a hard bound, from a sync test."""
+    return asyncio.run(asyncio.wait_for(coro, 120))
+
+
+def client_for(mesh: Mesh, tenant: str = "alpha") -> AgentMeshClient:
+    return AgentMeshClient(mesh.coordinator_addr, TENANT_KEYS[tenant])

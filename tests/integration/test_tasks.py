@@ -1,0 +1,190 @@
+"""Submit, follow and inspect tasks through gRPC and HTTP on a real mesh."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from protos.agentmesh.v1 import common_pb2 as pb
+from tests.conftest import client_for, run
+from tests.mesh import TENANT_KEYS, Mesh
+
+PIPELINE = {
+    "steps": [
+        {"id": "a", "tool": "python", "args": {"code": "print(6*7)"}},
+        {"id": "b", "tool": "echo", "args": {"x": 1}},
+        {
+            "id": "c",
+            "tool": "shell",
+            "args": {"command": "cat data.csv"},
+            "files": {"data.csv": "a,b\n1,2\n"},
+            "depends_on": ["a", "b"],
+        },
+    ]
+}
+
+
+def auth(tenant: str = "alpha") -> dict[str, str]:
+    return {"Authorization": f"Bearer {TENANT_KEYS[tenant]}"}
+
+
+def test_submit_over_grpc_reaches_succeeded_with_result(mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", PIPELINE)
+            assert task.state == pb.TASK_STATE_QUEUED
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            steps = json.loads(done.result_json)["steps"]
+            assert steps["a"]["stdout"] == "42\n"
+            assert steps["b"]["output"] == {"x": 1}
+            assert steps["c"]["stdout"] == "a,b\n1,2\n"
+            assert all(s["status"] == "ok" and s["attempts"] == 1 for s in steps.values())
+            got = await client.get(task.id)
+            assert got == done
+            listed = await client.list(limit=1000)
+            assert [t for t in listed.tasks if t.id == task.id] == [done]
+
+    run(go())
+
+
+def test_submit_over_http_agrees_with_grpc(mesh: Mesh) -> None:
+    with httpx.Client(base_url=mesh.gateway_url, timeout=30) as http:
+        reply = http.post(
+            "/v1/tasks",
+            json={"agent": "pipeline", "input": PIPELINE, "labels": {"via": "http"}},
+            headers=auth(),
+        )
+        assert reply.status_code == 201, reply.text
+        task_id = reply.json()["id"]
+        events = []
+        with http.stream("GET", f"/v1/tasks/{task_id}/events", headers=auth()) as stream:
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+        assert events[-1]["kind"] == "state" and events[-1]["data"]["state"] == "SUCCEEDED"
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        body = http.get(f"/v1/tasks/{task_id}", headers=auth()).json()
+        assert body["state"] == "SUCCEEDED" and body["labels"] == {"via": "http"}
+        listed = http.get("/v1/tasks", params={"state": "SUCCEEDED", "limit": 1000}, headers=auth()).json()
+        assert task_id in [t["id"] for t in listed["tasks"]]
+
+    async def check() -> None:
+        async with client_for(mesh) as client:
+            assert (await client.get(task_id)).state == pb.TASK_STATE_SUCCEEDED
+
+    run(check())
+
+
+def test_late_and_reconnecting_watchers_get_every_event_once_in_order(mesh: Mesh) -> None:
+    spec = {
+        "steps": [
+            {"id": f"s{i}", "tool": "shell", "args": {"command": f"echo line{i}; sleep 0.05"}}
+            for i in range(6)
+        ]
+        + [{"id": "end", "tool": "echo", "depends_on": [f"s{i}" for i in range(6)]}]
+    }
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spec)
+            full = [e async for e in client.watch(task.id)]
+            seqs = [e.seq for e in full]
+            assert seqs == list(range(1, len(full) + 1))
+            # late watcher: after the end, from 0
+            again = [e async for e in client.watch(task.id)]
+            assert again == full
+            # drop and reconnect with the last seq seen
+            first_part = []
+            async for event in client.watch(task.id):
+                first_part.append(event)
+                if len(first_part) == 7:
+                    break
+            rest = [e async for e in client.watch(task.id, after_seq=first_part[-1].seq)]
+            assert first_part + rest == full
+
+    run(go())
+
+
+def test_sse_resumes_from_last_event_id(mesh: Mesh) -> None:
+    async def go() -> str:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", PIPELINE)
+            await client.wait(task.id)
+            return task.id
+
+    task_id = run(go())
+    with httpx.Client(base_url=mesh.gateway_url, timeout=30) as http:
+
+        def ids(headers: dict[str, str], params: dict[str, str] | None = None) -> list[int]:
+            seen = []
+            with http.stream("GET", f"/v1/tasks/{task_id}/events", headers=headers, params=params) as stream:
+                assert stream.status_code == 200
+                for line in stream.iter_lines():
+                    if line.startswith("id:"):
+                        seen.append(int(line[3:]))
+            return seen
+
+        everything = ids(auth())
+        assert everything == list(range(1, len(everything) + 1))
+        assert ids({**auth(), "Last-Event-ID": "4"}) == everything[4:]
+        assert ids(auth(), {"after": "6"}) == everything[6:]
+
+
+def test_watch_survives_a_stopped_bus(mesh: Mesh) -> None:
+    """With the bus frozen, live events still reach watchers (from the coordinator and the store)."""
+    import os
+    import signal
+
+    bus = mesh.pid("bus")
+    spec = {"steps": [{"id": "s", "tool": "shell", "args": {"command": "sleep 0.3; echo done"}}]}
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            os.kill(bus, signal.SIGSTOP)
+            try:
+                task = await client.submit("pipeline", spec)
+                events = [e async for e in client.watch(task.id)]
+            finally:
+                os.kill(bus, signal.SIGCONT)
+            assert [e.seq for e in events] == list(range(1, len(events) + 1))
+            assert json.loads(events[-1].data_json)["state"] == "SUCCEEDED"
+
+    run(go())
+
+
+def test_one_task_for_twenty_concurrent_submits_with_one_key(mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            tasks = await asyncio.gather(
+                *[client.submit("pipeline", PIPELINE, idempotency_key="same-key-1") for _ in range(20)]
+            )
+            assert len({t.id for t in tasks}) == 1
+            from services.runtime.errors import AlreadyExists
+
+            try:
+                await client.submit(
+                    "pipeline", {"steps": [{"id": "x", "tool": "echo"}]}, idempotency_key="same-key-1"
+                )
+            except AlreadyExists as exc:
+                assert exc.reason == "IDEMPOTENCY_KEY_REUSED"
+            else:
+                raise AssertionError("a reused key with another body was accepted")
+            listed = await client.list(limit=1000)
+            assert sum(1 for t in listed.tasks if t.idempotency_key == "same-key-1") == 1
+
+    run(go())
+    with httpx.Client(base_url=mesh.gateway_url, timeout=30) as http:
+        reply = http.post(
+            "/v1/tasks",
+            headers=auth(),
+            json={
+                "agent": "pipeline",
+                "input": {"steps": [{"id": "y", "tool": "echo"}]},
+                "idempotency_key": "same-key-1",
+            },
+        )
+        assert reply.status_code == 409
+        assert reply.json()["error"]["reason"] == "IDEMPOTENCY_KEY_REUSED"

@@ -94,7 +94,7 @@ def _summary(kind: str, data: dict[str, Any]) -> str:
     if kind == "input.requested":
         return f"{data.get('prompt')}  -> agentmesh input <id> JSON"
     if kind == "cost":
-        return f"task ${data.get('task', {}).get('usd', 0):.6f}"
+        return f"task ${data.get('task', {}).get('usd', 0):.8f}"
     return data.get("message", json.dumps(data))
 
 

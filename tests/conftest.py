@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from agentmesh.client import AgentMeshClient
-from tests.mesh import TENANT_KEYS, Mesh
+from agentmesh.local import TENANT_KEYS, Mesh
 
 
 def _run_mesh(root: Path, request: pytest.FixtureRequest, **kwargs: object) -> Iterator[Mesh]:

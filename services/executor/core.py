@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 OutputSink = Callable[[str, bytes], None]
 READ_CHUNK = 64 * 1024
+COALESCE_S = 0.02
 DONE_CACHE = 10_000
 
 
@@ -56,6 +57,7 @@ class _Run:
     task_id: str
     action_id: str
     future: asyncio.Future[pb.ActionResult]
+    attempt: int = 1
     task: asyncio.Task[Any] | None = None
     sinks: list[OutputSink] = field(default_factory=list)
 
@@ -138,7 +140,9 @@ class Executor:
         live = self._live.get(key)
         if live is not None:
             return await asyncio.shield(live.future)
-        run = _Run(task_id, action_id, asyncio.get_running_loop().create_future(), sinks=[sink])
+        run = _Run(
+            task_id, action_id, asyncio.get_running_loop().create_future(), attempt=attempt, sinks=[sink]
+        )
         self._live[key] = run
         run.task = asyncio.current_task()
         try:
@@ -235,6 +239,10 @@ class Executor:
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
             proctree.MARKER_ENV: tree_mark(tree, run),
+            # Tools may behave differently on a retry (resume partial work, say so in their output).
+            "AGENTMESH_ATTEMPT": str(run.attempt),
+            "AGENTMESH_TASK_ID": run.task_id,
+            "AGENTMESH_ACTION_ID": run.action_id,
         }
         usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = await asyncio.create_subprocess_exec(
@@ -255,7 +263,7 @@ class Executor:
 
         async def pump(stream: asyncio.StreamReader, name: str) -> None:
             while True:
-                chunk = await stream.read(READ_CHUNK)
+                chunk = await _read_coalesced(stream)
                 if not chunk:
                     return
                 room = budget[0]
@@ -327,6 +335,30 @@ class Executor:
 
     def reap_orphans(self) -> int:
         return proctree.reap_orphans(self._roots)
+
+
+async def _read_coalesced(stream: asyncio.StreamReader) -> bytes:
+    """One chunk of output, gathering what else arrives within COALESCE_S: a process that prints
+    line by line becomes a few events, not one per write."""
+    chunk = await stream.read(READ_CHUNK)
+    if not chunk:
+        return chunk
+    deadline = time.monotonic() + COALESCE_S
+    parts = [chunk]
+    size = len(chunk)
+    while size < READ_CHUNK:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            more = await asyncio.wait_for(stream.read(READ_CHUNK - size), remaining)
+        except TimeoutError:
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return b"".join(parts)
 
 
 def tree_mark(tree: Any, run: _Run) -> str:

@@ -6,10 +6,10 @@ import asyncio
 
 import httpx
 
+from agentmesh.local import TENANT_KEYS
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.errors import ResourceExhausted
 from tests.conftest import client_for, run
-from tests.mesh import TENANT_KEYS
 
 QUEUE = 5
 EXTRA = 3

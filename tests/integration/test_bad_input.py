@@ -5,9 +5,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from agentmesh.local import TENANT_KEYS, Mesh
 from services.runtime.errors import InvalidArgument, NotFound
 from tests.conftest import client_for, run
-from tests.mesh import TENANT_KEYS, Mesh
 
 AUTH = {"Authorization": f"Bearer {TENANT_KEYS['alpha']}"}
 

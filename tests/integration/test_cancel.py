@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.errors import FailedPrecondition
 from tests.conftest import client_for, run
-from tests.mesh import Mesh
 
 
 def _alive(pid: int) -> bool:

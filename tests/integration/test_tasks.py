@@ -7,9 +7,9 @@ import json
 
 import httpx
 
+from agentmesh.local import TENANT_KEYS, Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
 from tests.conftest import client_for, run
-from tests.mesh import TENANT_KEYS, Mesh
 
 PIPELINE = {
     "steps": [

@@ -1,4 +1,4 @@
-"""A whole mesh as real processes on free loopback ports, for the integration tests.
+"""A whole mesh as real processes on free loopback ports: for tests, benchmarks and embedding.
 
 Every process is started fresh, probed for readiness with a deadline (failing fast with its log if
 it died), and stopped by pid at the end -- SIGTERM, then SIGKILL -- even when the test failed.

@@ -490,8 +490,8 @@ class TaskManager:
             events = None
             if task.state != records.RUNNING:
                 events = records.set_state(conn, run.task_id, records.RUNNING)
-            memo = records.load_memo(conn, run.task_id)
             decision = records.load_decision(conn, run.task_id, task.decisions) if task.decisions else None
+            memo = decision[0].memo_json if decision is not None else ""
             parent = records.parent_of(conn, run.task_id) or ""
             return (task, memo, decision, parent), events
 
@@ -633,26 +633,56 @@ class TaskManager:
         fail_fast = run.decision.fail_fast
         waits = [a for a in waits if not await self._try_resolve(run, a)]
         if dispatched:
-            tasks = {asyncio.get_running_loop().create_task(self._dispatch(run, a)) for a in dispatched}
-            run.inflight = tasks
-            try:
-                while tasks:
-                    done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                    run.inflight = tasks
-                    failed = any(t.result().status != OK for t in done)
-                    if failed and fail_fast and tasks:
-                        for t in tasks:
-                            t.cancel()
-                        await asyncio.gather(*tasks, return_exceptions=True)
-                        tasks = set()
-            finally:
-                run.inflight = set()
+            loop = asyncio.get_running_loop()
+            # One write announces the whole wave, rather than one per action.
+            started = [
+                ("action.started", json.dumps({"action_id": a.id, "key": a.key, "kind": kind}))
+                for a in dispatched
+                for kind in (a.WhichOneof("kind"),)
+            ]
+            self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, started)))
+            await self._await_dispatches(
+                run, {loop.create_task(self._dispatch(run, a)) for a in dispatched}, fail_fast
+            )
             if fail_fast and any(r.status != OK for r in run.results.values()):
                 return None
             waits = [a for a in waits if not await self._try_resolve(run, a)]
         if not waits:
             return None
         return await self._park_or_sleep(run, waits)
+
+    async def _await_dispatches(
+        self, run: TaskRun, tasks: set[asyncio.Task[pb.ActionResult]], fail_fast: bool
+    ) -> None:
+        """Wait for every dispatch; with `fail_fast` the first failure cancels the rest. One done
+        callback per task (asyncio.wait in a loop would cost O(n^2) for a wide fan-out)."""
+        finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        run.inflight = pending = set(tasks)
+
+        def on_done(task: asyncio.Task[pb.ActionResult]) -> None:
+            pending.discard(task)
+            if finished.done():
+                return
+            if not task.cancelled():
+                error = task.exception()
+                if error is not None:
+                    finished.set_exception(error)
+                    return
+                if fail_fast and task.result().status != OK:
+                    finished.set_result(None)
+                    return
+            if not pending:
+                finished.set_result(None)
+
+        for task in tasks:
+            task.add_done_callback(on_done)
+        await finished  # on cancellation, _stop_inflight cancels what is still in `run.inflight`
+        leftovers = [t for t in pending if not t.done()]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            await asyncio.gather(*leftovers, return_exceptions=True)
+        run.inflight = set()
 
     async def _park_or_sleep(self, run: TaskRun, waits: list[pb.Action]) -> bool | None:
         now = time.time()
@@ -796,10 +826,6 @@ class TaskManager:
         if run.deadline:
             timeout = max(0.001, min(timeout, run.deadline - time.time()))
         attempts = max(1, action.retry.attempts)
-        started_event = json.dumps({"action_id": action.id, "key": action.key, "kind": kind})
-        self._tx_nowait(
-            lambda c: (None, records.append_if_live(c, run.task_id, [("action.started", started_event)]))
-        )
 
         def sink(stream: str, data: bytes) -> None:
             payload = json.dumps(

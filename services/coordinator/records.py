@@ -23,11 +23,11 @@ QUEUED, RUNNING, WAITING = pb.TASK_STATE_QUEUED, pb.TASK_STATE_RUNNING, pb.TASK_
 SUCCEEDED, FAILED, CANCELLED = pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED, pb.TASK_STATE_CANCELLED
 
 TASK_COLUMNS = (
-    "id, tenant, agent, input, priority, budget_usd, budget_tokens, deadline, labels, idem_key, parent_id, "
-    "state, result, error, cost, decisions, last_seq, cancel_requested, input_prompt, created_at, "
-    "updated_at, "
-    "finished_at"
+    "t.id, t.tenant, t.agent, b.input, t.priority, t.budget_usd, t.budget_tokens, t.deadline, t.labels, "
+    "t.idem_key, t.parent_id, t.state, b.result, t.error, t.cost, t.decisions, t.last_seq, "
+    "t.cancel_requested, t.input_prompt, t.created_at, t.updated_at, t.finished_at"
 )
+TASK_FROM = "tasks t JOIN task_blobs b ON b.id = t.id"
 
 
 def new_task_id() -> str:
@@ -95,7 +95,7 @@ def state_event(state: int, **extra: Any) -> tuple[str, str]:
 
 def get_task(conn: sqlite3.Connection, task_id: str, tenant: str | None = None) -> pb.Task:
     """The task, or NotFound; with `tenant`, another tenant's task is NotFound too."""
-    row = conn.execute(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    row = conn.execute(f"SELECT {TASK_COLUMNS} FROM {TASK_FROM} WHERE t.id = ?", (task_id,)).fetchone()
     if row is None or (tenant is not None and row[1] != tenant):
         raise NotFound(f"no task {task_id!r}", reason="TASK_NOT_FOUND")
     return row_to_task(row)
@@ -108,7 +108,7 @@ def insert_task(
     returns the first task; with a different request it is refused."""
     if task.idempotency_key:
         row = conn.execute(
-            f"SELECT {TASK_COLUMNS}, request_hash FROM tasks WHERE tenant = ? AND idem_key = ?",
+            f"SELECT {TASK_COLUMNS}, t.request_hash FROM {TASK_FROM} WHERE t.tenant = ? AND t.idem_key = ?",
             (task.tenant, task.idempotency_key),
         ).fetchone()
         if row is not None:
@@ -120,14 +120,13 @@ def insert_task(
                 )
             return row_to_task(row[:-1]), False, []
     conn.execute(
-        "INSERT INTO tasks (id, tenant, agent, input, priority, budget_usd, budget_tokens, deadline, labels, "
+        "INSERT INTO tasks (id, tenant, agent, priority, budget_usd, budget_tokens, deadline, labels, "
         "idem_key, request_hash, parent_id, parent_action, state, cost, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             task.id,
             task.tenant,
             task.agent,
-            task.input_json,
             task.priority,
             task.budget.usd,
             task.budget.tokens,
@@ -143,6 +142,7 @@ def insert_task(
             task.created_at,
         ),
     )
+    conn.execute("INSERT INTO task_blobs (id, input) VALUES (?, ?)", (task.id, task.input_json))
     events = append_events(conn, task.id, [state_event(QUEUED)], task.created_at)
     task.state = QUEUED
     task.last_seq = events[-1].seq
@@ -152,15 +152,15 @@ def insert_task(
 def list_tasks(
     conn: sqlite3.Connection, tenant: str, state: int, limit: int, cursor: str
 ) -> tuple[list[pb.Task], str]:
-    clauses, params = ["tenant = ?"], [tenant]
+    clauses, params = ["t.tenant = ?"], [tenant]
     if state:
-        clauses.append("state = ?")
+        clauses.append("t.state = ?")
         params.append(state)
     if cursor:
-        clauses.append("id < ?")
+        clauses.append("t.id < ?")
         params.append(cursor)
     rows = conn.execute(
-        f"SELECT {TASK_COLUMNS} FROM tasks WHERE {' AND '.join(clauses)} ORDER BY id DESC LIMIT ?",
+        f"SELECT {TASK_COLUMNS} FROM {TASK_FROM} WHERE {' AND '.join(clauses)} ORDER BY t.id DESC LIMIT ?",
         (*params, limit + 1),
     ).fetchall()
     tasks = [row_to_task(r) for r in rows[:limit]]
@@ -199,12 +199,13 @@ def finish(
     current = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
     if current is None or current[0] in TERMINAL_STATES:
         return []
+    if result_json:
+        conn.execute("UPDATE task_blobs SET result = ? WHERE id = ?", (result_json, task_id))
     conn.execute(
-        "UPDATE tasks SET state = ?, result = ?, error = ?, updated_at = ?, finished_at = ?, wake_at = NULL, "
+        "UPDATE tasks SET state = ?, error = ?, updated_at = ?, finished_at = ?, wake_at = NULL, "
         "input_prompt = '' WHERE id = ?",
         (
             state,
-            result_json,
             error.SerializeToString() if error is not None and error.reason else None,
             now,
             now,
@@ -322,22 +323,18 @@ def load_decision(
     return decision, created_at, results
 
 
-def load_memo(conn: sqlite3.Connection, task_id: str) -> str:
-    return conn.execute("SELECT memo FROM tasks WHERE id = ?", (task_id,)).fetchone()[0]
-
-
 def save_decision(
     conn: sqlite3.Connection, task_id: str, seq: int, decision: pb.Decision, summary: dict[str, Any]
 ) -> tuple[float, list[EventRow]]:
-    """The checkpoint: the decision and the new memo, atomically with its event."""
+    """The checkpoint: the decision (holding the agent's new memo), atomically with its event."""
     now = time.time()
     conn.execute(
         "INSERT INTO decisions (task_id, seq, body, created_at) VALUES (?, ?, ?, ?)",
         (task_id, seq, decision.SerializeToString(), now),
     )
     conn.execute(
-        "UPDATE tasks SET decisions = ?, memo = ?, updated_at = ? WHERE id = ?",
-        (seq, decision.memo_json, now, task_id),
+        "UPDATE tasks SET decisions = ?, updated_at = ? WHERE id = ?",
+        (seq, now, task_id),
     )
     return now, append_events(conn, task_id, [("decision", json.dumps(summary))], now)
 
@@ -421,7 +418,7 @@ def counts_by_state(conn: sqlite3.Connection) -> dict[int, int]:
 
 def children_of(conn: sqlite3.Connection, parent_id: str, action_id: str) -> list[pb.Task]:
     rows = conn.execute(
-        f"SELECT {TASK_COLUMNS} FROM tasks WHERE parent_id = ? AND parent_action = ? ORDER BY id",
+        f"SELECT {TASK_COLUMNS} FROM {TASK_FROM} WHERE t.parent_id = ? AND t.parent_action = ? ORDER BY t.id",
         (parent_id, action_id),
     )
     return [row_to_task(r) for r in rows]

@@ -33,7 +33,6 @@ CREATE TABLE IF NOT EXISTS tasks (
   id TEXT PRIMARY KEY,
   tenant TEXT NOT NULL,
   agent TEXT NOT NULL,
-  input TEXT NOT NULL,
   priority INTEGER NOT NULL DEFAULT 0,
   budget_usd REAL NOT NULL DEFAULT 0,
   budget_tokens INTEGER NOT NULL DEFAULT 0,
@@ -44,10 +43,8 @@ CREATE TABLE IF NOT EXISTS tasks (
   parent_id TEXT,
   parent_action TEXT,
   state INTEGER NOT NULL,
-  result TEXT NOT NULL DEFAULT '',
   error BLOB,
   cost BLOB,
-  memo TEXT NOT NULL DEFAULT '',
   decisions INTEGER NOT NULL DEFAULT 0,
   last_seq INTEGER NOT NULL DEFAULT 0,
   cancel_requested INTEGER NOT NULL DEFAULT 0,
@@ -56,6 +53,13 @@ CREATE TABLE IF NOT EXISTS tasks (
   created_at REAL NOT NULL,
   updated_at REAL NOT NULL,
   finished_at REAL NOT NULL DEFAULT 0
+);
+-- The large values live apart from the small, hot row: SQLite rewrites a whole row on every update,
+-- and `tasks` is updated on every event (last_seq) and result (cost).
+CREATE TABLE IF NOT EXISTS task_blobs (
+  id TEXT PRIMARY KEY,
+  input TEXT NOT NULL,
+  result TEXT NOT NULL DEFAULT ''
 );
 CREATE UNIQUE INDEX IF NOT EXISTS tasks_idem ON tasks(tenant, idem_key) WHERE idem_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS tasks_list ON tasks(tenant, id);

@@ -7,9 +7,11 @@ which is how a cancelled task stops its in-flight actions at once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 
@@ -24,7 +26,7 @@ from protos.agentmesh.v1 import (
     planner_pb2_grpc,
 )
 from services.runtime.channels import insecure_channel
-from services.runtime.errors import from_rpc_error
+from services.runtime.errors import DeadlineExceeded, Unavailable, from_rpc_error
 
 OutputSink = Callable[[str, bytes], None]
 
@@ -35,8 +37,10 @@ class Workers:
         self.planner = planner_pb2_grpc.PlannerStub(self._channels[0])
         self.executor = executor_pb2_grpc.ExecutorStub(self._channels[1])
         self.inference = inference_pb2_grpc.InferenceStub(self._channels[2])
+        self.exec_session = ExecSession(self.executor)
 
     async def close(self) -> None:
+        await self.exec_session.close()
         for channel in self._channels:
             await channel.close(grace=None)
 
@@ -68,18 +72,7 @@ class Workers:
             task_id=task_id, action_id=action.id, action=action.exec, timeout_s=timeout, attempt=attempt
         )
         # A margin over the executor's own wall limit: it reports TIMED_OUT itself, with the output.
-        call = self.executor.Exec(request, timeout=timeout + 10.0)
-        try:
-            async for event in call:
-                if event.HasField("output"):
-                    on_output(event.output.stream, event.output.data)
-                elif event.HasField("result"):
-                    return event.result
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        finally:
-            call.cancel()
-        raise from_rpc_error_missing("executor ended the stream without a result")
+        return await self.exec_session.run(request, on_output, timeout + 10.0)
 
     async def run_infer(
         self, task_id: str, action: pb.Action, timeout: float, on_output: OutputSink
@@ -141,3 +134,94 @@ def from_rpc_error_missing(message: str) -> Exception:
     from services.runtime.errors import Unavailable
 
     return Unavailable(message, reason="WORKER_PROTOCOL")
+
+
+class ExecSession:
+    """Every exec action of this coordinator over one long-lived `Executor.Session` stream.
+
+    A message per action instead of a call per action (a unary gRPC call costs several times a
+    message on an open stream). Cancelling a waiting `run()` sends a cancel for that action; if the
+    stream breaks, every waiting action fails UNAVAILABLE (the executor kills what the stream
+    started) and the next `run()` opens a new stream.
+    """
+
+    def __init__(self, stub: executor_pb2_grpc.ExecutorStub) -> None:
+        self._stub = stub
+        self._outbox: asyncio.Queue[executor_pb2.SessionRequest | None] | None = None
+        self._pending: dict[tuple[str, int], tuple[asyncio.Future[pb.ActionResult], OutputSink]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    def _open(self) -> asyncio.Queue[executor_pb2.SessionRequest | None]:
+        if self._outbox is not None and self._reader is not None and not self._reader.done():
+            return self._outbox
+        outbox: asyncio.Queue[executor_pb2.SessionRequest | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[executor_pb2.SessionRequest]:
+            while True:
+                item = await outbox.get()
+                if item is None:
+                    return
+                yield item
+
+        call = self._stub.Session(requests())
+        self._outbox = outbox
+        self._reader = asyncio.get_running_loop().create_task(self._read(call, outbox))
+        return outbox
+
+    async def _read(self, call: Any, outbox: asyncio.Queue[Any]) -> None:
+        error: Exception = Unavailable("executor session ended", reason="EXECUTOR_SESSION_LOST")
+        mine: set[tuple[str, int]] = set(self._pending)
+        try:
+            async for event in call:
+                key = (event.action_id, event.attempt)
+                entry = self._pending.get(key)
+                if entry is None:
+                    continue
+                future, sink = entry
+                if event.HasField("output"):
+                    sink(event.output.stream, event.output.data)
+                elif not future.done():
+                    future.set_result(event.result)
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc)
+            if error.reason == "CANCELLED" or error.code == grpc.StatusCode.CANCELLED:
+                error = Unavailable(f"executor session lost: {error.message}", reason="EXECUTOR_SESSION_LOST")
+        finally:
+            if self._outbox is outbox:
+                self._outbox = None
+            mine |= set(self._pending)
+            for key in mine:
+                entry = self._pending.get(key)
+                if entry is not None and not entry[0].done():
+                    entry[0].set_exception(error)
+
+    async def run(
+        self, request: executor_pb2.ExecRequest, on_output: OutputSink, timeout: float
+    ) -> pb.ActionResult:
+        key = (request.action_id, request.attempt or 1)
+        future: asyncio.Future[pb.ActionResult] = asyncio.get_running_loop().create_future()
+        self._pending[key] = (future, on_output)
+        outbox = self._open()
+        try:
+            outbox.put_nowait(executor_pb2.SessionRequest(exec=request))
+            try:
+                return await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise DeadlineExceeded(f"no result from the executor within {timeout:g}s") from None
+        except BaseException:
+            if not future.done() and self._outbox is outbox:
+                outbox.put_nowait(
+                    executor_pb2.SessionRequest(
+                        cancel=executor_pb2.CancelAction(action_id=request.action_id, attempt=key[1])
+                    )
+                )
+            raise
+        finally:
+            self._pending.pop(key, None)
+
+    async def close(self) -> None:
+        if self._outbox is not None:
+            self._outbox.put_nowait(None)
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)

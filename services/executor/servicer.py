@@ -10,6 +10,7 @@ import grpc
 from protos.agentmesh.v1 import common_pb2 as pb
 from protos.agentmesh.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.core import Executor
+from services.runtime.errors import AgentMeshError
 
 _DONE = object()
 
@@ -65,6 +66,92 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             if not runner.done():
                 runner.cancel()
                 await asyncio.gather(runner, return_exceptions=True)
+
+    async def Run(
+        self, request: executor_pb2.ExecRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ActionResult:
+        return await self.executor.run(
+            request.task_id,
+            request.action_id,
+            request.attempt or 1,
+            request.action,
+            request.timeout_s,
+            _ignore,
+        )
+
+    async def Session(
+        self, requests: AsyncIterator[executor_pb2.SessionRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[executor_pb2.SessionEvent]:
+        """Run the actions a caller streams in; their output and results stream back, tagged with the
+        action. The caller going away ends the session, and with it every action it started."""
+        events: asyncio.Queue[executor_pb2.SessionEvent | None] = asyncio.Queue()
+        runs: dict[tuple[str, int], asyncio.Task[None]] = {}
+
+        async def run_one(request: executor_pb2.ExecRequest, attempt: int) -> None:
+            def sink(stream: str, data: bytes) -> None:
+                events.put_nowait(
+                    executor_pb2.SessionEvent(
+                        action_id=request.action_id,
+                        attempt=attempt,
+                        output=executor_pb2.OutputChunk(stream=stream, data=data),
+                    )
+                )
+
+            try:
+                result = await self.executor.run(
+                    request.task_id, request.action_id, attempt, request.action, request.timeout_s, sink
+                )
+            except AgentMeshError as exc:
+                result = pb.ActionResult(
+                    action_id=request.action_id,
+                    status=pb.ACTION_STATUS_FAILED,
+                    error=pb.TaskError(reason=exc.reason, message=exc.message),
+                )
+            except asyncio.CancelledError:
+                result = pb.ActionResult(
+                    action_id=request.action_id,
+                    status=pb.ACTION_STATUS_CANCELLED,
+                    error=pb.TaskError(reason="CANCELLED", message="cancelled"),
+                )
+            finally:
+                runs.pop((request.action_id, attempt), None)
+            events.put_nowait(
+                executor_pb2.SessionEvent(action_id=request.action_id, attempt=attempt, result=result)
+            )
+
+        async def read_requests() -> None:
+            async for request in requests:
+                if request.HasField("exec"):
+                    attempt = request.exec.attempt or 1
+                    key = (request.exec.action_id, attempt)
+                    if key not in runs:
+                        runs[key] = asyncio.ensure_future(run_one(request.exec, attempt))
+                elif request.HasField("cancel"):
+                    run = runs.get((request.cancel.action_id, request.cancel.attempt or 1))
+                    if run is not None:
+                        run.cancel()
+            # The caller closed its side: finish what runs, then end the stream.
+            while runs:
+                await asyncio.gather(*list(runs.values()), return_exceptions=True)
+            events.put_nowait(None)
+
+        reader = asyncio.ensure_future(read_requests())
+        # A broken request stream ends the session too (the finally below kills what it started).
+        reader.add_done_callback(
+            lambda t: None if t.cancelled() or not t.exception() else events.put_nowait(None)
+        )
+        try:
+            while True:
+                event = await events.get()
+                if event is None:
+                    return
+                yield event
+        finally:
+            reader.cancel()
+            live = list(runs.values())
+            for run in live:
+                run.cancel()
+            await asyncio.gather(reader, *live, return_exceptions=True)
 
     async def GetCapabilities(
         self, request: executor_pb2.GetCapabilitiesRequest, context: grpc.aio.ServicerContext

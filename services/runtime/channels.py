@@ -12,7 +12,8 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.enable_retries", 1),
+    # Retries are ours (per-action policy); the channel-level retry filter only adds per-call cost.
+    ("grpc.enable_retries", 0),
 )
 
 SERVER_OPTIONS = (

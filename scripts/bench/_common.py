@@ -1,0 +1,74 @@
+"""Shared by the benchmarks: a mesh on free ports, percentiles, RSS, and the table + JSON output.
+
+Every benchmark prints a table and writes `bench-results/<name>.json` with the machine, the command
+and the figures. Compare figures as ratios measured in the same run: this machine is shared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from agentmesh.local import Mesh  # noqa: E402
+
+console = Console()
+
+
+def start_mesh(**env: str) -> Mesh:
+    root = Path(tempfile.mkdtemp(prefix="agentmesh-bench-"))
+    mesh = Mesh(root, extra_env=dict(env))
+    mesh.start()
+    return mesh
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def report(name: str, title: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None = None) -> None:
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+    out_dir = ROOT / "bench-results"
+    out_dir.mkdir(exist_ok=True)
+    payload = {
+        "benchmark": name,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "rows": rows,
+        **(extra or {}),
+    }
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2))
+    console.print(f"wrote {path.relative_to(ROOT)}")

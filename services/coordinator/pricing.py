@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from protos.agentmesh.v1 import common_pb2 as pb
@@ -31,8 +32,9 @@ class PriceTable:
                     f"bad price entry {part!r}; expected one of {sorted(cls.__dataclass_fields__)}=N"
                 )
             price = float(raw)
-            if price < 0:
-                raise ValueError(f"negative price for {name}")
+            # NaN or inf would make every spend NaN, and a NaN never exceeds a budget.
+            if not math.isfinite(price) or price < 0:
+                raise ValueError(f"price for {name} must be a finite number >= 0, not {raw.strip()!r}")
             values[name.strip()] = price
         return cls(**values)
 

@@ -21,10 +21,23 @@ from gateway.sse import format_error
 from services.runtime import errors as e
 
 EXPECTED = {
-    "OK": 200, "INVALID_ARGUMENT": 400, "FAILED_PRECONDITION": 409, "OUT_OF_RANGE": 400,
-    "UNAUTHENTICATED": 401, "PERMISSION_DENIED": 403, "NOT_FOUND": 404, "ALREADY_EXISTS": 409,
-    "ABORTED": 409, "RESOURCE_EXHAUSTED": 429, "CANCELLED": 499, "UNIMPLEMENTED": 501, "INTERNAL": 500,
-    "UNKNOWN": 500, "DATA_LOSS": 500, "UNAVAILABLE": 503, "DEADLINE_EXCEEDED": 504,
+    "OK": 200,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 409,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "CANCELLED": 499,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNKNOWN": 500,
+    "DATA_LOSS": 500,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
 }
 
 
@@ -39,14 +52,29 @@ def test_table_covers_every_grpc_code_with_the_contracted_status():
         assert http_status_for(code) == EXPECTED[code.name]
 
 
-@pytest.mark.parametrize("cls", [e.InvalidArgument, e.NotFound, e.AlreadyExists, e.FailedPrecondition,
-                                 e.ResourceExhausted, e.Unauthenticated, e.PermissionDenied, e.Unavailable,
-                                 e.DeadlineExceeded, e.Cancelled, e.Unimplemented, e.Internal])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        e.InvalidArgument,
+        e.NotFound,
+        e.AlreadyExists,
+        e.FailedPrecondition,
+        e.ResourceExhausted,
+        e.Unauthenticated,
+        e.PermissionDenied,
+        e.Unavailable,
+        e.DeadlineExceeded,
+        e.Cancelled,
+        e.Unimplemented,
+        e.Internal,
+    ],
+)
 def test_every_error_class_maps_through_its_code(cls):
     response = error_response(cls("boom"))
     assert response.status_code == EXPECTED[cls.code.name]
-    assert body(response) == {"error": {"code": cls.code.name, "reason": cls.default_reason,
-                                        "message": "boom", "details": {}}}
+    assert body(response) == {
+        "error": {"code": cls.code.name, "reason": cls.default_reason, "message": "boom", "details": {}}
+    }
     assert response.headers["content-type"] == "application/json"
 
 
@@ -56,8 +84,20 @@ def test_remote_error_keeps_a_code_no_local_class_has():
     assert error_response(e.RemoteError(grpc.StatusCode.OUT_OF_RANGE, "past the end")).status_code == 400
 
 
-@pytest.mark.parametrize(("hint", "header"), [(None, 1), (0.0, 1), (0.2, 1), (1.0, 1), (2.3, 3), (30, 30),
-                                              (float("inf"), 1), (float("nan"), 1), (-5, 1)])
+@pytest.mark.parametrize(
+    ("hint", "header"),
+    [
+        (None, 1),
+        (0.0, 1),
+        (0.2, 1),
+        (1.0, 1),
+        (2.3, 3),
+        (30, 30),
+        (float("inf"), 1),
+        (float("nan"), 1),
+        (-5, 1),
+    ],
+)
 def test_retry_after_rounds_up_and_is_at_least_one_second(hint, header):
     assert retry_after_seconds(hint) == header
 
@@ -112,5 +152,11 @@ def test_stream_errors_have_the_same_body_as_http_errors():
     frame = format_error(e.Unavailable("coordinator went away")).decode()
     assert frame.startswith("event: error\ndata: ") and frame.endswith("\n\n")
     payload = json.loads(frame.split("data: ", 1)[1])
-    assert payload == {"error": {"code": "UNAVAILABLE", "reason": "UNAVAILABLE",
-                                 "message": "coordinator went away", "details": {}}}
+    assert payload == {
+        "error": {
+            "code": "UNAVAILABLE",
+            "reason": "UNAVAILABLE",
+            "message": "coordinator went away",
+            "details": {},
+        }
+    }

@@ -40,9 +40,24 @@ def violations(exc_info: pytest.ExceptionInfo[InvalidArgument]) -> dict[str, str
 
 # --- JSON parsing ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("raw", [b"", b"   ", b"{bad", b'{"a": 1,}', b"{'a': 1}", b'{"a": NaN}',
-                                 b'{"a": Infinity}', b'{"a": -Infinity}', b'{"a": 1e999}', b"\xff\xfe\xfd",
-                                 b'{"a": ' + b"9" * 5000 + b"}", b'{"a": 1} trailing'])
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"   ",
+        b"{bad",
+        b'{"a": 1,}',
+        b"{'a': 1}",
+        b'{"a": NaN}',
+        b'{"a": Infinity}',
+        b'{"a": -Infinity}',
+        b'{"a": 1e999}',
+        b"\xff\xfe\xfd",
+        b'{"a": ' + b"9" * 5000 + b"}",
+        b'{"a": 1} trailing',
+    ],
+)
 def test_malformed_json_is_refused_with_its_reason(raw):
     with pytest.raises(InvalidArgument) as exc_info:
         parse_json(raw, 64)
@@ -70,18 +85,27 @@ def test_body_must_be_an_object():
         parse_json_object(b"[1, 2]", 64)
     assert "array" in exc_info.value.message
     assert parse_json_object(b"", 64, allow_empty=True) == {}
-    assert parse_json_object("  {\"x\": \"é\"} ", 64) == {"x": "é"}
+    assert parse_json_object('  {"x": "é"} ', 64) == {"x": "é"}
 
 
 # --- POST /v1/tasks --------------------------------------------------------------------------------
+
 
 def test_submit_minimal_and_full():
     spec = validate_submit({"agent": "pipeline", "input": {"steps": []}})
     assert (spec.agent, json.loads(spec.input_json)) == ("pipeline", {"steps": []})
     assert (spec.priority, spec.budget_usd, spec.labels, spec.idempotency_key) == (0, 0.0, {}, "")
-    full = validate_submit({"agent": "codegen", "input": "write fizzbuzz", "priority": -3,
-                            "budget": {"usd": 0.5, "tokens": 1000}, "deadline_s": 60,
-                            "idempotency_key": "k-1", "labels": {"team": "ml"}})
+    full = validate_submit(
+        {
+            "agent": "codegen",
+            "input": "write fizzbuzz",
+            "priority": -3,
+            "budget": {"usd": 0.5, "tokens": 1000},
+            "deadline_s": 60,
+            "idempotency_key": "k-1",
+            "labels": {"team": "ml"},
+        }
+    )
     assert full.priority == -3 and full.budget_usd == 0.5 and full.budget_tokens == 1000
     assert full.deadline_s == 60.0 and full.idempotency_key == "k-1" and full.labels == {"team": "ml"}
     assert json.loads(full.input_json) == "write fizzbuzz"
@@ -101,24 +125,57 @@ def test_budget_as_a_number_means_usd():
 
 def test_every_bad_field_is_reported_at_once():
     with pytest.raises(InvalidArgument) as exc_info:
-        validate_submit({"priority": "high", "labels": {"team": 7}, "budget": {"usd": -1, "gpus": 2},
-                         "deadline_s": "soon", "idempotency_key": 5, "priorty": 1})
+        validate_submit(
+            {
+                "priority": "high",
+                "labels": {"team": 7},
+                "budget": {"usd": -1, "gpus": 2},
+                "deadline_s": "soon",
+                "idempotency_key": 5,
+                "priorty": 1,
+            }
+        )
     found = violations(exc_info)
     assert exc_info.value.reason == "INVALID_ARGUMENT"
-    assert set(found) == {"agent", "input", "priority", "labels.team", "budget.usd", "budget.gpus",
-                          "deadline_s", "idempotency_key", "priorty"}
+    assert set(found) == {
+        "agent",
+        "input",
+        "priority",
+        "labels.team",
+        "budget.usd",
+        "budget.gpus",
+        "deadline_s",
+        "idempotency_key",
+        "priorty",
+    }
     assert "integer" in found["priority"] and "unknown" in found["priorty"]
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("agent", ""), ("agent", "   "), ("agent", 3), ("agent", "x" * 200),
-    ("priority", True), ("priority", 1.5), ("priority", 2**31), ("priority", [1]),
-    ("budget", "1"), ("budget", True), ("budget", {"tokens": -1}), ("budget", {"tokens": 1.5}),
-    ("deadline_s", -1), ("deadline_s", False),
-    ("labels", ["a"]), ("labels", "team=ml"), ("labels", {"": "x"}), ("labels", {"k": None}),
-    ("labels", {f"k{i}": "v" for i in range(65)}),
-    ("idempotency_key", "k" * 300),
-])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("agent", ""),
+        ("agent", "   "),
+        ("agent", 3),
+        ("agent", "x" * 200),
+        ("priority", True),
+        ("priority", 1.5),
+        ("priority", 2**31),
+        ("priority", [1]),
+        ("budget", "1"),
+        ("budget", True),
+        ("budget", {"tokens": -1}),
+        ("budget", {"tokens": 1.5}),
+        ("deadline_s", -1),
+        ("deadline_s", False),
+        ("labels", ["a"]),
+        ("labels", "team=ml"),
+        ("labels", {"": "x"}),
+        ("labels", {"k": None}),
+        ("labels", {f"k{i}": "v" for i in range(65)}),
+        ("idempotency_key", "k" * 300),
+    ],
+)
 def test_wrong_types_and_ranges(field, value):
     body: dict[str, Any] = {"agent": "a", "input": {}, field: value}
     with pytest.raises(InvalidArgument) as exc_info:
@@ -139,6 +196,7 @@ def test_idempotency_key_header():
 
 # --- the other bodies and queries ------------------------------------------------------------------
 
+
 def test_cancel_and_input_bodies():
     assert validate_cancel({}) == ""
     assert validate_cancel({"reason": "user asked"}) == "user asked"
@@ -158,8 +216,16 @@ def test_list_query():
     query = validate_list_query({"state": "running", "limit": "10", "cursor": "abc"})
     assert (query.state, query.limit, query.cursor) == (common_pb2.TASK_STATE_RUNNING, 10, "abc")
     assert validate_list_query({"state": "Task_State_Failed"}).state == common_pb2.TASK_STATE_FAILED
-    for bad in ({"state": "DONE"}, {"state": "UNSPECIFIED"}, {"limit": "0"}, {"limit": "1001"},
-                {"limit": "ten"}, {"limit": "-1"}, {"limit": "1_0"}, {"cursor": "c" * 2000}):
+    for bad in (
+        {"state": "DONE"},
+        {"state": "UNSPECIFIED"},
+        {"limit": "0"},
+        {"limit": "1001"},
+        {"limit": "ten"},
+        {"limit": "-1"},
+        {"limit": "1_0"},
+        {"cursor": "c" * 2000},
+    ):
         with pytest.raises(InvalidArgument):
             validate_list_query(bad)
 
@@ -186,6 +252,7 @@ def test_bearer_key():
 
 # --- config and entry point ------------------------------------------------------------------------
 
+
 def test_config_flags_and_environment():
     config = load(GatewayConfig, ["--max-body-bytes", "2048"], environ={"AGENTMESH_SSE_KEEPALIVE_S": "2.5"})
     assert config.max_body_bytes == 2048 and config.sse_keepalive_s == 2.5
@@ -202,6 +269,7 @@ def test_parse_listen_addr():
 
 
 # --- SSE framing -----------------------------------------------------------------------------------
+
 
 def make_event(seq: int, kind: str = "log", data: Any = None) -> common_pb2.Event:
     return common_pb2.Event(task_id="t1", seq=seq, ts=1.0, kind=kind, data_json=json.dumps(data))
@@ -311,6 +379,7 @@ def test_event_stream_ends_with_the_source_and_on_drain():
 
 # --- the app refuses bad input before calling the coordinator --------------------------------------
 
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -319,8 +388,14 @@ def closed_port() -> int:
 
 @pytest.fixture(scope="module")
 def app():
-    return create_app(GatewayConfig(coordinator_addr=f"127.0.0.1:{closed_port()}", max_body_bytes=4096,
-                                    health_timeout_s=1.0, request_timeout_s=2.0))
+    return create_app(
+        GatewayConfig(
+            coordinator_addr=f"127.0.0.1:{closed_port()}",
+            max_body_bytes=4096,
+            health_timeout_s=1.0,
+            request_timeout_s=2.0,
+        )
+    )
 
 
 def call(app, method: str, path: str, **kwargs: Any) -> httpx.Response:
@@ -348,8 +423,9 @@ def test_http_malformed_and_deep_json(app):
 
 
 def test_http_wrong_types_list_field_violations(app):
-    response = call(app, "POST", "/v1/tasks", json={"agent": "a", "input": 1, "priority": "high",
-                                                    "labels": {"a": 1}})
+    response = call(
+        app, "POST", "/v1/tasks", json={"agent": "a", "input": 1, "priority": "high", "labels": {"a": 1}}
+    )
     err = error_of(response)
     assert response.status_code == 400 and err["reason"] == "INVALID_ARGUMENT"
     assert {v["field"] for v in err["details"]["field_violations"]} == {"priority", "labels.a"}

@@ -26,6 +26,17 @@ STEP_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_STEPS = 1000
 MAX_TIMEOUT_S = 24 * 3600.0
 # What each tool needs in `args`: field -> accepted types.
+# Optional args that the action mapping converts: field -> (accepted types, lowest, highest).
+NUMERIC_ARGS: dict[str, dict[str, tuple[tuple[type, ...], float, float]]] = {
+    "infer": {
+        "max_tokens": ((int,), 1, 1_000_000),
+        "temperature": ((int, float), 0.0, 100.0),
+        "top_p": ((int, float), 0.0, 1.0),
+        "top_k": ((int,), 0, 1_000_000),
+        "seed": ((int,), 0, 2**63 - 1),
+    },
+    "approval": {"timeout_s": ((int, float), 0.0, MAX_TIMEOUT_S)},
+}
 REQUIRED_ARGS: dict[str, dict[str, tuple[type, ...]]] = {
     "python": {"code": (str,)},
     "shell": {"command": (str,)},
@@ -72,6 +83,19 @@ def _validate_step(index: int, step: Any, violations: list[tuple[str, str]]) -> 
         for name, types in REQUIRED_ARGS.get(tool, {}).items():
             if not isinstance(args.get(name), types):
                 violations.append((f"{where}.args.{name}", f"required, {types[0].__name__}"))
+        for name, (types, low, high) in NUMERIC_ARGS.get(tool, {}).items():
+            if name in args:
+                value = args[name]
+                if isinstance(value, bool) or not isinstance(value, types) or not low <= value <= high:
+                    kind = "integer" if types == (int,) else "number"
+                    violations.append((f"{where}.args.{name}", f"{kind} from {low:g} to {high:g}"))
+        if tool == "infer":
+            stop = args.get("stop", [])
+            if not isinstance(stop, list) or not all(isinstance(v, str) for v in stop):
+                violations.append((f"{where}.args.stop", "must be a list of strings"))
+            messages = args.get("messages", [])
+            if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+                violations.append((f"{where}.args.messages", "must be a list of {role, content} objects"))
         if (
             tool == "infer"
             and not isinstance(args.get("prompt"), str)
@@ -111,27 +135,23 @@ def _validate_step(index: int, step: Any, violations: list[tuple[str, str]]) -> 
 
 
 def _find_cycle(steps: list[dict[str, Any]]) -> str | None:
-    deps = {s["id"]: s.get("depends_on", []) for s in steps}
-    state: dict[str, int] = {}
-
-    def visit(node: str) -> str | None:
-        state[node] = 1
-        for dep in deps.get(node, []):
-            if state.get(dep) == 1:
-                return dep
-            if state.get(dep) is None:
-                found = visit(dep)
-                if found:
-                    return found
-        state[node] = 2
-        return None
-
-    for node in deps:
-        if node not in state:
-            found = visit(node)
-            if found:
-                return found
-    return None
+    """A step on a dependency cycle, or None. Kahn's algorithm: iterative, so a 1,000-step chain in
+    any order costs no recursion depth."""
+    deps = {s["id"]: set(s.get("depends_on", [])) for s in steps}
+    dependents: dict[str, list[str]] = {sid: [] for sid in deps}
+    for sid, needs in deps.items():
+        for dep in needs:
+            dependents[dep].append(sid)
+    ready = [sid for sid, needs in deps.items() if not needs]
+    left = {sid: len(needs) for sid, needs in deps.items()}
+    while ready:
+        sid = ready.pop()
+        for dependent in dependents[sid]:
+            left[dependent] -= 1
+            if left[dependent] == 0:
+                ready.append(dependent)
+    stuck = [sid for sid, count in left.items() if count > 0]
+    return stuck[0] if stuck else None
 
 
 class PipelineAgent:

@@ -1,21 +1,21 @@
 """`agentmesh serve inference`: the inference worker's service shell.
 
-The engine (continuous batching on CuPy/NumPy) is its own piece of work (issue 3). Until a model
-is configured this service answers honestly: ListModels is empty and Generate/Embed fail with
-FAILED_PRECONDITION, so a pipeline's infer step fails with a clear reason instead of hanging.
-Cancellation is already wired: a cancelled call or `cancel.<task>` on the bus ends the task's calls.
+The engine (continuous batching on CuPy/NumPy, models loaded from local files) is its own piece
+of work. Until it lands this service answers honestly: ListModels is empty and Generate/Embed fail
+at once with FAILED_PRECONDITION (reason NO_MODEL), so a pipeline's infer step fails with a clear
+reason instead of hanging. With nothing ever in flight there is nothing to cancel yet; the engine
+brings its cancellation (a cancelled call or `cancel.<task>` frees the sequence between two steps).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
 
-from protos.agentmesh.v1 import bus_pb2, inference_pb2, inference_pb2_grpc
+from protos.agentmesh.v1 import inference_pb2, inference_pb2_grpc
 from services.runtime import config as config_mod
 from services.runtime import server
 from services.runtime.config import CommonConfig, setting
@@ -31,15 +31,6 @@ class InferenceConfig(CommonConfig):
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self) -> None:
-        self.calls_by_task: dict[str, set[asyncio.Task[object]]] = {}
-
-    def cancel_task(self, task_id: str) -> int:
-        calls = self.calls_by_task.get(task_id, set())
-        for call in calls:
-            call.cancel()
-        return len(calls)
-
     def _no_model(self, what: str) -> FailedPrecondition:
         return FailedPrecondition(f"no {what} model is loaded on this inference worker", reason="NO_MODEL")
 
@@ -64,19 +55,8 @@ class InferenceService(Service):
     name = "inference"
 
     async def setup(self, rt: Runtime) -> None:
-        servicer = InferenceServicer()
-        inference_pb2_grpc.add_InferenceServicer_to_server(servicer, rt.server)
+        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(), rt.server)
         rt.add_service_name(inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name)
-        rt.spawn(self._follow_cancels(rt, servicer), "cancel-listener")
-
-    async def _follow_cancels(self, rt: Runtime, servicer: InferenceServicer) -> None:
-        sub = rt.bus.subscriber("cancel.")
-        while True:
-            _, payload = await sub.recv()
-            try:
-                servicer.cancel_task(bus_pb2.CancelNotice.FromString(payload).task_id)
-            except Exception:  # noqa: BLE001
-                log.exception("bad cancel notice")
 
 
 def main(argv: list[str]) -> int:

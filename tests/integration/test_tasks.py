@@ -188,3 +188,43 @@ def test_one_task_for_twenty_concurrent_submits_with_one_key(mesh: Mesh) -> None
         )
         assert reply.status_code == 409
         assert reply.json()["error"]["reason"] == "IDEMPOTENCY_KEY_REUSED"
+
+
+def test_infer_step_without_a_model_fails_clearly(mesh: Mesh) -> None:
+    """Until the engine lands, the inference worker refuses at once with NO_MODEL: no hang, no fake text."""
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit(
+                "pipeline", {"steps": [{"id": "gen", "tool": "infer", "args": {"prompt": "hi"}}]}
+            )
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_FAILED
+            step = json.loads(done.result_json)["steps"]["gen"]
+            assert step["status"] == "failed" and step["error"]["reason"] == "NO_MODEL"
+
+    run(go())
+
+
+def test_await_input_resumes_with_the_data_sent(mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            spec = {
+                "steps": [
+                    {"id": "ask", "tool": "approval", "args": {"prompt": "go?"}},
+                    {"id": "after", "tool": "echo", "args": {"ok": True}, "depends_on": ["ask"]},
+                ]
+            }
+            task = await client.submit("pipeline", spec)
+            async for event in client.watch(task.id):
+                if event.kind == "state" and json.loads(event.data_json)["state"] == "WAITING":
+                    break
+            waiting = await client.get(task.id)
+            assert waiting.state == pb.TASK_STATE_WAITING and waiting.input_prompt == "go?"
+            reply = await client.send_input(task.id, {"approved": True, "by": "test"})
+            assert reply.delivered
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED
+            assert json.loads(done.result_json)["steps"]["ask"]["output"] == {"approved": True, "by": "test"}
+
+    run(go())

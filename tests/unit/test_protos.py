@@ -20,3 +20,11 @@ def test_generated_protos_are_current():
     )
     assert proc.returncode == 0, f"gen_protos --check failed:\n{proc.stdout}\n{proc.stderr}"
     assert "current" in proc.stdout
+
+
+def test_configuration_docs_are_current():
+    """docs/configuration.md is generated from the config dataclasses; it must not drift."""
+    done = subprocess.run(
+        [sys.executable, "scripts/gen_config_docs.py", "--check"], cwd=ROOT, capture_output=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr.decode()

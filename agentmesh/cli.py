@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import json
 import os
@@ -289,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "health":
         return cmd_health(args, [])
+    import asyncio
+
     try:
         return asyncio.run(_client_call(args))
     except json.JSONDecodeError as exc:

@@ -6,11 +6,15 @@ it died), and stopped by pid at the end -- SIGTERM, then SIGKILL -- even when th
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from services.runtime.procs import (
     Child,
@@ -104,3 +108,29 @@ class Mesh:
     def dump_logs(self) -> None:
         for child in self.children.values():
             sys.stderr.write(f"----- {child.name} -----\n{child.log_tail(60)}\n")
+
+
+def up_command(data_dir: Path, ready_file: Path) -> tuple[list[str], dict[str, str]]:
+    """argv and environment for `agentmesh up` on free loopback ports, with none of the caller's
+    AGENTMESH_* settings leaking in; `ready_file` receives the start-up time and the pids."""
+    flags = ["--data-dir", str(data_dir), "--ready-file", str(ready_file)]
+    for name in ("coordinator", "planner", "executor", "inference", "gateway"):
+        flags += [f"--{name}-addr", f"127.0.0.1:{free_port()}"]
+    for side in ("pub", "sub"):
+        flags += [f"--bus-{side}-addr", f"tcp://127.0.0.1:{free_port()}"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH_")}
+    return [sys.executable, "-m", "agentmesh", "up", *flags], env
+
+
+def wait_ready_file(
+    proc: subprocess.Popen[bytes], ready_file: Path, deadline_s: float = 60.0
+) -> dict[str, Any]:
+    """The ready file's content once `agentmesh up` wrote it; RuntimeError if it exited or timed out."""
+    deadline = time.monotonic() + deadline_s
+    while not ready_file.exists():
+        if proc.poll() is not None:
+            raise RuntimeError(f"agentmesh up exited with {proc.returncode} before it was ready")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"agentmesh up was not ready within {deadline_s:g}s")
+        time.sleep(0.02)
+    return json.loads(ready_file.read_text())

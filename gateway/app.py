@@ -49,6 +49,7 @@ def create_app(config: GatewayConfig, client: AgentMeshClient | None = None) -> 
         exception_handlers={HTTPException: http_exception, Exception: server_error},
         lifespan=lifespan,
     )
-    app.state.gateway = GatewayState(config=config, upstream=upstream, dashboard_html=_dashboard_html(),
-                                     docs_html=openapi.render_html())
+    app.state.gateway = GatewayState(
+        config=config, upstream=upstream, dashboard_html=_dashboard_html(), docs_html=openapi.render_html()
+    )
     return app

@@ -46,8 +46,15 @@ class HttpError(AgentMeshError):
 
     http_status: int = 400
 
-    def __init__(self, message: str, *, http_status: int, code: grpc.StatusCode, reason: str,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int,
+        code: grpc.StatusCode,
+        reason: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message, reason=reason)
         self.http_status = http_status
         self.code = code  # type: ignore[misc]
@@ -55,8 +62,12 @@ class HttpError(AgentMeshError):
 
 
 def payload_too_large(limit: int) -> HttpError:
-    return HttpError(f"request body is larger than {limit} bytes", http_status=413,
-                     code=grpc.StatusCode.INVALID_ARGUMENT, reason="PAYLOAD_TOO_LARGE")
+    return HttpError(
+        f"request body is larger than {limit} bytes",
+        http_status=413,
+        code=grpc.StatusCode.INVALID_ARGUMENT,
+        reason="PAYLOAD_TOO_LARGE",
+    )
 
 
 def malformed_json(message: str) -> InvalidArgument:

@@ -9,12 +9,15 @@ from prometheus_client import Counter, Histogram
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-REQUESTS = Counter("agentmesh_gateway_requests_total", "HTTP requests answered",
-                   ["method", "route", "status"])
+REQUESTS = Counter(
+    "agentmesh_gateway_requests_total", "HTTP requests answered", ["method", "route", "status"]
+)
 # Time until the response headers went out: for an event stream that is the time to open it,
 # not its whole life, which would drown every other observation in the same histogram.
 LATENCY = Histogram(
-    "agentmesh_gateway_request_seconds", "HTTP time to response headers", ["method", "route", "status"],
+    "agentmesh_gateway_request_seconds",
+    "HTTP time to response headers",
+    ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 

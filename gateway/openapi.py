@@ -29,8 +29,11 @@ def _errors(*statuses: str) -> dict[str, Any]:
 
 # HTTP status -> (component name, description); the status table itself lives in gateway.errors.
 ERROR_RESPONSES = {
-    "400": ("BadRequest", "Invalid request: MALFORMED_JSON, JSON_TOO_DEEP or INVALID_ARGUMENT "
-                          "(details.field_violations lists every problem)"),
+    "400": (
+        "BadRequest",
+        "Invalid request: MALFORMED_JSON, JSON_TOO_DEEP or INVALID_ARGUMENT "
+        "(details.field_violations lists every problem)",
+    ),
     "401": ("Unauthenticated", "Missing or unknown API key (with `WWW-Authenticate: Bearer`)"),
     "403": ("PermissionDenied", "The key's tenant may not do this"),
     "404": ("NotFound", "No such task (or route)"),
@@ -40,15 +43,24 @@ ERROR_RESPONSES = {
     "503": ("Unavailable", "The coordinator cannot be reached"),
 }
 
-TASK_ID = {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"},
-           "description": "The task's id"}
-IDEMPOTENCY_HEADER = {"name": "Idempotency-Key", "in": "header", "required": False,
-                      "schema": {"type": "string", "maxLength": 256},
-                      "description": "Same as the body's idempotency_key (they must agree if both are given)"}
+TASK_ID = {
+    "name": "task_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The task's id",
+}
+IDEMPOTENCY_HEADER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 256},
+    "description": "Same as the body's idempotency_key (they must agree if both are given)",
+}
 COMMON_ERRORS = ("401", "403", "503")
 HTML_PAGE = {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
 SSE_EXAMPLE = (
-    'id: 3\nevent: state\n'
+    "id: 3\nevent: state\n"
     'data: {"task_id":"t1","seq":3,"ts":1.5,"kind":"state","data":{"state":"RUNNING"}}\n\n'
 )
 
@@ -59,7 +71,7 @@ DOCUMENT: dict[str, Any] = {
         "version": "1",
         "description": (
             "HTTP/JSON and Server-Sent Events bridge to the agentmesh coordinator. Authenticate with "
-            "`Authorization: Bearer <key>`. Errors are `{\"error\": {code, reason, message, details}}` with "
+            '`Authorization: Bearer <key>`. Errors are `{"error": {code, reason, message, details}}` with '
             "the HTTP status that matches the gRPC code: INVALID_ARGUMENT/OUT_OF_RANGE 400, UNAUTHENTICATED "
             "401, PERMISSION_DENIED 403, NOT_FOUND 404, FAILED_PRECONDITION/ALREADY_EXISTS/ABORTED 409, "
             "RESOURCE_EXHAUSTED 429, CANCELLED 499, INTERNAL/UNKNOWN/DATA_LOSS 500, UNIMPLEMENTED 501, "
@@ -73,30 +85,51 @@ DOCUMENT: dict[str, Any] = {
             "post": {
                 "operationId": "submitTask",
                 "summary": "Submit a task",
-                "description": ("Starts one run of an agent. Resubmitting with the same idempotency key "
-                                "and the same body returns the existing task; a different body with that "
-                                "key is 409."),
+                "description": (
+                    "Starts one run of an agent. Resubmitting with the same idempotency key "
+                    "and the same body returns the existing task; a different body with that "
+                    "key is 409."
+                ),
                 "parameters": [IDEMPOTENCY_HEADER],
-                "requestBody": {"required": True,
-                                "content": {"application/json": {"schema": _ref("SubmitTaskRequest")}}},
-                "responses": {"201": _json(_ref("Task"), "The task, as created (or as found, for a repeat)"),
-                              **_errors("400", "404", "409", "413", "429", *COMMON_ERRORS)},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SubmitTaskRequest")}},
+                },
+                "responses": {
+                    "201": _json(_ref("Task"), "The task, as created (or as found, for a repeat)"),
+                    **_errors("400", "404", "409", "413", "429", *COMMON_ERRORS),
+                },
             },
             "get": {
                 "operationId": "listTasks",
                 "summary": "List tasks",
                 "description": "The caller's tenant's tasks, newest first, one page at a time.",
                 "parameters": [
-                    {"name": "state", "in": "query", "required": False,
-                     "schema": {"type": "string", "enum": STATES},
-                     "description": "Only tasks in this state (case-insensitive); empty for every state"},
-                    {"name": "limit", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
-                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"},
-                     "description": "next_cursor of the previous page"},
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": STATES},
+                        "description": "Only tasks in this state (case-insensitive); empty for every state",
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50},
+                    },
+                    {
+                        "name": "cursor",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "next_cursor of the previous page",
+                    },
                 ],
-                "responses": {"200": _json(_ref("TaskList"), "One page of tasks"),
-                              **_errors("400", *COMMON_ERRORS)},
+                "responses": {
+                    "200": _json(_ref("TaskList"), "One page of tasks"),
+                    **_errors("400", *COMMON_ERRORS),
+                },
             },
         },
         "/v1/tasks/{task_id}": {
@@ -113,10 +146,14 @@ DOCUMENT: dict[str, Any] = {
                 "summary": "Cancel a task",
                 "description": "Idempotent. The task ends CANCELLED once its in-flight actions stopped.",
                 "parameters": [TASK_ID],
-                "requestBody": {"required": False,
-                                "content": {"application/json": {"schema": _ref("CancelRequest")}}},
-                "responses": {"202": _json(_ref("Task"), "Cancellation recorded"),
-                              **_errors("400", "404", "409", "413", *COMMON_ERRORS)},
+                "requestBody": {
+                    "required": False,
+                    "content": {"application/json": {"schema": _ref("CancelRequest")}},
+                },
+                "responses": {
+                    "202": _json(_ref("Task"), "Cancellation recorded"),
+                    **_errors("400", "404", "409", "413", *COMMON_ERRORS),
+                },
             },
         },
         "/v1/tasks/{task_id}/input": {
@@ -125,10 +162,14 @@ DOCUMENT: dict[str, Any] = {
                 "summary": "Send input to a task",
                 "description": "Answers an `await_input` action (e.g. a pipeline `approval` step).",
                 "parameters": [TASK_ID],
-                "requestBody": {"required": True,
-                                "content": {"application/json": {"schema": _ref("InputRequest")}}},
-                "responses": {"202": _json(_ref("SendInputResponse"), "Input accepted"),
-                              **_errors("400", "404", "409", "413", *COMMON_ERRORS)},
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("InputRequest")}},
+                },
+                "responses": {
+                    "202": _json(_ref("SendInputResponse"), "Input accepted"),
+                    **_errors("400", "404", "409", "413", *COMMON_ERRORS),
+                },
             },
         },
         "/v1/tasks/{task_id}/events": {
@@ -146,17 +187,28 @@ DOCUMENT: dict[str, Any] = {
                 ),
                 "parameters": [
                     TASK_ID,
-                    {"name": "after", "in": "query", "required": False,
-                     "schema": {"type": "integer", "minimum": 0},
-                     "description": "Send only events with a larger seq"},
-                    {"name": "Last-Event-ID", "in": "header", "required": False,
-                     "schema": {"type": "integer", "minimum": 0},
-                     "description": "Set by EventSource on reconnect; same meaning as `after`"},
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Send only events with a larger seq",
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 0},
+                        "description": "Set by EventSource on reconnect; same meaning as `after`",
+                    },
                 ],
                 "responses": {
-                    "200": {"description": "The event stream",
-                            "content": {"text/event-stream": {"schema": {"type": "string"},
-                                                              "example": SSE_EXAMPLE}}},
+                    "200": {
+                        "description": "The event stream",
+                        "content": {
+                            "text/event-stream": {"schema": {"type": "string"}, "example": SSE_EXAMPLE}
+                        },
+                    },
                     "204": {"description": "The task has finished; no event is left after the resume point"},
                     **_errors("400", "404", *COMMON_ERRORS),
                 },
@@ -176,9 +228,13 @@ DOCUMENT: dict[str, Any] = {
                 "security": [],
                 "responses": {
                     "200": _json({"type": "object", "properties": {"status": {"const": "ok"}}}, "Ready"),
-                    "503": _json({"type": "object", "properties": {"status": {"type": "string"},
-                                                                   "coordinator": {"type": "string"}}},
-                                 "Not ready: the coordinator is down or not serving, or the gateway drains"),
+                    "503": _json(
+                        {
+                            "type": "object",
+                            "properties": {"status": {"type": "string"}, "coordinator": {"type": "string"}},
+                        },
+                        "Not ready: the coordinator is down or not serving, or the gateway drains",
+                    ),
                 },
             },
         },
@@ -187,8 +243,12 @@ DOCUMENT: dict[str, Any] = {
                 "operationId": "metrics",
                 "summary": "Prometheus metrics",
                 "security": [],
-                "responses": {"200": {"description": "Prometheus text format",
-                                      "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
             },
         },
         "/openapi.json": {
@@ -217,8 +277,13 @@ DOCUMENT: dict[str, Any] = {
         },
     },
     "components": {
-        "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer",
-                                           "description": "An API key; keys map to tenants"}},
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "An API key; keys map to tenants",
+            }
+        },
         "responses": {
             name: _json(_ref("Error"), description) for name, description in ERROR_RESPONSES.values()
         },
@@ -228,25 +293,38 @@ DOCUMENT: dict[str, Any] = {
                 "required": ["agent", "input"],
                 "additionalProperties": False,
                 "properties": {
-                    "agent": {"type": "string", "minLength": 1, "maxLength": 128,
-                              "description": "Agent name (see /v1/agents)"},
+                    "agent": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 128,
+                        "description": "Agent name (see /v1/agents)",
+                    },
                     "input": {"description": "Any JSON value; the agent's input"},
                     "priority": {"type": "integer", "default": 0, "description": "Higher runs first (int32)"},
-                    "budget": {"oneOf": [{"type": "number", "minimum": 0, "description": "USD"},
-                                         _ref("Budget")],
-                               "description": "Spend limit; past it the task fails with BUDGET_EXCEEDED"},
-                    "deadline_s": {"type": "number", "minimum": 0,
-                                   "description": "Seconds from now; 0: none"},
+                    "budget": {
+                        "oneOf": [{"type": "number", "minimum": 0, "description": "USD"}, _ref("Budget")],
+                        "description": "Spend limit; past it the task fails with BUDGET_EXCEEDED",
+                    },
+                    "deadline_s": {
+                        "type": "number",
+                        "minimum": 0,
+                        "description": "Seconds from now; 0: none",
+                    },
                     "idempotency_key": {"type": "string", "maxLength": 256},
-                    "labels": {"type": "object", "additionalProperties": {"type": "string"},
-                               "maxProperties": 64},
+                    "labels": {
+                        "type": "object",
+                        "additionalProperties": {"type": "string"},
+                        "maxProperties": 64,
+                    },
                 },
             },
             "Budget": {
                 "type": "object",
                 "additionalProperties": False,
-                "properties": {"usd": {"type": "number", "minimum": 0},
-                               "tokens": {"type": "integer", "minimum": 0}},
+                "properties": {
+                    "usd": {"type": "number", "minimum": 0},
+                    "tokens": {"type": "integer", "minimum": 0},
+                },
                 "description": "Zero means unlimited",
             },
             "CancelRequest": {
@@ -263,8 +341,11 @@ DOCUMENT: dict[str, Any] = {
             "Cost": {
                 "type": "object",
                 "properties": {
-                    "tokens_in": {"type": "integer"}, "tokens_out": {"type": "integer"},
-                    "gpu_ms": {"type": "number"}, "cpu_ms": {"type": "number"}, "wall_ms": {"type": "number"},
+                    "tokens_in": {"type": "integer"},
+                    "tokens_out": {"type": "integer"},
+                    "gpu_ms": {"type": "number"},
+                    "cpu_ms": {"type": "number"},
+                    "wall_ms": {"type": "number"},
                     "usd": {"type": "number"},
                 },
             },
@@ -300,15 +381,17 @@ DOCUMENT: dict[str, Any] = {
             },
             "TaskList": {
                 "type": "object",
-                "properties": {"tasks": {"type": "array", "items": _ref("Task")},
-                               "next_cursor": {"type": ["string", "null"],
-                                               "description": "null on the last page"}},
+                "properties": {
+                    "tasks": {"type": "array", "items": _ref("Task")},
+                    "next_cursor": {"type": ["string", "null"], "description": "null on the last page"},
+                },
             },
             "SendInputResponse": {
                 "type": "object",
-                "properties": {"delivered": {"type": "boolean",
-                                             "description": "false: queued for the task's next wait"},
-                               "task": _ref("Task")},
+                "properties": {
+                    "delivered": {"type": "boolean", "description": "false: queued for the task's next wait"},
+                    "task": _ref("Task"),
+                },
             },
             "Event": {
                 "type": "object",
@@ -316,32 +399,47 @@ DOCUMENT: dict[str, Any] = {
                     "task_id": {"type": "string"},
                     "seq": {"type": "integer", "description": "Per task, dense from 1"},
                     "ts": {"type": "number"},
-                    "kind": {"type": "string", "description": "state | decision | action.started | "
-                                                              "action.output | action.finished | "
-                                                              "input.requested | cost | log"},
+                    "kind": {
+                        "type": "string",
+                        "description": "state | decision | action.started | "
+                        "action.output | action.finished | "
+                        "input.requested | cost | log",
+                    },
                     "data": {},
                 },
             },
             "AgentList": {
                 "type": "object",
-                "properties": {"agents": {"type": "array", "items": {
-                    "type": "object",
-                    "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
-                }}},
+                "properties": {
+                    "agents": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+                        },
+                    }
+                },
             },
             "Error": {
                 "type": "object",
-                "properties": {"error": {
-                    "type": "object",
-                    "required": ["code", "reason", "message", "details"],
-                    "properties": {
-                        "code": {"type": "string", "description": "gRPC status code name, e.g. NOT_FOUND"},
-                        "reason": {"type": "string", "description": "Stable UPPER_SNAKE reason"},
-                        "message": {"type": "string"},
-                        "details": {"type": "object", "description": "e.g. retry_after_s, field_violations, "
-                                                                     "correlation_id"},
-                    },
-                }},
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "reason", "message", "details"],
+                        "properties": {
+                            "code": {
+                                "type": "string",
+                                "description": "gRPC status code name, e.g. NOT_FOUND",
+                            },
+                            "reason": {"type": "string", "description": "Stable UPPER_SNAKE reason"},
+                            "message": {"type": "string"},
+                            "details": {
+                                "type": "object",
+                                "description": "e.g. retry_after_s, field_violations, correlation_id",
+                            },
+                        },
+                    }
+                },
             },
         },
     },
@@ -349,6 +447,7 @@ DOCUMENT: dict[str, Any] = {
 
 
 # --- HTML rendering --------------------------------------------------------------------------------
+
 
 def _e(value: Any) -> str:
     return html.escape(str(value))
@@ -401,9 +500,11 @@ def _resolve_response(doc: dict[str, Any], response: dict[str, Any]) -> dict[str
 
 
 def _operation_html(doc: dict[str, Any], method: str, path: str, op: dict[str, Any]) -> str:
-    parts = [f'<section class="op" id="{_e(op.get("operationId", ""))}">',
-             f'<h3><span class="m m-{_e(method)}">{_e(method.upper())}</span> <code>{_e(path)}</code></h3>',
-             f"<p><b>{_e(op.get('summary', ''))}</b></p>"]
+    parts = [
+        f'<section class="op" id="{_e(op.get("operationId", ""))}">',
+        f'<h3><span class="m m-{_e(method)}">{_e(method.upper())}</span> <code>{_e(path)}</code></h3>',
+        f"<p><b>{_e(op.get('summary', ''))}</b></p>",
+    ]
     if op.get("description"):
         parts.append(f"<p>{_e(op['description'])}</p>")
     if op.get("security") == []:
@@ -415,13 +516,16 @@ def _operation_html(doc: dict[str, Any], method: str, path: str, op: dict[str, A
             f"<td>{_e(p.get('description', ''))}</td></tr>"
             for p in op["parameters"]
         )
-        parts.append(f"<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>type</th><th>notes</th></tr>"
-                     f"{rows}</table>")
+        parts.append(
+            f"<h4>Parameters</h4><table><tr><th>name</th><th>in</th><th>type</th><th>notes</th></tr>"
+            f"{rows}</table>"
+        )
     body = op.get("requestBody")
     if body:
         schema = body["content"]["application/json"]["schema"]
-        parts.append(f"<h4>Request body{' (optional)' if not body.get('required') else ''}: "
-                     f"{_type_html(schema)}</h4>")
+        parts.append(
+            f"<h4>Request body{' (optional)' if not body.get('required') else ''}: {_type_html(schema)}</h4>"
+        )
     rows = []
     for status, response in op.get("responses", {}).items():
         response = _resolve_response(doc, response)
@@ -429,10 +533,13 @@ def _operation_html(doc: dict[str, Any], method: str, path: str, op: dict[str, A
         kinds = ", ".join(
             f"{_e(ctype)}: {_type_html(media.get('schema', {}))}" for ctype, media in content.items()
         )
-        rows.append(f"<tr><td>{_e(status)}</td><td>{_e(response.get('description', ''))}</td>"
-                    f"<td>{kinds}</td></tr>")
-    parts.append(f"<h4>Responses</h4><table><tr><th>status</th><th>meaning</th><th>body</th></tr>"
-                 f"{''.join(rows)}</table></section>")
+        rows.append(
+            f"<tr><td>{_e(status)}</td><td>{_e(response.get('description', ''))}</td><td>{kinds}</td></tr>"
+        )
+    parts.append(
+        f"<h4>Responses</h4><table><tr><th>status</th><th>meaning</th><th>body</th></tr>"
+        f"{''.join(rows)}</table></section>"
+    )
     return "".join(parts)
 
 

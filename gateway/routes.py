@@ -104,13 +104,20 @@ async def _json_object(request: Request, *, allow_empty: bool = False) -> dict[s
 
 # --- tasks -----------------------------------------------------------------------------------------
 
+
 @api
 async def submit_task(request: Request) -> Response:
     body = await _json_object(request)
     spec = validate_submit(body, request.headers.get("idempotency-key"))
     task = await _client(request).submit(
-        spec.agent, None, input_json=spec.input_json, priority=spec.priority, budget_usd=spec.budget_usd,
-        budget_tokens=spec.budget_tokens, deadline_s=spec.deadline_s, idempotency_key=spec.idempotency_key,
+        spec.agent,
+        None,
+        input_json=spec.input_json,
+        priority=spec.priority,
+        budget_usd=spec.budget_usd,
+        budget_tokens=spec.budget_tokens,
+        deadline_s=spec.deadline_s,
+        idempotency_key=spec.idempotency_key,
         labels=spec.labels,
     )
     return JSONResponse(task_to_dict(task), status_code=201, headers={"Location": f"/v1/tasks/{task.id}"})
@@ -159,8 +166,12 @@ async def task_events(request: Request) -> Response:
         # Starlette serves HEAD on every GET route; a stream nobody reads would hold a watch open.
         return Response(status_code=200, media_type="text/event-stream", headers=sse.STREAM_HEADERS)
     state = _state(request)
-    stream = sse.event_stream(client.watch(task_id, after), keepalive_s=state.config.sse_keepalive_s,
-                              draining=state.upstream.draining, task_id=task_id)
+    stream = sse.event_stream(
+        client.watch(task_id, after),
+        keepalive_s=state.config.sse_keepalive_s,
+        draining=state.upstream.draining,
+        task_id=task_id,
+    )
     return StreamingResponse(stream, media_type="text/event-stream", headers=sse.STREAM_HEADERS)
 
 
@@ -176,6 +187,7 @@ async def list_agents(request: Request) -> Response:
 
 
 # --- operations ------------------------------------------------------------------------------------
+
 
 @api
 async def healthz(request: Request) -> Response:
@@ -221,20 +233,34 @@ ROUTES = [
 
 # --- router-level errors ---------------------------------------------------------------------------
 
+
 async def http_exception(request: Request, exc: Exception) -> Response:
     """404 (no route) and 405 (route, wrong method) from Starlette's router, as JSON errors."""
     if not isinstance(exc, HTTPException):
         return await server_error(request, exc)
     if exc.status_code == 404:
-        error = HttpError(f"no route for {request.url.path}", http_status=404, code=grpc.StatusCode.NOT_FOUND,
-                          reason="ROUTE_NOT_FOUND")
+        error = HttpError(
+            f"no route for {request.url.path}",
+            http_status=404,
+            code=grpc.StatusCode.NOT_FOUND,
+            reason="ROUTE_NOT_FOUND",
+        )
     elif exc.status_code == 405:
-        error = HttpError(f"{request.method} is not allowed on {request.url.path}", http_status=405,
-                          code=grpc.StatusCode.UNIMPLEMENTED, reason="METHOD_NOT_ALLOWED",
-                          headers=dict(exc.headers or {}))
+        error = HttpError(
+            f"{request.method} is not allowed on {request.url.path}",
+            http_status=405,
+            code=grpc.StatusCode.UNIMPLEMENTED,
+            reason="METHOD_NOT_ALLOWED",
+            headers=dict(exc.headers or {}),
+        )
     else:
-        error = HttpError(str(exc.detail), http_status=exc.status_code, code=grpc.StatusCode.UNKNOWN,
-                          reason="HTTP_ERROR", headers=dict(exc.headers or {}))
+        error = HttpError(
+            str(exc.detail),
+            http_status=exc.status_code,
+            code=grpc.StatusCode.UNKNOWN,
+            reason="HTTP_ERROR",
+            headers=dict(exc.headers or {}),
+        )
     return error_response(error)
 
 

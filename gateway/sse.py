@@ -60,8 +60,9 @@ async def _next(events: AsyncIterator[common_pb2.Event]) -> common_pb2.Event:
     return await events.__anext__()
 
 
-async def event_stream(events: AsyncIterator[common_pb2.Event], *, keepalive_s: float,
-                       draining: asyncio.Event, task_id: str) -> AsyncIterator[bytes]:
+async def event_stream(
+    events: AsyncIterator[common_pb2.Event], *, keepalive_s: float, draining: asyncio.Event, task_id: str
+) -> AsyncIterator[bytes]:
     """Turn a `client.watch(...)` iterator into SSE bytes; see the module docstring for guarantees."""
     SSE_STREAMS.inc()
     pending: asyncio.Task[Any] | None = None
@@ -73,8 +74,9 @@ async def event_stream(events: AsyncIterator[common_pb2.Event], *, keepalive_s: 
             # read itself (wait_for) would end the watch generator.
             if pending is None:
                 pending = asyncio.ensure_future(_next(events))
-            done, _ = await asyncio.wait({pending, drain_wait}, timeout=keepalive_s,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {pending, drain_wait}, timeout=keepalive_s, return_when=asyncio.FIRST_COMPLETED
+            )
             if pending in done:
                 finished, pending = pending, None
                 try:

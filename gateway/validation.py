@@ -53,6 +53,7 @@ class Violations:
 
 # --- JSON ------------------------------------------------------------------------------------------
 
+
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -106,8 +107,10 @@ def parse_json_object(raw: bytes | str, max_depth: int, *, allow_empty: bool = F
         return {}
     value = parse_json(raw, max_depth)
     if not isinstance(value, dict):
-        raise InvalidArgument(f"request body must be a JSON object, not {_json_type(value)}",
-                              field_violations=[("body", "must be a JSON object")])
+        raise InvalidArgument(
+            f"request body must be a JSON object, not {_json_type(value)}",
+            field_violations=[("body", "must be a JSON object")],
+        )
     return value
 
 
@@ -126,6 +129,7 @@ def _json_type(value: Any) -> str:
 
 
 # --- field checks ----------------------------------------------------------------------------------
+
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -201,6 +205,7 @@ def _check_labels(value: Any, bad: Violations) -> dict[str, str]:
 
 # --- requests --------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class SubmitRequest:
     agent: str
@@ -257,9 +262,16 @@ def validate_submit(body: Mapping[str, Any], idempotency_header: str | None = No
 
     labels = _check_labels(body.get("labels"), bad)
     bad.raise_if_any("invalid task")
-    return SubmitRequest(agent=agent, input_json=input_json, priority=priority, budget_usd=budget_usd,
-                         budget_tokens=budget_tokens, deadline_s=float(deadline_s), idempotency_key=key,
-                         labels=labels)
+    return SubmitRequest(
+        agent=agent,
+        input_json=input_json,
+        priority=priority,
+        budget_usd=budget_usd,
+        budget_tokens=budget_tokens,
+        deadline_s=float(deadline_s),
+        idempotency_key=key,
+        labels=labels,
+    )
 
 
 def validate_cancel(body: Mapping[str, Any]) -> str:

@@ -20,14 +20,7 @@ from _common import percentile, report, start_mesh
 
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
+from services.runtime.procs import pid_alive
 
 
 def spec(pid_file: Path) -> dict:
@@ -55,7 +48,7 @@ async def measure(address: str, cancels: int, workdir: Path) -> tuple[list[float
             started = time.perf_counter()
             await client.cancel(task.id)
             to_reply.append((time.perf_counter() - started) * 1000)
-            while any(alive(p) for p in pids):  # a busy poll: the figure is the point
+            while any(pid_alive(p) for p in pids):  # a busy poll: the figure is the point
                 if time.perf_counter() - started > 10:
                     raise RuntimeError(f"processes outlived the cancel: {pids}")
             to_dead.append((time.perf_counter() - started) * 1000)

@@ -8,52 +8,28 @@ every service answers SERVING.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, report, rss_kb
+from _common import ROOT, pss_kb, report, rss_kb
 
-from services.runtime.procs import free_port
+from agentmesh.local import up_command, wait_ready_file
 
 
-def one_run() -> tuple[float, dict[str, int]]:
+def one_run() -> tuple[float, dict[str, tuple[int, int]]]:
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready.json"
-        flags = ["--data-dir", f"{tmp}/data", "--ready-file", str(ready)]
-        for name in ("coordinator", "planner", "executor", "inference", "gateway"):
-            flags += [f"--{name}-addr", f"127.0.0.1:{free_port()}"]
-        flags += [
-            "--bus-pub-addr",
-            f"tcp://127.0.0.1:{free_port()}",
-            "--bus-sub-addr",
-            f"tcp://127.0.0.1:{free_port()}",
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH_")}
-        up = subprocess.Popen(
-            [sys.executable, "-m", "agentmesh", "up", *flags],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        argv, env = up_command(Path(tmp) / "data", ready)
+        up = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 60
-            while not ready.exists():
-                if up.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("the mesh did not come up")
-                time.sleep(0.02)
-            info = json.loads(ready.read_text())
+            info = wait_ready_file(up, ready)
             time.sleep(2.0)  # idle
-            rss = {name: rss_kb(pid) for name, pid in info["pids"].items()}
-            rss["agentmesh up (supervisor)"] = rss_kb(up.pid)
-            return info["ready_s"], rss
+            pids = {**info["pids"], "agentmesh up (supervisor)": up.pid}
+            return info["ready_s"], {name: (rss_kb(pid), pss_kb(pid)) for name, pid in pids.items()}
         finally:
             up.send_signal(signal.SIGTERM)
             up.wait(30)
@@ -67,21 +43,29 @@ def main() -> None:
     for _ in range(opts.runs):
         ready_s, last = one_run()
         ready_times.append(ready_s)
-    total = sum(last.values()) / 1024
-    rows = [{"measure": f"RSS of {name}", "value": kb / 1024, "unit": "MB"} for name, kb in last.items()]
-    rows.append({"measure": "RSS of the whole idle mesh", "value": total, "unit": "MB"})
+    services = {name: v for name, v in last.items() if not name.startswith("agentmesh up")}
+    total_rss = sum(r for r, _ in services.values()) / 1024
+    total_pss = sum(p for _, p in services.values()) / 1024
+    rows = [{"measure": name, "RSS MB": r / 1024, "PSS MB": p / 1024} for name, (r, p) in last.items()]
+    rows.append({"measure": "the six services", "RSS MB": total_rss, "PSS MB": total_pss})
     rows.append(
         {
-            "measure": f"up -> every service SERVING (median of {opts.runs})",
-            "value": statistics.median(ready_times),
-            "unit": "s",
+            "measure": f"up -> every service SERVING, s (median of {opts.runs})",
+            "RSS MB": statistics.median(ready_times),
+            "PSS MB": "",
         }
     )
     report(
         "footprint",
         "idle mesh: memory and start-up",
         rows,
-        {"ready_s_runs": ready_times, "target_total_rss_mb": 250, "target_ready_s": 2.0},
+        {
+            "ready_s_runs": ready_times,
+            "total_rss_mb": total_rss,
+            "total_pss_mb": total_pss,
+            "target_total_rss_mb": 250,
+            "target_ready_s": 2.0,
+        },
     )
 
 

@@ -22,6 +22,8 @@ import signal
 import time
 from pathlib import Path
 
+from services.runtime.procs import pid_alive
+
 log = logging.getLogger(__name__)
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -198,8 +200,8 @@ class GroupTree:
         killed: set[int] = set()
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
-            members = self._members() - {p for p in killed if not _alive(p)}
-            live = {p for p in members if _alive(p)}
+            members = self._members() - {p for p in killed if not pid_alive(p)}
+            live = {p for p in members if pid_alive(p)}
             if not live:
                 break
             for pid in live:
@@ -213,14 +215,6 @@ class GroupTree:
 
     def remove(self) -> None:
         return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rfind(")") + 2] != "Z"
 
 
 def reap(pids: list[int], exclude: int | None = None) -> None:
@@ -238,7 +232,7 @@ def reap_orphans(known: set[int]) -> int:
     me = os.getpid()
     count = 0
     for pid, (ppid, _, _) in _proc_table().items():
-        if ppid == me and pid not in known and not _alive(pid):
+        if ppid == me and pid not in known and not pid_alive(pid):
             with contextlib.suppress(ChildProcessError, OSError):
                 os.waitpid(pid, os.WNOHANG)
                 count += 1

@@ -9,12 +9,11 @@ was sent before its subscription arrived. Consumers dedupe and fill gaps from th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
+from typing import Any
 
 import zmq
-import zmq.asyncio
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,7 @@ class Publisher:
 class Subscriber:
     """An asyncio SUB socket. Subscriptions are topic prefixes; callers match topics exactly."""
 
-    def __init__(self, ctx: zmq.asyncio.Context, addr: str) -> None:
+    def __init__(self, ctx: Any, addr: str) -> None:  # a zmq.asyncio.Context
         self._sock = make_socket(ctx, zmq.SUB, addr)
 
     def subscribe(self, prefix: str) -> None:
@@ -122,6 +121,8 @@ class Bus:
     """A service's connection to the bus: one publisher, subscribers made on demand."""
 
     def __init__(self, pub_addr: str, sub_addr: str) -> None:
+        import zmq.asyncio  # here, so the bus process itself never loads asyncio
+
         self.sub_addr = sub_addr
         self._ctx = zmq.asyncio.Context()
         # A plain (sync) PUB socket shares the context: PUB never blocks, so no future is needed.
@@ -143,13 +144,3 @@ class Bus:
             sub.close()
         self.publisher.close()
         self._ctx.term()
-
-
-async def run_forwarder_until(stop: asyncio.Event, pub_side: str, sub_side: str) -> None:
-    forwarder = Forwarder(pub_side, sub_side)
-    forwarder.start()
-    log.info("bus forwarding %s -> %s", pub_side, sub_side)
-    try:
-        await stop.wait()
-    finally:
-        forwarder.stop()

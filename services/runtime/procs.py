@@ -23,6 +23,15 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
+def pid_alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie (a zombie has exited, only not been reaped)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

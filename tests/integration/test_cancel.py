@@ -13,15 +13,8 @@ import pytest
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.errors import FailedPrecondition
+from services.runtime.procs import pid_alive
 from tests.conftest import client_for, run
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2] != "Z"
 
 
 def _tree_spec(pid_file: Path) -> dict:
@@ -55,14 +48,14 @@ def test_cancel_kills_the_whole_process_tree(mesh: Mesh, tmp_path: Path) -> None
         async with client_for(mesh) as client:
             task = await client.submit("pipeline", _tree_spec(pid_file))
             pids = _wait_for_pids(pid_file, 4)
-            assert all(_alive(p) for p in pids)
+            assert all(pid_alive(p) for p in pids)
             cancelled_at = time.monotonic()
             reply = await client.cancel(task.id)
             assert reply.cancel_requested
-            while any(_alive(p) for p in pids) and time.monotonic() - cancelled_at < 5:  # noqa: ASYNC110
+            while any(pid_alive(p) for p in pids) and time.monotonic() - cancelled_at < 5:  # noqa: ASYNC110
                 await asyncio.sleep(0.005)
             gone_after = time.monotonic() - cancelled_at
-            assert not any(_alive(p) for p in pids), [p for p in pids if _alive(p)]
+            assert not any(pid_alive(p) for p in pids), [p for p in pids if pid_alive(p)]
             assert gone_after < 1.0, f"processes outlived the cancel by {gone_after:.3f}s"
             final = await client.wait(task.id)
             assert final.state == pb.TASK_STATE_CANCELLED

@@ -83,8 +83,14 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
         "gateway": http_ready(f"http://{config.gateway_addr}/healthz"),
     }
     sup = Supervisor()
-    for name in UP_ORDER:
-        sup.add(Child(name, service_argv(name), probes[name], env=env, log_path=logs / f"{name}.log"))
+    for index, name in enumerate(UP_ORDER):
+        child_env = dict(env)
+        if config.metrics_port and name not in ("bus", "gateway"):
+            # One port each, counted up from the one given: they cannot all bind the same one.
+            child_env["AGENTMESH_METRICS_PORT"] = str(config.metrics_port + index)
+        else:
+            child_env["AGENTMESH_METRICS_PORT"] = "0"
+        sup.add(Child(name, service_argv(name), probes[name], env=child_env, log_path=logs / f"{name}.log"))
     stop = {"signal": 0}
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -105,7 +111,9 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
     key_file = data_dir / "default.key"
     console.print(f"[green]agentmesh is up[/green] in {ready_s:.2f}s (data dir {data_dir})")
     for child in sup.children:
-        console.print(f"  {child.name:<12} pid {child.pid:<8} log {child.log_path}")
+        metrics = child.env.get("AGENTMESH_METRICS_PORT", "0")
+        where = f"  metrics http://127.0.0.1:{metrics}/metrics" if metrics != "0" else ""
+        console.print(f"  {child.name:<12} pid {child.pid:<8} log {child.log_path}{where}")
     console.print(
         f"  gRPC  {config.coordinator_addr}   HTTP http://{config.gateway_addr}/   bus {config.bus_sub_addr}"
     )

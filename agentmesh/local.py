@@ -69,14 +69,19 @@ class Mesh:
             "gateway": http_ready(self.gateway_url + "/healthz"),
         }
         self.children = {}
+        # Each gRPC service serves Prometheus metrics on a port of its own.
+        self.metrics_ports = {
+            name: free_port() for name in ("planner", "executor", "inference", "coordinator")
+        }
         for name in ("bus", "planner", "executor", "inference", "coordinator", "gateway"):
             flags = self.coordinator_flags if name == "coordinator" else []
+            env = {**self.env, "AGENTMESH_METRICS_PORT": str(self.metrics_ports.get(name, 0))}
             self.children[name] = self.sup.add(
                 Child(
                     name,
                     service_argv(name, *flags),
                     probes[name],
-                    env=self.env,
+                    env=env,
                     log_path=self.logs / f"{name}.log",
                 )
             )

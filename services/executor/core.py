@@ -38,7 +38,10 @@ log = logging.getLogger(__name__)
 OutputSink = Callable[[str, bytes], None]
 READ_CHUNK = 64 * 1024
 COALESCE_S = 0.02
-DONE_CACHE = 10_000
+# Finished results kept to answer a repeated (action, attempt) without running it again: bounded in
+# count and in bytes (a result may carry up to max_output_bytes of output).
+DONE_CACHE_ENTRIES = 10_000
+DONE_CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -101,6 +104,7 @@ class Executor:
             self.tools.add("scan")
         self._live: dict[tuple[str, int], _Run] = {}
         self._done: collections.OrderedDict[tuple[str, int], pb.ActionResult] = collections.OrderedDict()
+        self._done_bytes = 0
         self._roots: set[int] = set()
 
     @property
@@ -165,10 +169,18 @@ class Executor:
         finally:
             self._live.pop(key, None)
         run.future.set_result(result)
-        self._done[key] = result
-        while len(self._done) > DONE_CACHE:
-            self._done.popitem(last=False)
+        self._remember(key, result)
         return result
+
+    def _remember(self, key: tuple[str, int], result: pb.ActionResult) -> None:
+        size = result.ByteSize()
+        if size > DONE_CACHE_BYTES // 16:
+            return  # too big to keep; a repeat runs again (at-least-once)
+        self._done[key] = result
+        self._done_bytes += size
+        while len(self._done) > DONE_CACHE_ENTRIES or self._done_bytes > DONE_CACHE_BYTES:
+            _, old = self._done.popitem(last=False)
+            self._done_bytes -= old.ByteSize()
 
     def cancel_task(self, task_id: str) -> int:
         """Cancel every live action of a task (the bus's `cancel.<id>`). Returns how many."""

@@ -228,3 +228,23 @@ def test_await_input_resumes_with_the_data_sent(mesh: Mesh) -> None:
             assert json.loads(done.result_json)["steps"]["ask"]["output"] == {"approved": True, "by": "test"}
 
     run(go())
+
+
+def test_every_grpc_service_serves_metrics_health_and_reflection(mesh: Mesh) -> None:
+    import grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    for name, port in mesh.metrics_ports.items():
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert "agentmesh_rpc_total" in body, name
+    assert (
+        "agentmesh_tasks_running"
+        in httpx.get(f"http://127.0.0.1:{mesh.metrics_ports['coordinator']}/metrics", timeout=10).text
+    )
+    with grpc.insecure_channel(mesh.coordinator_addr) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10
+        )
+        names = {s.name for reply in replies for s in reply.list_services_response.service}
+    assert {"agentmesh.v1.AgentService", "grpc.health.v1.Health"} <= names

@@ -34,6 +34,7 @@ class Mesh:
     root: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     coordinator_flags: list[str] = field(default_factory=list)
+    models: bool = False
 
     def __post_init__(self) -> None:
         self.data_dir = self.root / "data"
@@ -57,6 +58,9 @@ class Mesh:
             "AGENTMESH_API_KEYS": ",".join(f"{t}={k}" for t, k in TENANT_KEYS.items()),
             "AGENTMESH_SHUTDOWN_GRACE_S": "3",
             "AGENTMESH_METRICS_PORT": "0",
+            # No models unless asked for: most tests need none, and loading takes seconds and memory.
+            "AGENTMESH_GENERATE_MODEL": "default" if self.models else "none",
+            "AGENTMESH_EMBED_MODEL": "default" if self.models else "none",
             **self.extra_env,
         }
         self.sup = Supervisor()

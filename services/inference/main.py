@@ -1,25 +1,24 @@
-"""`agentmesh serve inference`: the inference worker's service shell.
-
-The engine (continuous batching on CuPy/NumPy, models loaded from local files) is its own piece
-of work. Until it lands this service answers honestly: ListModels is empty and Generate/Embed fail
-at once with FAILED_PRECONDITION (reason NO_MODEL), so a pipeline's infer step fails with a clear
-reason instead of hanging. With nothing ever in flight there is nothing to cancel yet; the engine
-brings its cancellation (a cancelled call or `cancel.<task>` frees the sequence between two steps).
-"""
+"""`agentmesh serve inference`: batched generation and embeddings, on CUDA through CuPy when a GPU
+works here and on NumPy otherwise. Health says NOT_SERVING until the models are loaded and warm."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+import os
+import time
 from dataclasses import dataclass
 
-import grpc
-
-from protos.agentmesh.v1 import inference_pb2, inference_pb2_grpc
+from protos.agentmesh.v1 import bus_pb2, inference_pb2, inference_pb2_grpc
+from services.inference import models
+from services.inference.bert import BertEmbedder
+from services.inference.engine import Engine
+from services.inference.generator import Generator, load_generator
+from services.inference.servicer import InferenceServicer
+from services.inference.xp import select_backend
 from services.runtime import config as config_mod
 from services.runtime import server
 from services.runtime.config import CommonConfig, setting
-from services.runtime.errors import FailedPrecondition
 from services.runtime.server import Runtime, Service
 
 log = logging.getLogger(__name__)
@@ -28,37 +27,95 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class InferenceConfig(CommonConfig):
     listen: str = setting("", "address to listen on (default: inference_addr)")
-
-
-class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def _no_model(self, what: str) -> FailedPrecondition:
-        return FailedPrecondition(f"no {what} model is loaded on this inference worker", reason="NO_MODEL")
-
-    async def Generate(
-        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[inference_pb2.GenerateEvent]:
-        raise self._no_model("generation")
-        yield  # an async generator: the stream shape of the real engine
-
-    async def Embed(
-        self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext
-    ) -> inference_pb2.EmbedResponse:
-        raise self._no_model("embedding")
-
-    async def ListModels(
-        self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
-    ) -> inference_pb2.ListModelsResponse:
-        return inference_pb2.ListModelsResponse()
+    generate_model: str = setting(
+        "default", "llama-family .gguf path, `default` (SmolLM2-135M-Instruct) or `none`"
+    )
+    embed_model: str = setting("default", "BERT-family directory, `default` (all-MiniLM-L6-v2) or `none`")
+    device: str = setting("auto", "auto (CUDA if a kernel runs, else CPU), cpu or cuda")
+    max_batch: int = setting(8, "sequences decoded together")
+    kv_blocks: int = setting(256, "KV cache blocks (each holds block_size positions of every layer)")
+    block_size: int = setting(32, "positions per KV cache block")
+    max_context: int = setting(2048, "longest prompt + completion, in tokens")
+    blas_threads: int = setting(0, "BLAS threads on the CPU (0: all cores but one, at least one)")
 
 
 class InferenceService(Service):
     name = "inference"
 
+    def __init__(self, config: InferenceConfig) -> None:
+        self.config = config
+        self.servicer: InferenceServicer | None = None
+        self.engine: Engine | None = None
+
     async def setup(self, rt: Runtime) -> None:
-        inference_pb2_grpc.add_InferenceServicer_to_server(InferenceServicer(), rt.server)
+        # Registered now (handlers must exist before the server starts); filled in by `warm`.
+        self.servicer = InferenceServicer()
+        inference_pb2_grpc.add_InferenceServicer_to_server(self.servicer, rt.server)
         rt.add_service_name(inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name)
+
+    async def warm(self, rt: Runtime) -> None:
+        cfg = self.config
+        threads = cfg.blas_threads or max(1, (os.cpu_count() or 2) - 1)
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+        # On a small machine, BLAS oversubscription collapses throughput: leave a core to the gRPC front.
+        threadpool_limits(limits=threads)
+        backend = select_backend(cfg.device)
+        started = time.monotonic()
+        generator, embedder = await asyncio.get_running_loop().run_in_executor(None, self._load, backend)
+        engine = None
+        if generator is not None:
+            engine = Engine(
+                generator.model,
+                generator.tokenizer,
+                generator.stop_ids,
+                max_batch=cfg.max_batch,
+                kv_blocks=cfg.kv_blocks,
+                block_size=cfg.block_size,
+                max_context=cfg.max_context,
+            )
+            engine.start()
+        self.engine = engine
+        assert self.servicer is not None
+        self.servicer.attach(engine, generator, embedder, backend.name)
+        log.info(
+            "models ready on %s in %.1fs: generate=%s embed=%s (BLAS threads %d)",
+            backend.name,
+            time.monotonic() - started,
+            generator.name if generator else "none",
+            embedder.name if embedder else "none",
+            threads,
+        )
+        rt.spawn(self._follow_cancels(rt), "cancel-listener")
+
+    def _load(self, backend):  # type: ignore[no-untyped-def]
+        cfg = self.config
+        generator: Generator | None = None
+        embedder: BertEmbedder | None = None
+        generate = models.resolve(cfg.generate_model, models.DEFAULT_GENERATE)
+        if generate is not None:
+            generator = load_generator(backend, *generate)
+        embed = models.resolve(cfg.embed_model, models.DEFAULT_EMBED)
+        if embed is not None:
+            embedder = BertEmbedder(backend, *embed)
+            embedder.embed(["warm up"])
+        return generator, embedder
+
+    async def _follow_cancels(self, rt: Runtime) -> None:
+        sub = rt.bus.subscriber("cancel.")
+        while True:
+            _, payload = await sub.recv()
+            try:
+                if self.servicer is not None and self.servicer.engine is not None:
+                    self.servicer.cancel_task(bus_pb2.CancelNotice.FromString(payload).task_id)
+            except Exception:  # noqa: BLE001 - a bad message must not stop cancellation
+                log.exception("bad cancel notice")
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
 
 
 def main(argv: list[str]) -> int:
     config = config_mod.load(InferenceConfig, argv, prog="agentmesh serve inference")
-    return server.run(InferenceService(), config, config.listen or config.inference_addr)
+    return server.run(InferenceService(config), config, config.listen or config.inference_addr)

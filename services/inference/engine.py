@@ -1,0 +1,275 @@
+"""The generation engine: continuous batching on one thread that owns the device.
+
+Requests join the running batch between decode steps (their prompts prefill in the same forward
+pass as the running sequences' next tokens) and leave it the moment they finish or are cancelled,
+freeing their KV blocks at once. Every step, each sequence's new text is handed to its callback;
+the service turns that into a gRPC stream on the event loop (call_soon_threadsafe).
+
+Guarantees: a request's callback gets text events, then exactly one final event (finish reason
+`stop`, `length`, `cancelled` or `error`). `cancel` is idempotent and takes effect before the next
+step. Embedding jobs run on the same thread, between steps, so one thread owns the device.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from services.inference.llama import LlamaModel, SeqSlice
+from services.inference.sampling import sample
+
+log = logging.getLogger(__name__)
+
+# (text, final, finish_reason, usage)
+EventSink = Callable[[str, bool, str, dict[str, float]], None]
+
+
+@dataclass
+class GenRequest:
+    prompt_ids: list[int]
+    max_tokens: int
+    on_event: EventSink
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+    id: int = 0
+    # engine state
+    blocks: list[int] = field(default_factory=list)
+    generated: list[int] = field(default_factory=list)
+    emitted: int = 0
+    prefilled: bool = False
+    engine_ms: float = 0.0
+    submitted_at: float = 0.0
+    first_token_at: float = 0.0
+    rng: np.random.Generator | None = None
+
+
+@dataclass
+class EmbedJob:
+    run: Callable[[], Any]
+    done: Callable[[Any, BaseException | None], None]
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    running: int
+    waiting: int
+    cache_used: float
+    steps: int
+    tokens: int
+
+
+class Engine:
+    def __init__(
+        self,
+        model: LlamaModel,
+        tokenizer: Any,
+        stop_ids: set[int],
+        *,
+        max_batch: int = 8,
+        kv_blocks: int = 256,
+        block_size: int = 32,
+        max_prefill_tokens: int = 2048,
+        max_context: int = 2048,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stop_ids = stop_ids
+        self.max_batch = max_batch
+        self.max_prefill_tokens = max_prefill_tokens
+        self.max_context = min(max_context, model.config.context_length, kv_blocks * block_size)
+        self.cache = model.new_cache(kv_blocks, block_size)
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._ids = itertools.count(1)
+        self._waiting: list[GenRequest] = []
+        self._running: list[GenRequest] = []
+        self._cancelled: set[int] = set()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.steps = 0
+        self.tokens = 0
+        self.step_hook: Callable[[int, float], None] | None = None  # (batch size, seconds) for metrics
+
+    # ---------------------------------------------------------------- any thread
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="inference-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._inbox.put(("wake", None))
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def submit(self, request: GenRequest) -> int:
+        """Queue a request; returns its id. Too long a prompt finishes at once with `error`."""
+        request.id = next(self._ids)
+        request.submitted_at = time.monotonic()
+        request.rng = np.random.default_rng(request.seed or None)
+        self._inbox.put(("add", request))
+        return request.id
+
+    def cancel(self, request_id: int) -> None:
+        self._inbox.put(("cancel", request_id))
+
+    def embed(self, job: EmbedJob) -> None:
+        self._inbox.put(("embed", job))
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            len(self._running), len(self._waiting), self.cache.used_fraction, self.steps, self.tokens
+        )
+
+    # ---------------------------------------------------------------- the engine thread
+
+    def _main(self) -> None:
+        while not self._stopping:
+            idle = not self._running and not self._waiting
+            self._drain(block=idle)
+            if self._stopping:
+                break
+            self._admit()
+            if self._running:
+                try:
+                    self._step()
+                except Exception as exc:  # noqa: BLE001 - fail the batch, keep the engine alive
+                    log.exception("engine step failed")
+                    for request in list(self._running):
+                        self._finish(request, "error", detail=str(exc))
+        for request in self._running + self._waiting:
+            self._finish(request, "cancelled")
+
+    def _drain(self, block: bool) -> None:
+        try:
+            item = self._inbox.get() if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            kind, value = item
+            if kind == "add":
+                self._waiting.append(value)
+            elif kind == "cancel":
+                self._cancel_now(value)
+            elif kind == "embed":
+                try:
+                    value.done(value.run(), None)
+                except Exception as exc:  # noqa: BLE001 - handed to the caller
+                    value.done(None, exc)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _cancel_now(self, request_id: int) -> None:
+        for pool in (self._waiting, self._running):
+            for request in pool:
+                if request.id == request_id:
+                    self._finish(request, "cancelled")
+                    return
+
+    def _admit(self) -> None:
+        budget = self.max_prefill_tokens
+        while self._waiting and len(self._running) < self.max_batch:
+            request = self._waiting[0]
+            total = len(request.prompt_ids) + request.max_tokens
+            if len(request.prompt_ids) >= self.max_context:
+                self._waiting.pop(0)
+                request.on_event(
+                    "",
+                    True,
+                    "error",
+                    {
+                        "detail": f"prompt of {len(request.prompt_ids)} tokens "
+                        f"exceeds the context of {self.max_context}"
+                    },
+                )
+                continue
+            total = min(total, self.max_context)
+            need = self.cache.blocks_for(total)
+            if need > len(self.cache.free) or (len(request.prompt_ids) > budget and self._running):
+                return  # wait for blocks or for the next step's prefill budget
+            self._waiting.pop(0)
+            request.blocks = self.cache.allocate(need)
+            request.max_tokens = total - len(request.prompt_ids)
+            budget -= len(request.prompt_ids)
+            self._running.append(request)
+
+    def _step(self) -> None:
+        batch = []
+        for request in self._running:
+            if request.prefilled:
+                position = len(request.prompt_ids) + len(request.generated) - 1
+                batch.append(SeqSlice(request.blocks, position, [request.generated[-1]]))
+            else:
+                batch.append(SeqSlice(request.blocks, 0, request.prompt_ids))
+        started = time.perf_counter()
+        logits = self.model.backend.to_host(self.model.forward(self.cache, batch))
+        elapsed = time.perf_counter() - started
+        self.steps += 1
+        if self.step_hook is not None:
+            self.step_hook(len(batch), elapsed)
+        share_ms = elapsed * 1000 / len(batch)  # a shared step's cost, split evenly
+        for request, row in zip(list(self._running), logits, strict=True):
+            request.prefilled = True
+            request.engine_ms += share_ms
+            token = sample(row, request.temperature, request.top_k, request.top_p, request.rng)  # type: ignore[arg-type]
+            if not request.generated:
+                request.first_token_at = time.monotonic()
+            request.generated.append(token)
+            self.tokens += 1
+            self._emit(request, token)
+
+    def _emit(self, request: GenRequest, token: int) -> None:
+        end_of_text = token in self.stop_ids
+        if end_of_text:
+            request.generated.pop()
+        text = self.tokenizer.decode(request.generated, skip_special_tokens=True)
+        for stop in request.stop:
+            at = text.find(stop)
+            if at != -1:
+                if at > request.emitted:
+                    request.on_event(text[request.emitted : at], False, "", {})
+                request.emitted = at
+                self._finish(request, "stop")
+                return
+        final = end_of_text or len(request.generated) >= request.max_tokens
+        if final:
+            ready = len(text)
+        else:
+            # Hold back an incomplete UTF-8 sequence, and what could be the start of a stop string.
+            hold = max((len(s) - 1 for s in request.stop), default=0)
+            ready = len(text.rstrip("\ufffd")) - hold
+        if ready > request.emitted:
+            request.on_event(text[request.emitted : ready], False, "", {})
+            request.emitted = ready
+        if final:
+            self._finish(request, "stop" if end_of_text else "length")
+
+    def _finish(self, request: GenRequest, reason: str, detail: str = "") -> None:
+        if request in self._running:
+            self._running.remove(request)
+        elif request in self._waiting:
+            self._waiting.remove(request)
+        self.cache.release(request.blocks)
+        usage = {
+            "prompt_tokens": len(request.prompt_ids),
+            "completion_tokens": len(request.generated),
+            "engine_ms": request.engine_ms,
+            "ttft_ms": (request.first_token_at - request.submitted_at) * 1000
+            if request.first_token_at
+            else 0.0,
+        }
+        if detail:
+            usage["detail"] = detail  # type: ignore[assignment]
+        request.on_event("", True, reason, usage)

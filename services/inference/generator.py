@@ -1,0 +1,50 @@
+"""A loaded generation model: weights on the device, its tokenizer, its chat template."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from services.inference.llama import LlamaModel, load_gguf
+from services.inference.tokenizer import ChatTemplate, bpe_from_gguf, template_from_jinja
+from services.inference.xp import Backend
+
+
+@dataclass
+class Generator:
+    name: str
+    model: LlamaModel
+    tokenizer: Any
+    template: ChatTemplate
+    stop_ids: set[int]
+
+    def prompt_ids(self, prompt: str, messages: list[tuple[str, str]]) -> list[int]:
+        """A chat prompt: `messages`, or `prompt` as one user message (the defaults are chat models)."""
+        turns = messages or [("user", prompt)]
+        return self.tokenizer.encode(self.template.render(turns), add_special_tokens=False).ids
+
+
+def load_generator(backend: Backend, path: Path, name: str = "") -> Generator:
+    if path.suffix != ".gguf":
+        raise ValueError(f"{path}: generation models load from a llama-family .gguf file")
+    config, weights, meta = load_gguf(path)
+    tokens = meta["tokenizer.ggml.tokens"]
+    tokenizer = bpe_from_gguf(
+        tokens,
+        meta["tokenizer.ggml.merges"],
+        meta["tokenizer.ggml.token_type"],
+        digits_split=meta.get("tokenizer.ggml.pre") in ("smollm", None),
+    )
+    template = template_from_jinja(meta.get("tokenizer.chat_template") or "") or ChatTemplate()
+    stop_ids = (
+        {int(meta["tokenizer.ggml.eos_token_id"])}
+        if meta.get("tokenizer.ggml.eos_token_id") is not None
+        else set()
+    )
+    if "<|im_end|>" in tokens:
+        stop_ids.add(tokens.index("<|im_end|>"))
+    if "<|endoftext|>" in tokens:
+        stop_ids.add(tokens.index("<|endoftext|>"))
+    model = LlamaModel(backend, config, weights)
+    return Generator(name or path.stem, model, tokenizer, template, stop_ids)

@@ -1,0 +1,244 @@
+"""A Llama-family decoder (RMSNorm, rotary embeddings, grouped-query attention, SwiGLU) over the
+array-module shim, with a paged KV cache: fixed-size blocks from a free list, as vLLM does.
+
+`forward` takes any mix of sequences, each contributing some new tokens (a whole prompt when it
+prefills, one token when it decodes): the linear layers run on all new tokens of the batch at once,
+attention runs per sequence over its cached keys. It returns the logits of each sequence's last
+token. Nothing here knows about requests, sampling or threads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.inference.xp import Backend
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    rope_theta: float
+    norm_eps: float
+    context_length: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's converter, which interleaves the rows of attn_q/attn_k for its RoPE layout;
+    we use rotate-half RoPE, as the original weights do."""
+    rows, cols = w.shape
+    return w.reshape(n_head, rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def load_gguf(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray], dict[str, Any]]:
+    """Config, float32 weights (dequantized) and the raw metadata fields of a llama GGUF file."""
+    import gguf  # noqa: PLC0415 - only the inference worker needs it
+    from gguf import quants
+
+    reader = gguf.GGUFReader(str(path))
+
+    def field(name: str, default: Any = None) -> Any:
+        value = reader.fields.get(name)
+        return default if value is None else value.contents()
+
+    arch = field("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{path.name}: architecture {arch!r} is not llama")
+    weights: dict[str, np.ndarray] = {}
+    for tensor in reader.tensors:
+        array = quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
+        weights[tensor.name] = array
+    config = LlamaConfig(
+        vocab_size=int(field("llama.vocab_size", weights["token_embd.weight"].shape[0])),
+        dim=int(field("llama.embedding_length")),
+        n_layers=int(field("llama.block_count")),
+        n_heads=int(field("llama.attention.head_count")),
+        n_kv_heads=int(field("llama.attention.head_count_kv", field("llama.attention.head_count"))),
+        ffn_dim=int(field("llama.feed_forward_length")),
+        rope_theta=float(field("llama.rope.freq_base", 10000.0)),
+        norm_eps=float(field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        context_length=int(field("llama.context_length", 2048)),
+    )
+    for layer in range(config.n_layers):
+        weights[f"blk.{layer}.attn_q.weight"] = unpermute_qk(
+            weights[f"blk.{layer}.attn_q.weight"], config.n_heads
+        )
+        weights[f"blk.{layer}.attn_k.weight"] = unpermute_qk(
+            weights[f"blk.{layer}.attn_k.weight"], config.n_kv_heads
+        )
+    meta = {name: field(name) for name in reader.fields if name.startswith(("tokenizer.", "general."))}
+    return config, weights, meta
+
+
+class KVCache:
+    """Blocks of `block_size` positions for every layer; sequences own lists of block ids."""
+
+    def __init__(
+        self, backend: Backend, config: LlamaConfig, n_blocks: int, block_size: int, dtype: Any
+    ) -> None:
+        xp = backend.xp
+        shape = (config.n_layers, n_blocks, config.n_kv_heads, block_size, config.head_dim)
+        self.k = xp.zeros(shape, dtype=dtype)
+        self.v = xp.zeros(shape, dtype=dtype)
+        self.block_size = block_size
+        self.n_blocks = n_blocks
+        self.free: list[int] = list(range(n_blocks - 1, -1, -1))
+
+    def blocks_for(self, tokens: int) -> int:
+        return -(-tokens // self.block_size)
+
+    def allocate(self, count: int) -> list[int]:
+        if count > len(self.free):
+            raise MemoryError("KV cache full")
+        return [self.free.pop() for _ in range(count)]
+
+    def release(self, blocks: list[int]) -> None:
+        self.free.extend(reversed(blocks))
+        blocks.clear()
+
+    @property
+    def used_fraction(self) -> float:
+        return 1.0 - len(self.free) / self.n_blocks
+
+
+@dataclass
+class SeqSlice:
+    """One sequence's part of a forward pass: `tokens` new tokens starting at position `start`."""
+
+    blocks: list[int]
+    start: int
+    tokens: list[int]
+
+
+class LlamaModel:
+    def __init__(
+        self, backend: Backend, config: LlamaConfig, weights: dict[str, np.ndarray], dtype: Any = None
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        xp = backend.xp
+        self.dtype = dtype or (xp.float16 if backend.is_gpu else xp.float32)
+
+        def put(array: np.ndarray, transpose: bool = False) -> Any:
+            array = np.ascontiguousarray(array.T if transpose else array)
+            return xp.asarray(array, dtype=self.dtype)
+
+        self.embed = put(weights["token_embd.weight"])
+        head = weights.get("output.weight", weights["token_embd.weight"])  # tied when absent
+        self.head_t = put(head, transpose=True)
+        self.final_norm = put(weights["output_norm.weight"])
+        self.layers = []
+        for i in range(config.n_layers):
+            p = f"blk.{i}."
+            qkv = np.concatenate(
+                [weights[p + "attn_q.weight"], weights[p + "attn_k.weight"], weights[p + "attn_v.weight"]],
+                axis=0,
+            )
+            gate_up = np.concatenate([weights[p + "ffn_gate.weight"], weights[p + "ffn_up.weight"]], axis=0)
+            self.layers.append(
+                {
+                    "attn_norm": put(weights[p + "attn_norm.weight"]),
+                    "qkv_t": put(qkv, transpose=True),
+                    "o_t": put(weights[p + "attn_output.weight"], transpose=True),
+                    "ffn_norm": put(weights[p + "ffn_norm.weight"]),
+                    "gate_up_t": put(gate_up, transpose=True),
+                    "down_t": put(weights[p + "ffn_down.weight"], transpose=True),
+                }
+            )
+        half = config.head_dim // 2
+        self.inv_freq = xp.asarray(
+            1.0 / (config.rope_theta ** (np.arange(half, dtype=np.float64) / half)), dtype=xp.float32
+        )
+
+    def new_cache(self, n_blocks: int, block_size: int) -> KVCache:
+        return KVCache(self.backend, self.config, n_blocks, block_size, self.dtype)
+
+    def _rms(self, x: Any, weight: Any) -> Any:
+        xp = self.backend.xp
+        x32 = x.astype(xp.float32)
+        scale = 1.0 / xp.sqrt((x32 * x32).mean(axis=-1, keepdims=True) + self.config.norm_eps)
+        return (x32 * scale).astype(self.dtype) * weight
+
+    def _rope(self, x: Any, positions: Any) -> Any:
+        """Rotate-half rotary embedding; x is (tokens, heads, head_dim)."""
+        xp = self.backend.xp
+        angles = positions[:, None].astype(xp.float32) * self.inv_freq[None, :]
+        cos = xp.cos(angles)[:, None, :].astype(self.dtype)
+        sin = xp.sin(angles)[:, None, :].astype(self.dtype)
+        half = self.config.head_dim // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        return xp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+    def forward(self, cache: KVCache, batch: list[SeqSlice]) -> Any:
+        """Logits (len(batch), vocab) of each sequence's last new token; K/V written to the cache."""
+        xp = self.backend.xp
+        cfg = self.config
+        hd, n_h, n_kv = cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        group = n_h // n_kv
+        bs = cache.block_size
+        all_tokens = [t for s in batch for t in s.tokens]
+        positions = xp.asarray(np.concatenate([np.arange(s.start, s.start + len(s.tokens)) for s in batch]))
+        offsets = np.cumsum([0] + [len(s.tokens) for s in batch])
+        x = self.embed[xp.asarray(all_tokens)]
+        # Where each new token's K/V go: (block, slot) per token.
+        slots = np.concatenate([np.arange(s.start, s.start + len(s.tokens)) for s in batch])
+        block_ids = np.concatenate(
+            [np.asarray(s.blocks)[(np.arange(s.start, s.start + len(s.tokens)) // bs)] for s in batch]
+        )
+        block_ids_x, slot_x = xp.asarray(block_ids), xp.asarray(slots % bs)
+        scale = 1.0 / math.sqrt(hd)
+        for layer_index, layer in enumerate(self.layers):
+            h = self._rms(x, layer["attn_norm"])
+            qkv = h @ layer["qkv_t"]
+            q = qkv[:, : n_h * hd].reshape(-1, n_h, hd)
+            k = qkv[:, n_h * hd : (n_h + n_kv) * hd].reshape(-1, n_kv, hd)
+            v = qkv[:, (n_h + n_kv) * hd :].reshape(-1, n_kv, hd)
+            q = self._rope(q, positions)
+            k = self._rope(k, positions)
+            kc, vc = cache.k[layer_index], cache.v[layer_index]
+            kc[block_ids_x, :, slot_x, :] = k
+            vc[block_ids_x, :, slot_x, :] = v
+            out = xp.empty_like(q)
+            for i, seq in enumerate(batch):
+                lo, hi = offsets[i], offsets[i + 1]
+                total = seq.start + len(seq.tokens)
+                used = seq.blocks[: cache.blocks_for(total)]
+                # (blocks, kv, bs, hd) -> (kv, blocks*bs, hd), cut to the live length
+                keys = kc[used].transpose(1, 0, 2, 3).reshape(n_kv, -1, hd)[:, :total]
+                values = vc[used].transpose(1, 0, 2, 3).reshape(n_kv, -1, hd)[:, :total]
+                qs = q[lo:hi].reshape(hi - lo, n_kv, group, hd).transpose(1, 2, 0, 3)  # (kv, g, t, hd)
+                scores = (qs @ keys[:, None].transpose(0, 1, 3, 2)).astype(
+                    xp.float32
+                ) * scale  # (kv, g, t, total)
+                if hi - lo > 1:  # causal within the new tokens
+                    query_pos = np.arange(seq.start, total)[:, None]
+                    mask = np.arange(total)[None, :] > query_pos
+                    scores = xp.where(xp.asarray(mask)[None, None], -xp.inf, scores)
+                scores -= scores.max(axis=-1, keepdims=True)
+                weights = xp.exp(scores)
+                weights /= weights.sum(axis=-1, keepdims=True)
+                attended = weights.astype(self.dtype) @ values[:, None]  # (kv, g, t, hd)
+                out[lo:hi] = attended.transpose(2, 0, 1, 3).reshape(hi - lo, n_h, hd)
+            x = x + out.reshape(-1, n_h * hd) @ layer["o_t"]
+            h = self._rms(x, layer["ffn_norm"])
+            gate_up = h @ layer["gate_up_t"]
+            gate, up = gate_up[:, : cfg.ffn_dim], gate_up[:, cfg.ffn_dim :]
+            gate32 = gate.astype(xp.float32)
+            act = (gate32 / (1.0 + xp.exp(-gate32))).astype(self.dtype) * up
+            x = x + act @ layer["down_t"]
+        last = xp.asarray(offsets[1:] - 1)
+        h = self._rms(x[last], self.final_norm)
+        return (h @ self.head_t).astype(xp.float32)

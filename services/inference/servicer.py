@@ -1,0 +1,200 @@
+"""Inference over gRPC: streams tokens from the engine thread back onto the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Gauge, Histogram
+
+from protos.agentmesh.v1 import inference_pb2, inference_pb2_grpc
+from services.inference.bert import BertEmbedder
+from services.inference.engine import EmbedJob, Engine, GenRequest
+from services.inference.generator import Generator
+from services.runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
+
+MAX_EMBED_TEXTS = 256
+MAX_EMBED_CHARS = 100_000
+
+TOKENS = Counter("agentmesh_inference_tokens_total", "tokens", ["model", "kind"])
+TTFT = Histogram(
+    "agentmesh_inference_ttft_seconds",
+    "time to first token",
+    ["model"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+ITL = Histogram(
+    "agentmesh_inference_inter_token_seconds",
+    "time between tokens of a sequence",
+    ["model"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)
+RUNNING = Gauge("agentmesh_inference_running", "sequences in the running batch")
+WAITING = Gauge("agentmesh_inference_waiting", "sequences waiting for a slot")
+CACHE = Gauge("agentmesh_inference_kv_cache_used", "fraction of KV blocks in use")
+
+
+class InferenceServicer(inference_pb2_grpc.InferenceServicer):
+    def __init__(self) -> None:
+        self.engine: Engine | None = None
+        self.generator: Generator | None = None
+        self.embedder: BertEmbedder | None = None
+        self.device = "none"
+        self._by_task: dict[str, set[int]] = {}
+
+    def attach(
+        self, engine: Engine | None, generator: Generator | None, embedder: BertEmbedder | None, device: str
+    ) -> None:
+        """The models, once loaded (the servicer is registered before the server starts, they later)."""
+        self.engine, self.generator, self.embedder, self.device = engine, generator, embedder, device
+        if engine is not None:
+            RUNNING.set_function(lambda: engine.stats().running)
+            WAITING.set_function(lambda: engine.stats().waiting)
+            CACHE.set_function(lambda: engine.stats().cache_used)
+
+    def cancel_task(self, task_id: str) -> int:
+        """Drop every sequence of a task (the bus's `cancel.<id>`); they leave before the next step."""
+        ids = self._by_task.get(task_id, set())
+        for request_id in list(ids):
+            self.engine.cancel(request_id)  # type: ignore[union-attr]
+        return len(ids)
+
+    async def Generate(
+        self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[inference_pb2.GenerateEvent]:
+        if self.engine is None or self.generator is None:
+            raise FailedPrecondition(
+                "no generation model is loaded on this inference worker", reason="NO_MODEL"
+            )
+        params = request.params
+        if params.model and params.model != self.generator.name:
+            raise InvalidArgument(
+                f"model {params.model!r} is not served here (serving {self.generator.name!r})",
+                reason="UNKNOWN_MODEL",
+            )
+        if not params.prompt and not params.messages:
+            raise InvalidArgument("infer needs a prompt or messages")
+        messages = [(m.role or "user", m.content) for m in params.messages]
+        prompt_ids = self.generator.prompt_ids(params.prompt, messages)
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[tuple[str, bool, str, dict[str, Any]]] = asyncio.Queue()
+        gen = GenRequest(
+            prompt_ids=prompt_ids,
+            max_tokens=max(1, params.max_tokens or 256),
+            on_event=lambda *event: loop.call_soon_threadsafe(events.put_nowait, event),
+            temperature=params.temperature,
+            top_p=params.top_p or 1.0,
+            top_k=params.top_k,
+            seed=params.seed,
+            stop=list(params.stop),
+        )
+        request_id = self.engine.submit(gen)
+        self._by_task.setdefault(request.task_id, set()).add(request_id)
+        name = self.generator.name
+        last = time.monotonic()
+        finished = False
+        try:
+            while True:
+                text, final, reason, usage = await events.get()
+                now = time.monotonic()
+                if final:
+                    finished = True
+                    if reason == "error":
+                        raise Unavailable(
+                            f"generation failed: {usage.get('detail', 'engine error')}", reason="ENGINE_ERROR"
+                        )
+                    TOKENS.labels(name, "prompt").inc(usage["prompt_tokens"])
+                    TOKENS.labels(name, "completion").inc(usage["completion_tokens"])
+                    if usage.get("ttft_ms"):
+                        TTFT.labels(name).observe(usage["ttft_ms"] / 1000)
+                    engine_ms = float(usage["engine_ms"])
+                    yield inference_pb2.GenerateEvent(
+                        final=True,
+                        finish_reason=reason,
+                        usage=inference_pb2.Usage(
+                            prompt_tokens=int(usage["prompt_tokens"]),
+                            completion_tokens=int(usage["completion_tokens"]),
+                            engine_ms=engine_ms,
+                            gpu_ms=engine_ms if self.engine.model.backend.is_gpu else 0.0,
+                        ),
+                    )
+                    return
+                ITL.labels(name).observe(now - last)
+                last = now
+                yield inference_pb2.GenerateEvent(text=text)
+        finally:
+            if not finished:
+                self.engine.cancel(request_id)  # the caller left: free the sequence before the next step
+            ids = self._by_task.get(request.task_id)
+            if ids is not None:
+                ids.discard(request_id)
+                if not ids:
+                    del self._by_task[request.task_id]
+
+    async def Embed(
+        self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.EmbedResponse:
+        if self.embedder is None:
+            raise FailedPrecondition(
+                "no embedding model is loaded on this inference worker", reason="NO_MODEL"
+            )
+        texts = list(request.params.texts)
+        if not texts:
+            raise InvalidArgument("embed needs at least one text")
+        if len(texts) > MAX_EMBED_TEXTS or sum(len(t) for t in texts) > MAX_EMBED_CHARS:
+            raise InvalidArgument(
+                f"at most {MAX_EMBED_TEXTS} texts and {MAX_EMBED_CHARS} characters per call"
+            )
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        embedder = self.embedder
+
+        def done(value: Any, error: BaseException | None) -> None:
+            def settle() -> None:
+                if future.done():
+                    return
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(value)
+
+            loop.call_soon_threadsafe(settle)
+
+        started = time.perf_counter()
+        job = EmbedJob(run=lambda: embedder.embed(texts), done=done)
+        if self.engine is not None:
+            self.engine.embed(job)  # the engine thread owns the device
+        else:
+            done(*_run_job(job))
+        vectors, tokens = await future
+        engine_ms = (time.perf_counter() - started) * 1000
+        backend_gpu = embedder.backend.is_gpu
+        TOKENS.labels(embedder.name, "embed").inc(tokens)
+        return inference_pb2.EmbedResponse(
+            vectors=[inference_pb2.Vector(values=row.tolist()) for row in vectors],
+            usage=inference_pb2.Usage(
+                prompt_tokens=tokens, engine_ms=engine_ms, gpu_ms=engine_ms if backend_gpu else 0.0
+            ),
+        )
+
+    async def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ListModelsResponse:
+        models = []
+        if self.generator is not None:
+            models.append(
+                inference_pb2.ModelInfo(name=self.generator.name, kind="generate", device=self.device)
+            )
+        if self.embedder is not None:
+            models.append(inference_pb2.ModelInfo(name=self.embedder.name, kind="embed", device=self.device))
+        return inference_pb2.ListModelsResponse(models=models)
+
+
+def _run_job(job: EmbedJob) -> tuple[Any, BaseException | None]:
+    try:
+        return job.run(), None
+    except Exception as exc:  # noqa: BLE001
+        return None, exc

@@ -1,0 +1,185 @@
+"""The inference engine in-process on NumPy with the real embedded models (no sockets)."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from services.inference import models
+from services.inference.bert import BertEmbedder
+from services.inference.engine import Engine, GenRequest
+from services.inference.generator import Generator, load_generator
+from services.inference.sampling import sample
+from services.inference.xp import select_backend
+
+
+@pytest.fixture(scope="module")
+def generator() -> Generator:
+    path, name = models.resolve("default", models.DEFAULT_GENERATE)  # type: ignore[misc]
+    return load_generator(select_backend("cpu"), path, name)
+
+
+@pytest.fixture(scope="module")
+def engine(generator: Generator):  # type: ignore[no-untyped-def]
+    engine = Engine(
+        generator.model,
+        generator.tokenizer,
+        generator.stop_ids,
+        max_batch=4,
+        kv_blocks=64,
+        block_size=16,
+        max_context=512,
+    )
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+        self.final: tuple[str, dict] | None = None
+        self.done = threading.Event()
+        self.first = threading.Event()
+
+    def __call__(self, text: str, final: bool, reason: str, usage: dict) -> None:
+        if final:
+            self.final = (reason, usage)
+            self.done.set()
+        else:
+            self.texts.append(text)
+            self.first.set()
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+
+def generate(engine: Engine, generator: Generator, prompt: str, **params) -> Collector:  # type: ignore[no-untyped-def]
+    sink = Collector()
+    params.setdefault("max_tokens", 12)
+    engine.submit(GenRequest(prompt_ids=generator.prompt_ids(prompt, []), on_event=sink, **params))
+    return sink
+
+
+def wait(*sinks: Collector) -> None:
+    for sink in sinks:
+        assert sink.done.wait(120), "generation did not finish"
+
+
+def test_greedy_answer_is_right_and_stops_at_end_of_turn(engine: Engine, generator: Generator) -> None:
+    sink = generate(engine, generator, "What is the capital of France?", max_tokens=24)
+    wait(sink)
+    assert "Paris" in sink.text
+    reason, usage = sink.final  # type: ignore[misc]
+    assert reason == "stop" and usage["completion_tokens"] <= 24 and usage["prompt_tokens"] > 10
+
+
+def test_batched_sequences_decode_exactly_as_alone(engine: Engine, generator: Generator) -> None:
+    """Continuous batching must not change results: greedy output alone == output beside others."""
+    alone = generate(engine, generator, "Name three colours.")
+    wait(alone)
+    together = [
+        generate(engine, generator, prompt)
+        for prompt in ("Count to five.", "Name three colours.", "Say hello in French.", "What is 2+2?")
+    ]
+    wait(*together)
+    assert together[1].text == alone.text
+    assert all(s.final[0] in ("stop", "length") for s in together)  # type: ignore[index]
+
+
+def test_joining_mid_flight_keeps_results(engine: Engine, generator: Generator) -> None:
+    first_alone = generate(engine, generator, "Describe the sea.", max_tokens=20)
+    wait(first_alone)
+    long_one = generate(engine, generator, "Describe the sea.", max_tokens=20)
+    assert long_one.first.wait(60)
+    joiner = generate(engine, generator, "Name a fruit.", max_tokens=8)  # prefills while the other decodes
+    wait(long_one, joiner)
+    assert long_one.text == first_alone.text
+
+
+def test_max_tokens_and_stop_strings(engine: Engine, generator: Generator) -> None:
+    limited = generate(engine, generator, "Write a long story about a dragon.", max_tokens=5)
+    wait(limited)
+    assert limited.final[0] == "length" and limited.final[1]["completion_tokens"] == 5  # type: ignore[index]
+    free_before = len(engine.cache.free)
+    stopped = generate(
+        engine, generator, "Count from 1 to 10, separated by commas.", max_tokens=40, stop=["4"]
+    )
+    wait(stopped)
+    assert stopped.final[0] == "stop" and "4" not in stopped.text and "3" in stopped.text  # type: ignore[index]
+    assert len(engine.cache.free) == free_before
+
+
+def test_cancel_frees_the_sequence_before_the_next_step(engine: Engine, generator: Generator) -> None:
+    free_before = len(engine.cache.free)
+    sink = Collector()
+    request_id = engine.submit(
+        GenRequest(
+            prompt_ids=generator.prompt_ids("Tell me a long story.", []), max_tokens=400, on_event=sink
+        )
+    )
+    assert sink.first.wait(60)
+    engine.cancel(request_id)
+    wait(sink)
+    assert sink.final[0] == "cancelled"  # type: ignore[index]
+    assert sink.final[1]["completion_tokens"] < 400  # type: ignore[index]
+    assert len(engine.cache.free) == free_before
+    engine.cancel(request_id)  # idempotent
+
+
+def test_seeded_sampling_repeats(engine: Engine, generator: Generator) -> None:
+    runs = [
+        generate(engine, generator, "Invent a name for a cat.", temperature=0.9, top_p=0.9, top_k=40, seed=7)
+        for _ in range(2)
+    ]
+    wait(*runs)
+    assert runs[0].text == runs[1].text
+
+
+def test_too_long_a_prompt_is_an_error_not_a_hang(engine: Engine, generator: Generator) -> None:
+    sink = Collector()
+    engine.submit(GenRequest(prompt_ids=[42] * 600, max_tokens=4, on_event=sink))
+    wait(sink)
+    assert sink.final[0] == "error"  # type: ignore[index]
+
+
+def test_sampling_rules() -> None:
+    rng = np.random.default_rng(0)
+    logits = np.array([0.0, 5.0, 1.0, 4.9])
+    assert sample(logits, 0.0, 0, 1.0, rng) == 1
+    assert {sample(logits, 1.0, 1, 1.0, rng) for _ in range(20)} == {1}  # top-k 1 is greedy
+    assert {sample(logits, 1.0, 0, 0.5, rng) for _ in range(50)} <= {1, 3}  # top-p keeps the head
+
+
+def test_tokenizer_round_trip_and_control_tokens(generator: Generator) -> None:
+    text = "Hello, world! 12345 — ünïcödé"
+    ids = generator.tokenizer.encode(text, add_special_tokens=False).ids
+    assert generator.tokenizer.decode(ids) == text
+    assert generator.tokenizer.encode("<|im_start|>", add_special_tokens=False).ids == [1]
+    assert generator.prompt_ids("hi", [])[:1] == [1]  # the chat template starts a turn
+
+
+def test_cpu_backend_and_cuda_refusal() -> None:
+    assert select_backend("cpu").xp is np
+    try:
+        import cupy  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError):
+            select_backend("cuda")
+
+
+def test_embeddings_are_normalised_and_meaningful() -> None:
+    path, name = models.resolve("default", models.DEFAULT_EMBED)  # type: ignore[misc]
+    embedder = BertEmbedder(select_backend("cpu"), path, name)
+    vectors, tokens = embedder.embed(
+        ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby."]
+    )
+    assert vectors.shape == (3, 384) and tokens > 10
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    sims = vectors @ vectors.T
+    # sentence-transformers' published score for this pair with all-MiniLM-L6-v2 is 0.7553
+    assert abs(sims[0, 1] - 0.7553) < 0.01
+    assert sims[0, 1] > sims[0, 2]

@@ -1,0 +1,89 @@
+"""infer and embed steps through the whole mesh, with the embedded default models."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+from agentmesh.local import Mesh
+from protos.agentmesh.v1 import common_pb2 as pb
+from tests.conftest import client_for, run
+
+
+@pytest.fixture(scope="module")
+def model_mesh(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    mesh = Mesh(tmp_path_factory.mktemp("models"), models=True)
+    try:
+        mesh.start()
+        yield mesh
+    except BaseException:
+        mesh.dump_logs()
+        raise
+    finally:
+        mesh.stop()
+
+
+def test_pipeline_with_infer_and_embed_steps(model_mesh: Mesh) -> None:
+    spec = {
+        "steps": [
+            {
+                "id": "sum",
+                "tool": "infer",
+                "args": {"prompt": "What is the capital of France? One word.", "max_tokens": 16},
+            },
+            {"id": "vec", "tool": "embed", "args": {"texts": ["a", "b"]}},
+        ]
+    }
+
+    async def go() -> None:
+        async with client_for(model_mesh) as client:
+            task = await client.submit("pipeline", spec)
+            kinds = [e.kind async for e in client.watch(task.id)]
+            done = await client.get(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            steps = json.loads(done.result_json)["steps"]
+            assert "Paris" in steps["sum"]["output"]["text"]
+            assert steps["sum"]["cost"]["tokens_in"] > 0 and steps["sum"]["cost"]["tokens_out"] > 0
+            vectors = steps["vec"]["output"]["vectors"]
+            assert len(vectors) == 2 and len(vectors[0]) == 384
+            assert done.cost.tokens_in > 0 and done.cost.usd > 0
+            assert "action.output" in kinds  # tokens streamed as they were made
+
+    run(go())
+
+
+def test_cancelling_a_generation_stops_it(model_mesh: Mesh) -> None:
+    spec = {
+        "steps": [
+            {
+                "id": "long",
+                "tool": "infer",
+                "args": {"prompt": "Write a very long story.", "max_tokens": 1500},
+            }
+        ]
+    }
+
+    async def go() -> None:
+        async with client_for(model_mesh) as client:
+            task = await client.submit("pipeline", spec)
+            async for event in client.watch(task.id):
+                if event.kind == "action.output":
+                    break
+            await client.cancel(task.id)
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_CANCELLED
+
+    run(go())
+    # The engine dropped the sequence: nothing left running in the batch.
+    port = model_mesh.metrics_ports["inference"]
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        running = [line for line in body.splitlines() if line.startswith("agentmesh_inference_running ")]
+        if running and float(running[0].split()[1]) == 0:
+            break
+        time.sleep(0.05)
+    assert running and float(running[0].split()[1]) == 0, running

@@ -88,6 +88,8 @@ class Engine:
         self.max_batch = max_batch
         self.max_prefill_tokens = max_prefill_tokens
         self.max_context = min(max_context, model.config.context_length, kv_blocks * block_size)
+        if max_batch < 1 or kv_blocks < 1 or block_size < 1:
+            raise ValueError("max_batch, kv_blocks and block_size must be positive")
         self.cache = model.new_cache(kv_blocks, block_size)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ids = itertools.count(1)

@@ -75,10 +75,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 f"model {params.model!r} is not served here (serving {self.generator.name!r})",
                 reason="UNKNOWN_MODEL",
             )
-        if not params.prompt and not params.messages:
-            raise InvalidArgument("infer needs a prompt or messages")
+        _check_params(params, self.engine.max_context)
         messages = [(m.role or "user", m.content) for m in params.messages]
         prompt_ids = self.generator.prompt_ids(params.prompt, messages)
+        if len(prompt_ids) >= self.engine.max_context:
+            raise InvalidArgument(
+                f"the prompt is {len(prompt_ids)} tokens; the context holds {self.engine.max_context}",
+                reason="PROMPT_TOO_LONG",
+            )
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[tuple[str, bool, str, dict[str, Any]]] = asyncio.Queue()
         gen = GenRequest(
@@ -191,6 +195,28 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         if self.embedder is not None:
             models.append(inference_pb2.ModelInfo(name=self.embedder.name, kind="embed", device=self.device))
         return inference_pb2.ListModelsResponse(models=models)
+
+
+def _check_params(params: Any, max_context: int) -> None:
+    """INVALID_ARGUMENT, naming every bad field, for requests the engine must not see."""
+    problems = []
+    if not params.prompt.strip() and not any(m.content.strip() for m in params.messages):
+        problems.append(("prompt", "empty: give a prompt or messages"))
+    if params.max_tokens < 0 or params.max_tokens >= max_context:
+        problems.append(("max_tokens", f"must be from 1 to {max_context - 1} (0 means the default)"))
+    if not 0.0 <= params.temperature <= 100.0 or params.temperature != params.temperature:
+        problems.append(("temperature", "must be from 0 to 100"))
+    if not 0.0 <= params.top_p <= 1.0 or params.top_p != params.top_p:
+        problems.append(("top_p", "must be from 0 to 1 (0 means 1)"))
+    if params.top_k < 0:
+        problems.append(("top_k", "must not be negative"))
+    if len(params.stop) > 16 or any(not s or len(s) > 256 for s in params.stop):
+        problems.append(("stop", "at most 16 non-empty strings of up to 256 characters"))
+    for index, message in enumerate(params.messages):
+        if message.role not in ("", "system", "user", "assistant", "tool"):
+            problems.append((f"messages[{index}].role", "system, user, assistant or tool"))
+    if problems:
+        raise InvalidArgument("; ".join(f"{f}: {d}" for f, d in problems), field_violations=problems)
 
 
 def _run_job(job: EmbedJob) -> tuple[Any, BaseException | None]:

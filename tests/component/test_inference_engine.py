@@ -27,8 +27,8 @@ def engine(generator: Generator):  # type: ignore[no-untyped-def]
         generator.model,
         generator.tokenizer,
         generator.stop_ids,
-        max_batch=4,
-        kv_blocks=64,
+        max_batch=17,
+        kv_blocks=160,
         block_size=16,
         max_context=512,
     )
@@ -88,6 +88,48 @@ def test_batched_sequences_decode_exactly_as_alone(engine: Engine, generator: Ge
     wait(*together)
     assert together[1].text == alone.text
     assert all(s.final[0] in ("stop", "length") for s in together)  # type: ignore[index]
+
+
+def test_greedy_alone_equals_greedy_among_sixteen_joining_and_leaving(
+    engine: Engine, generator: Generator
+) -> None:
+    import time
+
+    alone = generate(engine, generator, "What is the tallest mountain?", max_tokens=12)
+    wait(alone)
+    others = []
+    for i in range(16):  # join at different steps, leave at different steps (max_tokens 2..17)
+        others.append(generate(engine, generator, f"Tell me about the number {i}.", max_tokens=2 + i))
+        if i == 7:
+            target = generate(engine, generator, "What is the tallest mountain?", max_tokens=12)
+        time.sleep(0.03)
+    wait(target, *others)
+    assert target.text == alone.text
+
+
+def test_cancelling_one_of_sixteen_leaves_the_others_unaffected(engine: Engine, generator: Generator) -> None:
+    prompts = [f"List {i + 2} animals." for i in range(16)]
+
+    def batch(cancel_index: int | None) -> list[Collector]:
+        sinks = [Collector() for _ in prompts]
+        ids = [
+            engine.submit(GenRequest(prompt_ids=generator.prompt_ids(p, []), max_tokens=10, on_event=s))
+            for p, s in zip(prompts, sinks, strict=True)
+        ]
+        if cancel_index is not None:
+            assert sinks[cancel_index].first.wait(60)
+            steps_at_cancel = engine.steps
+            engine.cancel(ids[cancel_index])
+            assert sinks[cancel_index].done.wait(60)
+            assert engine.steps - steps_at_cancel <= 1  # gone within one decode step of the cancel
+        wait(*sinks)
+        return sinks
+
+    reference = batch(None)
+    with_cancel = batch(5)
+    assert with_cancel[5].final[0] == "cancelled"  # type: ignore[index]
+    kept = [s.text for i, s in enumerate(with_cancel) if i != 5]
+    assert kept == [s.text for i, s in enumerate(reference) if i != 5]
 
 
 def test_joining_mid_flight_keeps_results(engine: Engine, generator: Generator) -> None:

@@ -1,0 +1,80 @@
+"""The inference service in-process on port 0 with real stubs: bad input is refused clearly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+
+from protos.agentmesh.v1 import common_pb2 as pb
+from protos.agentmesh.v1 import inference_pb2 as ipb
+from protos.agentmesh.v1 import inference_pb2_grpc
+from services.inference import models
+from services.inference.engine import Engine
+from services.inference.generator import load_generator
+from services.inference.servicer import InferenceServicer
+from services.inference.xp import select_backend
+from services.runtime.interceptors import ServiceInterceptor
+
+BAD = [
+    pb.InferAction(prompt=""),
+    pb.InferAction(prompt="   "),
+    pb.InferAction(prompt="hi", max_tokens=-1),
+    pb.InferAction(prompt="hi", max_tokens=1_000_000),
+    pb.InferAction(prompt="hi", model="no-such-model"),
+    pb.InferAction(prompt="hi", temperature=-1),
+    pb.InferAction(prompt="hi", top_p=1.5),
+    pb.InferAction(prompt="hi", top_k=-3),
+    pb.InferAction(prompt="hi", stop=[""]),
+    pb.InferAction(messages=[pb.ChatMessage(role="wizard", content="hi")]),
+    pb.InferAction(prompt="word " * 2000),  # longer than the context
+]
+
+
+def test_bad_generate_requests_are_invalid_argument_and_the_worker_keeps_serving() -> None:
+    path, name = models.resolve("default", models.DEFAULT_GENERATE)  # type: ignore[misc]
+    generator = load_generator(select_backend("cpu"), path, name)
+
+    async def go() -> None:
+        engine = Engine(
+            generator.model,
+            generator.tokenizer,
+            generator.stop_ids,
+            max_batch=2,
+            kv_blocks=64,
+            block_size=16,
+            max_context=512,
+        )
+        engine.start()
+        servicer = InferenceServicer()
+        servicer.attach(engine, generator, None, "cpu")
+        server = grpc.aio.server(interceptors=[ServiceInterceptor()])
+        inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = inference_pb2_grpc.InferenceStub(channel)
+                for params in BAD:
+                    with pytest.raises(grpc.aio.AioRpcError) as caught:
+                        async for _ in stub.Generate(ipb.GenerateRequest(params=params), timeout=30):
+                            pass
+                    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, params
+                    assert caught.value.details()
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Embed(ipb.EmbedRequest(params=pb.EmbedAction(texts=["x"])), timeout=30)
+                assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # no embed model here
+                events = [
+                    e
+                    async for e in stub.Generate(
+                        ipb.GenerateRequest(params=pb.InferAction(prompt="Say yes.", max_tokens=4)),
+                        timeout=60,
+                    )
+                ]
+                assert events[-1].final and events[-1].usage.completion_tokens >= 1
+        finally:
+            await server.stop(None)
+            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
+
+    asyncio.run(asyncio.wait_for(go(), 300))

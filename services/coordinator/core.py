@@ -62,6 +62,9 @@ NEVER_RETRY = frozenset(
         "BUDGET_EXCEEDED",
     }
 )
+# Failures that say the worker went away rather than that the action failed.
+WORKER_LOST = frozenset({"EXECUTOR_SHUTDOWN", "EXECUTOR_SESSION_LOST", "WORKER_PROTOCOL", "UNAVAILABLE"})
+MAX_WORKER_LOST = 8
 # A sleep this short is waited in memory rather than by parking the task.
 INLINE_SLEEP_S = 1.0
 SWEEP_INTERVAL_S = 0.2
@@ -111,6 +114,9 @@ class TaskRun:
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
     interrupt: str = ""
     fail_error: pb.TaskError | None = None
+    # Set once the loop is ending (stopping actions, writing the terminal state): later interrupts
+    # must not cut that short, or the task would be left RUNNING with no terminal event.
+    finishing: bool = False
     wake_pending: bool = False
 
 
@@ -351,7 +357,8 @@ class TaskManager:
 
         def op(conn: Any) -> tuple[tuple[pb.Task, bool, list[str]], list[EventRow]]:
             task, new, events = records.request_cancel(conn, task_id, tenant, reason)
-            children = records.unfinished_children(conn, task_id) if new else []
+            # Always asked, not only on the first cancel: a retried cancel finishes an interrupted cascade.
+            children = records.unfinished_children(conn, task_id)
             return (task, new, children), events
 
         task, new, children = await self._tx(op)
@@ -368,10 +375,13 @@ class TaskManager:
             # its loop reads the durable intent and ends CANCELLED itself; finishing twice is a no-op.
             self.scheduler.discard(task_id)
             await self._finish(task_id, records.CANCELLED, parent_id=None)
+        await self._cancel_children(task_id, children, f"parent {task_id} cancelled")
+        return await self.store.run(lambda c: records.get_task(c, task_id))
+
+    async def _cancel_children(self, parent_id: str, children: list[str], reason: str) -> None:
         for child in children:
             with contextlib.suppress(AgentMeshError):
-                await self.cancel(None, child, f"parent {task_id} cancelled")
-        return await self.store.run(lambda c: records.get_task(c, task_id))
+                await self.cancel(None, child, reason)
 
     async def send_input(self, tenant: str, task_id: str, data_json: str) -> tuple[bool, pb.Task]:
         """Queue an input for the task's current or next `await_input`. Refused for finished tasks."""
@@ -405,6 +415,10 @@ class TaskManager:
         self._pump()
 
     async def _wake(self, task_id: str) -> None:
+        run = self._running.get(task_id)
+        if run is not None:  # running now: it looks again before it parks, or re-queues itself
+            run.wake_pending = True
+            return
         row = await self.store.run(
             lambda c: c.execute(
                 "SELECT tenant, priority, state FROM tasks WHERE id = ?", (task_id,)
@@ -425,6 +439,8 @@ class TaskManager:
             run.task = asyncio.get_running_loop().create_task(self._drive(run), name=f"task-{task_id}")
 
     def _interrupt(self, run: TaskRun, why: str, error: pb.TaskError | None = None) -> None:
+        if run.finishing:
+            return
         if run.interrupt:
             if why == _Interrupt.CANCEL and run.interrupt == _Interrupt.FAIL:
                 return
@@ -443,6 +459,7 @@ class TaskManager:
         try:
             requeue = await self._loop(run)
         except asyncio.CancelledError:
+            run.finishing = True
             current = asyncio.current_task()
             if current is not None:
                 current.uncancel()
@@ -454,6 +471,7 @@ class TaskManager:
             elif run.interrupt != _Interrupt.SHUTDOWN:
                 raise
         except AgentMeshError as exc:
+            run.finishing = True
             await self._stop_inflight(run)
             await self._finish(
                 run.task_id,
@@ -463,6 +481,7 @@ class TaskManager:
             )
         except Exception as exc:  # noqa: BLE001 - one task's bug must not take the coordinator down
             log.exception("task loop failed")
+            run.finishing = True
             await self._stop_inflight(run)
             await self._finish(
                 run.task_id,
@@ -510,6 +529,9 @@ class TaskManager:
             task.deadline,
         )
         run.parent_id = parent
+        over = _over_budget(run.cost, run.budget)
+        if over:  # it passed its budget before a restart: nothing more of it runs
+            raise AgentMeshError(over, reason="BUDGET_EXCEEDED")
         if decision is not None:
             run.decision, run.decision_at, run.results = decision
         return True
@@ -836,7 +858,8 @@ class TaskManager:
             )
 
         result = pb.ActionResult()
-        for attempt in range(1, attempts + 1):
+        attempt, lost = 1, 0
+        while True:
             try:
                 async with self._slots[kind]:
                     if kind == "exec":
@@ -851,18 +874,24 @@ class TaskManager:
                     status=status, error=pb.TaskError(reason=exc.reason, message=exc.message)
                 )
             result.action_id, result.key, result.attempts = action.id, action.key, attempt
-            if result.status == OK or attempt == attempts or not _retryable(result, action.retry):
+            if result.status != OK and result.error.reason in WORKER_LOST and lost < MAX_WORKER_LOST:
+                # The worker went away (restart, crash, unreachable): not the action's failure, so it
+                # runs again without spending one of its attempts.
+                lost += 1
+                delay = min(5.0, 0.1 * 2**lost)
+                name = action.key or action.id
+                note = f"worker lost ({result.error.reason}); running {name} again in {delay:.1f}s"
+            elif result.status == OK or attempt == attempts or not _retryable(result, action.retry):
                 break
-            delay = _backoff(action.retry, attempt)
-            note = json.dumps(
-                {
-                    "message": f"action {action.key or action.id} attempt {attempt} failed "
-                    f"({result.error.reason or ACTION_STATUS_NAMES[result.status]}); "
-                    f"retrying in {delay:.2f}s",
-                    "action_id": action.id,
-                }
-            )
-            self._tx_nowait(lambda c, n=note: (None, records.append_if_live(c, run.task_id, [("log", n)])))
+            else:
+                delay = _backoff(action.retry, attempt)
+                note = (
+                    f"action {action.key or action.id} attempt {attempt} failed "
+                    f"({result.error.reason or ACTION_STATUS_NAMES[result.status]}); retrying in {delay:.2f}s"
+                )
+                attempt += 1
+            payload = json.dumps({"message": note, "action_id": action.id})
+            self._tx_nowait(lambda c, n=payload: (None, records.append_if_live(c, run.task_id, [("log", n)])))
             await asyncio.sleep(delay)
         await self._record(run, result)
         return result
@@ -924,11 +953,14 @@ class TaskManager:
         result_json: str = "",
         error: pb.TaskError | None = None,
     ) -> None:
-        def op(conn: Any) -> tuple[tuple[bool, str | None], list[EventRow]]:
+        def op(conn: Any) -> tuple[tuple[bool, str | None, list[str]], list[EventRow]]:
             events = records.finish(conn, task_id, state, result_json=result_json, error=error)
-            return (bool(events), records.parent_of(conn, task_id)), events
+            children = records.unfinished_children(conn, task_id) if state != records.SUCCEEDED else []
+            return (bool(events), records.parent_of(conn, task_id), children), events
 
-        finished, parent = await self._tx(op)
+        finished, parent, children = await self._tx(op)
+        if children:  # nothing of a task that failed or was cancelled may go on running
+            self._spawn_bg(self._cancel_children(task_id, children, f"parent {task_id} ended"))
         if not finished:
             return  # it had already finished: count and wake once only
         self._count_finish(state)

@@ -194,9 +194,10 @@ def finish(
     error: pb.TaskError | None = None,
     now: float | None = None,
 ) -> list[EventRow]:
-    """Move a task to a terminal state; its terminal 'state' event is always its last event."""
+    """Move a task to a terminal state; its terminal 'state' event is always its last event.
+    A waiting parent is marked due, so its join is looked at again even after a restart."""
     now = time.time() if now is None else now
-    current = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    current = conn.execute("SELECT state, parent_id FROM tasks WHERE id = ?", (task_id,)).fetchone()
     if current is None or current[0] in TERMINAL_STATES:
         return []
     if result_json:
@@ -215,7 +216,17 @@ def finish(
     data: dict[str, Any] = {}
     if error is not None and error.reason:
         data = {"reason": error.reason, "message": error.message}
+    wake_durably(conn, current[1])
     return append_events(conn, task_id, [state_event(state, **data)], now)
+
+
+def wake_durably(conn: sqlite3.Connection, task_id: str | None) -> None:
+    """Make a WAITING task due now. The wake-up sweep picks it up, also after a restart; an
+    in-memory wake only makes it sooner."""
+    if task_id:
+        conn.execute(
+            "UPDATE tasks SET wake_at = ? WHERE id = ? AND state = ?", (time.time(), task_id, WAITING)
+        )
 
 
 def is_terminal(conn: sqlite3.Connection, task_id: str) -> bool:
@@ -279,6 +290,7 @@ def add_input(
         "SELECT COALESCE(MAX(seq), 0) + 1 FROM inputs WHERE task_id = ?", (task_id,)
     ).fetchone()
     conn.execute("INSERT INTO inputs (task_id, seq, data) VALUES (?, ?, ?)", (task_id, seq, data_json))
+    wake_durably(conn, task_id)
     events = append_events(
         conn, task_id, [("log", json.dumps({"message": "input received", "input_seq": seq}))]
     )

@@ -209,7 +209,10 @@ class ExecSession:
             except TimeoutError:
                 raise DeadlineExceeded(f"no result from the executor within {timeout:g}s") from None
         except BaseException:
-            if not future.done() and self._outbox is outbox:
+            # `wait_for` cancels `future` itself when we are cancelled, so "done" is not "answered":
+            # only a result the executor delivered means there is nothing left to cancel there.
+            answered = future.done() and not future.cancelled() and future.exception() is None
+            if not answered and self._outbox is outbox:
                 outbox.put_nowait(
                     executor_pb2.SessionRequest(
                         cancel=executor_pb2.CancelAction(action_id=request.action_id, attempt=key[1])

@@ -106,6 +106,8 @@ class Executor:
         self._done: collections.OrderedDict[tuple[str, int], pb.ActionResult] = collections.OrderedDict()
         self._done_bytes = 0
         self._roots: set[int] = set()
+        self._zombies_seen: set[int] = set()
+        self.draining = False
 
     @property
     def containment(self) -> str:
@@ -191,6 +193,9 @@ class Executor:
         return len(runs)
 
     def cancel_all(self) -> None:
+        """Shutdown: stop every live action; their results say EXECUTOR_SHUTDOWN so the coordinator
+        runs them again (elsewhere, or here after the restart) without spending an attempt."""
+        self.draining = True
         for run in list(self._live.values()):
             if run.task is not None:
                 run.task.cancel()
@@ -217,11 +222,13 @@ class Executor:
                     "(no network namespaces); set AGENTMESH_NETWORK_POLICY=permissive to allow",
                     reason="ISOLATION_UNAVAILABLE",
                 )
-        workspace = Path(tempfile.mkdtemp(prefix="agentmesh-ws-", dir=self.limits.workspace_root or None))
-        tree: proctree.CgroupTree | proctree.GroupTree
-        mark = f"{run.action_id}#{os.getpid()}"
-        tree = self.cgroups.new(mark) if self.cgroups is not None else proctree.GroupTree(mark)
+        workspace: Path | None = None
+        tree: proctree.CgroupTree | proctree.GroupTree | None = None
+        # The attempt is part of the name: two live attempts of one action never share a tree.
+        mark = f"{run.action_id}#{run.attempt}#{os.getpid()}"
         try:
+            workspace = Path(tempfile.mkdtemp(prefix="agentmesh-ws-", dir=self.limits.workspace_root or None))
+            tree = self.cgroups.new(mark) if self.cgroups is not None else proctree.GroupTree(mark)
             for name, content in action.files.items():
                 target = workspace / name
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -229,9 +236,15 @@ class Executor:
             return await self._spawn(
                 run, tree, [*prefix, *command.argv], workspace, timeout_s, command, started, action
             )
+        except OSError as exc:
+            # The workspace or the tree could not be made (disk full, a file name clash): the action
+            # fails, clearly, and the executor goes on.
+            raise FailedPrecondition(f"cannot prepare the action: {exc}", reason="WORKSPACE_ERROR") from exc
         finally:
-            tree.remove()
-            shutil.rmtree(workspace, ignore_errors=True)
+            if tree is not None:
+                tree.remove()
+            if workspace is not None:
+                shutil.rmtree(workspace, ignore_errors=True)
 
     async def _spawn(
         self,
@@ -346,7 +359,10 @@ class Executor:
         )
 
     def reap_orphans(self) -> int:
-        return proctree.reap_orphans(self._roots)
+        """Reap re-parented orphans. Only zombies already seen on the previous sweep: a root that
+        exits while `create_subprocess_exec` is still registering it must stay for its watcher."""
+        reaped, self._zombies_seen = proctree.reap_orphans(self._roots, self._zombies_seen)
+        return reaped
 
 
 async def _read_coalesced(stream: asyncio.StreamReader) -> bytes:

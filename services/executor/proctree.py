@@ -227,13 +227,18 @@ def reap(pids: list[int], exclude: int | None = None) -> None:
             os.waitpid(pid, os.WNOHANG)
 
 
-def reap_orphans(known: set[int]) -> int:
-    """Reap zombie children of the executor that it did not start directly (re-parented orphans)."""
+def reap_orphans(known: set[int], seen_before: set[int]) -> tuple[int, set[int]]:
+    """Reap zombie children of the executor that it did not start directly (re-parented orphans),
+    if they were zombies on the previous sweep too. Returns (reaped, zombies seen now)."""
     me = os.getpid()
+    zombies = {
+        pid
+        for pid, (ppid, _, _) in _proc_table().items()
+        if ppid == me and pid not in known and not pid_alive(pid)
+    }
     count = 0
-    for pid, (ppid, _, _) in _proc_table().items():
-        if ppid == me and pid not in known and not pid_alive(pid):
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)
-                count += 1
-    return count
+    for pid in zombies & seen_before:
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pid, os.WNOHANG)
+            count += 1
+    return count, zombies - seen_before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,6 +14,7 @@ from services.executor.core import Executor
 from services.runtime.errors import AgentMeshError
 
 _DONE = object()
+log = logging.getLogger(__name__)
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
@@ -108,10 +110,23 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                     error=pb.TaskError(reason=exc.reason, message=exc.message),
                 )
             except asyncio.CancelledError:
+                reason = "EXECUTOR_SHUTDOWN" if self.executor.draining else "CANCELLED"
                 result = pb.ActionResult(
                     action_id=request.action_id,
-                    status=pb.ACTION_STATUS_CANCELLED,
-                    error=pb.TaskError(reason="CANCELLED", message="cancelled"),
+                    status=pb.ACTION_STATUS_FAILED if self.executor.draining else pb.ACTION_STATUS_CANCELLED,
+                    error=pb.TaskError(
+                        reason=reason,
+                        message="cancelled"
+                        if reason == "CANCELLED"
+                        else "the executor is shutting down; run it again elsewhere",
+                    ),
+                )
+            except Exception as exc:  # noqa: BLE001 - every action gets a result, whatever broke
+                log.exception("action %s failed inside the executor", request.action_id)
+                result = pb.ActionResult(
+                    action_id=request.action_id,
+                    status=pb.ACTION_STATUS_FAILED,
+                    error=pb.TaskError(reason="EXECUTOR_ERROR", message=f"executor error: {exc!r}"),
                 )
             finally:
                 runs.pop((request.action_id, attempt), None)

@@ -52,7 +52,7 @@ def test_cancel_kills_the_whole_process_tree(mesh: Mesh, tmp_path: Path) -> None
             cancelled_at = time.monotonic()
             reply = await client.cancel(task.id)
             assert reply.cancel_requested
-            while any(pid_alive(p) for p in pids) and time.monotonic() - cancelled_at < 5:  # noqa: ASYNC110
+            while any(pid_alive(p) for p in pids) and time.monotonic() - cancelled_at < 5:
                 await asyncio.sleep(0.005)
             gone_after = time.monotonic() - cancelled_at
             assert not any(pid_alive(p) for p in pids), [p for p in pids if pid_alive(p)]

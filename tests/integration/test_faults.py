@@ -1,0 +1,127 @@
+"""Faults: budgets that stop running work, workers that go away, wakes that survive a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from agentmesh.local import Mesh
+from protos.agentmesh.v1 import common_pb2 as pb
+from services.runtime.procs import pid_alive
+from tests.conftest import client_for, run
+
+
+async def _wait_state(client, task_id: str, state: str) -> None:  # type: ignore[no-untyped-def]
+    async for event in client.watch(task_id):
+        if event.kind == "state" and json.loads(event.data_json)["state"] == state:
+            return
+    raise AssertionError(f"task ended before reaching {state}")
+
+
+def test_budget_exceeded_stops_the_other_running_actions(mesh: Mesh, tmp_path: Path) -> None:
+    pid_file = tmp_path / "slow.pid"
+    spec = {
+        "steps": [
+            {"id": "quick", "tool": "python", "args": {"code": "print(sum(range(10**6)))"}},
+            {"id": "slow", "tool": "shell", "args": {"command": f"echo $$ > {pid_file}; exec sleep 600"}},
+        ]
+    }
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spec, budget_usd=1e-12)
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_FAILED and done.error.reason == "BUDGET_EXCEEDED", done.error
+            pid = int(pid_file.read_text())
+            deadline = time.monotonic() + 3
+            while pid_alive(pid) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert not pid_alive(pid), "the slow step outlived its task's budget stop"
+
+    run(go())
+
+
+def test_a_workspace_that_cannot_be_made_fails_fast_and_clearly(mesh: Mesh) -> None:
+    spec = {
+        "steps": [
+            {
+                "id": "clash",
+                "tool": "shell",
+                "args": {"command": "true"},
+                "files": {"a": "x", "a/b": "y"},
+                "timeout_s": 60,
+            }
+        ]
+    }
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            started = time.monotonic()
+            done = await client.wait((await client.submit("pipeline", spec)).id)
+            assert time.monotonic() - started < 10
+            step = json.loads(done.result_json)["steps"]["clash"]
+            assert done.state == pb.TASK_STATE_FAILED and step["error"]["reason"] == "WORKSPACE_ERROR", step
+
+    run(go())
+    assert mesh.all_alive()
+
+
+def test_an_executor_restart_reruns_in_flight_work_without_spending_attempts(
+    own_mesh, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    mesh = own_mesh()
+    marker = tmp_path / "started"
+    spec = {
+        "steps": [
+            {
+                "id": "s",
+                "tool": "shell",
+                "retry": {"attempts": 1},
+                "args": {"command": f"echo x >> {marker}; sleep 1; echo finished"},
+            }
+        ]
+    }
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spec)
+            deadline = time.monotonic() + 20
+            while not marker.exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            executor = mesh.children["executor"]
+            os.kill(executor.pid, signal.SIGTERM)
+            executor.proc.wait(20)  # type: ignore[union-attr]
+            mesh.restart("executor")
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            step = json.loads(done.result_json)["steps"]["s"]
+            assert step["attempts"] == 1 and step["stdout"] == "finished\n"
+            assert len(marker.read_text().split()) >= 2  # it did run again
+
+    run(go())
+
+
+def test_an_input_sent_to_a_queued_waiter_survives_a_coordinator_crash(own_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = own_mesh(extra_env={"AGENTMESH_MAX_RUNNING": "1"})
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            waiter = await client.submit("pipeline", {"steps": [{"id": "ask", "tool": "approval"}]})
+            await _wait_state(client, waiter.id, "WAITING")
+            holder = await client.submit(
+                "pipeline", {"steps": [{"id": "hold", "tool": "shell", "args": {"command": "sleep 2"}}]}
+            )
+            await _wait_state(client, holder.id, "RUNNING")
+            reply = await client.send_input(waiter.id, {"approved": True})
+            assert reply.delivered
+        mesh.kill9("coordinator")
+        mesh.restart("coordinator")
+        async with client_for(mesh) as client:
+            finals = await asyncio.gather(client.wait(waiter.id), client.wait(holder.id))
+            assert [t.state for t in finals] == [pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_SUCCEEDED]
+
+    run(go())

@@ -42,6 +42,8 @@ class GenRequest:
     top_k: int = 0
     seed: int = 0
     stop: list[str] = field(default_factory=list)
+    # Generate exactly max_tokens, past the end-of-text token (benchmarks measure fixed lengths).
+    ignore_eos: bool = False
     id: int = 0
     # engine state
     blocks: list[int] = field(default_factory=list)
@@ -233,7 +235,7 @@ class Engine:
             self._emit(request, token)
 
     def _emit(self, request: GenRequest, token: int) -> None:
-        end_of_text = token in self.stop_ids
+        end_of_text = token in self.stop_ids and not request.ignore_eos
         if end_of_text:
             request.generated.pop()
         text = self.tokenizer.decode(request.generated, skip_special_tokens=True)

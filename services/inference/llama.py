@@ -182,6 +182,41 @@ class LlamaModel:
         x1, x2 = x[..., :half], x[..., half:]
         return xp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
+    def _decode_plan(self, cache: KVCache, batch: list[SeqSlice], decoding: list[int], offsets: Any) -> dict:
+        """Block tables and masks for attending all decoding sequences at once (one query each)."""
+        xp = self.backend.xp
+        lengths = np.array([batch[i].start + 1 for i in decoding])
+        width = max(cache.blocks_for(int(n)) for n in lengths)
+        table = np.zeros((len(decoding), width), dtype=np.int64)  # padding points at block 0, masked out
+        for row, i in enumerate(decoding):
+            used = batch[i].blocks[: cache.blocks_for(int(lengths[row]))]
+            table[row, : len(used)] = used
+        masked = np.arange(width * cache.block_size)[None, :] >= lengths[:, None]
+        return {
+            "rows": xp.asarray(offsets[decoding]),
+            "table": xp.asarray(table),
+            "masked": xp.asarray(masked)[:, None, None, :],
+        }
+
+    def _decode_attention(self, plan: dict, q: Any, kc: Any, vc: Any, out: Any, scale: float) -> None:
+        """Attention of every decoding sequence in a handful of array operations: gather each one's
+        blocks (padded to the longest), mask the padding, softmax, weigh the values."""
+        xp = self.backend.xp
+        cfg = self.config
+        hd, n_kv = cfg.head_dim, cfg.n_kv_heads
+        group = cfg.n_heads // n_kv
+        rows, table = plan["rows"], plan["table"]
+        count = table.shape[0]
+        keys = kc[table].transpose(0, 2, 1, 3, 4).reshape(count, n_kv, -1, hd)  # (B, kv, L, hd)
+        values = vc[table].transpose(0, 2, 1, 3, 4).reshape(count, n_kv, -1, hd)
+        queries = q[rows].reshape(count, n_kv, group, hd)
+        scores = (queries @ keys.transpose(0, 1, 3, 2)).astype(xp.float32) * scale  # (B, kv, g, L)
+        scores = xp.where(plan["masked"], -xp.inf, scores)
+        scores -= scores.max(axis=-1, keepdims=True)
+        weights = xp.exp(scores)
+        weights /= weights.sum(axis=-1, keepdims=True)
+        out[rows] = (weights.astype(self.dtype) @ values).reshape(count, cfg.n_heads, hd)
+
     def forward(self, cache: KVCache, batch: list[SeqSlice]) -> Any:
         """Logits (len(batch), vocab) of each sequence's last new token; K/V written to the cache."""
         xp = self.backend.xp
@@ -200,6 +235,9 @@ class LlamaModel:
         )
         block_ids_x, slot_x = xp.asarray(block_ids), xp.asarray(slots % bs)
         scale = 1.0 / math.sqrt(hd)
+        decoding = [i for i, s in enumerate(batch) if len(s.tokens) == 1]
+        prefilling = [i for i, s in enumerate(batch) if len(s.tokens) > 1]
+        plan = self._decode_plan(cache, batch, decoding, offsets) if decoding else None
         for layer_index, layer in enumerate(self.layers):
             h = self._rms(x, layer["attn_norm"])
             qkv = h @ layer["qkv_t"]
@@ -212,7 +250,10 @@ class LlamaModel:
             kc[block_ids_x, :, slot_x, :] = k
             vc[block_ids_x, :, slot_x, :] = v
             out = xp.empty_like(q)
-            for i, seq in enumerate(batch):
+            if plan is not None:
+                self._decode_attention(plan, q, kc, vc, out, scale)
+            for i in prefilling:
+                seq = batch[i]
                 lo, hi = offsets[i], offsets[i + 1]
                 total = seq.start + len(seq.tokens)
                 used = seq.blocks[: cache.blocks_for(total)]

@@ -8,6 +8,7 @@ every service answers SERVING.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import statistics
 import subprocess
@@ -18,12 +19,16 @@ from pathlib import Path
 from _common import ROOT, pss_kb, report, rss_kb
 
 from agentmesh.local import up_command, wait_ready_file
+from services.runtime.procs import free_port, grpc_ready, service_argv
 
 
 def one_run() -> tuple[float, dict[str, tuple[int, int]]]:
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready.json"
         argv, env = up_command(Path(tmp) / "data", ready)
+        # Model weights are excluded from this figure: the inference worker starts without models
+        # (and so without its engine's libraries); `inference_with_models` below measures them.
+        env |= {"AGENTMESH_GENERATE_MODEL": "none", "AGENTMESH_EMBED_MODEL": "none"}
         up = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             info = wait_ready_file(up, ready)
@@ -33,6 +38,40 @@ def one_run() -> tuple[float, dict[str, tuple[int, int]]]:
         finally:
             up.send_signal(signal.SIGTERM)
             up.wait(30)
+
+
+def inference_with_models() -> tuple[int, int, float]:
+    """RSS and PSS of an inference worker with the default models loaded and warm, and its start-up."""
+    port, bus = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH_")}
+    proc = subprocess.Popen(
+        service_argv(
+            "inference",
+            "--inference-addr",
+            f"127.0.0.1:{port}",
+            "--bus-pub-addr",
+            f"tcp://127.0.0.1:{bus}",
+            "--bus-sub-addr",
+            f"tcp://127.0.0.1:{free_port()}",
+        ),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        started = time.monotonic()
+        probe = grpc_ready(f"127.0.0.1:{port}")
+        while not probe():
+            if proc.poll() is not None or time.monotonic() - started > 120:
+                raise RuntimeError("the inference worker did not become ready")
+            time.sleep(0.1)
+        ready_s = time.monotonic() - started
+        time.sleep(1.0)
+        return rss_kb(proc.pid), pss_kb(proc.pid), ready_s
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
 
 
 def main() -> None:
@@ -55,6 +94,15 @@ def main() -> None:
             "PSS MB": "",
         }
     )
+    model_rss, model_pss, model_ready = inference_with_models()
+    rows.append(
+        {
+            "measure": "inference with the default models loaded (not in the total)",
+            "RSS MB": model_rss / 1024,
+            "PSS MB": model_pss / 1024,
+        }
+    )
+    rows.append({"measure": "inference start with models -> SERVING, s", "RSS MB": model_ready, "PSS MB": ""})
     report(
         "footprint",
         "idle mesh: memory and start-up",

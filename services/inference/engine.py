@@ -18,48 +18,16 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from services.inference.llama import LlamaModel, SeqSlice
+from services.inference.requests import EmbedJob, GenRequest
 from services.inference.sampling import sample
 
 log = logging.getLogger(__name__)
-
-# (text, final, finish_reason, usage)
-EventSink = Callable[[str, bool, str, dict[str, float]], None]
-
-
-@dataclass
-class GenRequest:
-    prompt_ids: list[int]
-    max_tokens: int
-    on_event: EventSink
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int = 0
-    stop: list[str] = field(default_factory=list)
-    # Generate exactly max_tokens, past the end-of-text token (benchmarks measure fixed lengths).
-    ignore_eos: bool = False
-    id: int = 0
-    # engine state
-    blocks: list[int] = field(default_factory=list)
-    generated: list[int] = field(default_factory=list)
-    emitted: int = 0
-    prefilled: bool = False
-    engine_ms: float = 0.0
-    submitted_at: float = 0.0
-    first_token_at: float = 0.0
-    rng: np.random.Generator | None = None
-
-
-@dataclass
-class EmbedJob:
-    run: Callable[[], Any]
-    done: Callable[[Any, BaseException | None], None]
 
 
 @dataclass(frozen=True)

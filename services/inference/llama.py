@@ -137,8 +137,10 @@ class LlamaModel:
             return xp.asarray(array, dtype=self.dtype)
 
         self.embed = put(weights["token_embd.weight"])
-        head = weights.get("output.weight", weights["token_embd.weight"])  # tied when absent
-        self.head_t = put(head, transpose=True)
+        if "output.weight" in weights:
+            self.head_t = put(weights["output.weight"], transpose=True)
+        else:  # tied: the transposed view of the embedding; BLAS reads it in place, no second copy
+            self.head_t = self.embed.T
         self.final_norm = put(weights["output_norm.weight"])
         self.layers = []
         for i in range(config.n_layers):

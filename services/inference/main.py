@@ -8,18 +8,18 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from protos.agentmesh.v1 import bus_pb2, inference_pb2, inference_pb2_grpc
 from services.inference import models
-from services.inference.bert import BertEmbedder
-from services.inference.engine import Engine
-from services.inference.generator import Generator, load_generator
 from services.inference.servicer import InferenceServicer
-from services.inference.xp import select_backend
 from services.runtime import config as config_mod
 from services.runtime import server
 from services.runtime.config import CommonConfig, setting
 from services.runtime.server import Runtime, Service
+
+if TYPE_CHECKING:
+    from services.inference.engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class InferenceConfig(CommonConfig):
     embed_model: str = setting("default", "BERT-family directory, `default` (all-MiniLM-L6-v2) or `none`")
     device: str = setting("auto", "auto (CUDA if a kernel runs, else CPU), cpu or cuda")
     max_batch: int = setting(8, "sequences decoded together")
-    kv_blocks: int = setting(256, "KV cache blocks (each holds block_size positions of every layer)")
+    kv_blocks: int = setting(128, "KV cache blocks (each holds block_size positions of every layer)")
     block_size: int = setting(32, "positions per KV cache block")
     max_context: int = setting(2048, "longest prompt + completion, in tokens")
     blas_threads: int = setting(0, "BLAS threads on the CPU (0: all cores but one, at least one)")
@@ -55,6 +55,14 @@ class InferenceService(Service):
 
     async def warm(self, rt: Runtime) -> None:
         cfg = self.config
+        if cfg.generate_model == "none" and cfg.embed_model == "none":
+            log.info("no models configured: Generate and Embed answer NO_MODEL")
+            rt.spawn(self._follow_cancels(rt), "cancel-listener")
+            return
+        # The engine's libraries (NumPy or CuPy, tokenizers, gguf) load only when a model is wanted.
+        from services.inference.engine import Engine  # noqa: PLC0415
+        from services.inference.xp import select_backend  # noqa: PLC0415
+
         threads = cfg.blas_threads or max(1, (os.cpu_count() or 2) - 1)
         from threadpoolctl import threadpool_limits  # noqa: PLC0415
 
@@ -89,9 +97,12 @@ class InferenceService(Service):
         rt.spawn(self._follow_cancels(rt), "cancel-listener")
 
     def _load(self, backend):  # type: ignore[no-untyped-def]
+        from services.inference.bert import BertEmbedder  # noqa: PLC0415
+        from services.inference.generator import load_generator  # noqa: PLC0415
+
         cfg = self.config
-        generator: Generator | None = None
-        embedder: BertEmbedder | None = None
+        generator = None
+        embedder = None
         generate = models.resolve(cfg.generate_model, models.DEFAULT_GENERATE)
         if generate is not None:
             generator = load_generator(backend, *generate)

@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from prometheus_client import Counter, Gauge, Histogram
 
 from protos.agentmesh.v1 import inference_pb2, inference_pb2_grpc
-from services.inference.bert import BertEmbedder
-from services.inference.engine import EmbedJob, Engine, GenRequest
-from services.inference.generator import Generator
+from services.inference.requests import EmbedJob, GenRequest
 from services.runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
+
+if TYPE_CHECKING:
+    from services.inference.bert import BertEmbedder
+    from services.inference.engine import Engine
+    from services.inference.generator import Generator
 
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_CHARS = 100_000

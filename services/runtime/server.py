@@ -141,6 +141,7 @@ async def _serve(service: Service, config: CommonConfig, listen: str) -> int:
     )
     await server.start()
     await service.warm(rt)
+    _release_startup_memory()
     for name in ("", *rt.service_names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_port:
@@ -163,6 +164,18 @@ async def _serve(service: Service, config: CommonConfig, listen: str) -> int:
     bus.close()
     log.info("%s stopped (exit %d)", service.name, exit_code)
     return exit_code
+
+
+def _release_startup_memory() -> None:
+    """Hand the heap that imports and model loading freed back to the OS (glibc keeps it otherwise)."""
+    import ctypes  # noqa: PLC0415
+    import gc  # noqa: PLC0415
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
 
 
 def run(service: Service, config: CommonConfig, listen: str) -> int:

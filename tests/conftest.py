@@ -28,6 +28,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     yield from _run_mesh(tmp_path_factory.mktemp("mesh"), request)
 
 
+@pytest.fixture(scope="session")
+def model_mesh(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Mesh]:
+    """A mesh whose inference worker has the embedded default models loaded."""
+    yield from _run_mesh(tmp_path_factory.mktemp("models"), request, models=True)
+
+
 @pytest.fixture
 def own_mesh(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """A factory for a private mesh (tests that kill processes or change limits)."""

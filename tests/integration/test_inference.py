@@ -6,24 +6,10 @@ import json
 import time
 
 import httpx
-import pytest
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
 from tests.conftest import client_for, run
-
-
-@pytest.fixture(scope="module")
-def model_mesh(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    mesh = Mesh(tmp_path_factory.mktemp("models"), models=True)
-    try:
-        mesh.start()
-        yield mesh
-    except BaseException:
-        mesh.dump_logs()
-        raise
-    finally:
-        mesh.stop()
 
 
 def test_pipeline_with_infer_and_embed_steps(model_mesh: Mesh) -> None:

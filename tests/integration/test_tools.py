@@ -1,0 +1,62 @@
+"""The executor's pytest and scan tools, through the mesh: structured results from real runs."""
+
+from __future__ import annotations
+
+import json
+
+from agentmesh.local import Mesh
+from protos.agentmesh.v1 import common_pb2 as pb
+from tests.conftest import client_for, run
+
+CODE = "def add(a, b):\n    return a + b\n"
+TESTS = (
+    "from solution import add\n\n"
+    "def test_adds():\n    assert add(2, 3) == 5\n\n"
+    "def test_wrong_on_purpose():\n    assert add(2, 2) == 5, 'two and two'\n"
+)
+RISKY = "import subprocess\n\ndef run(cmd):\n    return subprocess.call(cmd, shell=True)\n"
+
+
+def test_pytest_step_reports_each_test(mesh: Mesh) -> None:
+    spec = {
+        "steps": [
+            {
+                "id": "tests",
+                "tool": "pytest",
+                "continue_on_error": True,
+                "files": {"solution.py": CODE, "test_solution.py": TESTS},
+            }
+        ]
+    }
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            done = await client.wait((await client.submit("pipeline", spec)).id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error  # continue_on_error
+            step = json.loads(done.result_json)["steps"]["tests"]
+            assert step["status"] == "failed" and step["exit_code"] == 1
+            report = step["output"]
+            assert (report["passed"], report["failed"]) == (1, 1)
+            failed = [t for t in report["tests"] if t["outcome"] == "failed"]
+            assert (
+                failed[0]["name"].endswith("test_wrong_on_purpose") and "two and two" in failed[0]["message"]
+            )
+
+    run(go())
+
+
+def test_scan_step_finds_a_high_severity_issue(mesh: Mesh) -> None:
+    spec = {"steps": [{"id": "scan", "tool": "scan", "files": {"tool.py": RISKY}, "continue_on_error": True}]}
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            done = await client.wait((await client.submit("pipeline", spec)).id)
+            step = json.loads(done.result_json)["steps"]["scan"]
+            findings = step["output"]["findings"]
+            assert step["output"]["high"] >= 1
+            shell = [f for f in findings if f["test_id"] == "B602"]
+            assert (
+                shell and shell[0]["severity"] == "HIGH" and shell[0]["line"] == 4 and shell[0]["cwe"] == 78
+            )
+
+    run(go())

@@ -18,7 +18,10 @@ from services.runtime.errors import InvalidArgument
 from services.runtime.wire import cost_to_dict
 
 EXEC_TOOLS = frozenset({"echo", "python", "shell", "pytest", "scan"})
-TOOLS = EXEC_TOOLS | {"infer", "embed", "approval"}
+TOOLS = EXEC_TOOLS | {"infer", "embed", "approval", "spawn"}
+# spawn: child tasks, one per entry of args.inputs, joined as args.join says.
+JOINS = {"all": pb.JOIN_MODE_ALL, "any": pb.JOIN_MODE_ANY, "fail_fast": pb.JOIN_MODE_FAIL_FAST}
+MAX_CHILDREN = 256
 STEP_FIELDS = frozenset(
     {"id", "tool", "args", "files", "depends_on", "retry", "timeout_s", "continue_on_error", "network"}
 )
@@ -89,6 +92,8 @@ def _validate_step(index: int, step: Any, violations: list[tuple[str, str]]) -> 
                 if isinstance(value, bool) or not isinstance(value, types) or not low <= value <= high:
                     kind = "integer" if types == (int,) else "number"
                     violations.append((f"{where}.args.{name}", f"{kind} from {low:g} to {high:g}"))
+        if tool == "spawn":
+            _validate_spawn(where, args, violations)
         if tool == "infer":
             stop = args.get("stop", [])
             if not isinstance(stop, list) or not all(isinstance(v, str) for v in stop):
@@ -132,6 +137,24 @@ def _validate_step(index: int, step: Any, violations: list[tuple[str, str]]) -> 
     for flag in ("continue_on_error", "network"):
         if not isinstance(step.get(flag, False), bool):
             violations.append((f"{where}.{flag}", "must be true or false"))
+
+
+def _validate_spawn(where: str, args: dict[str, Any], violations: list[tuple[str, str]]) -> None:
+    agent = args.get("agent", "pipeline")
+    inputs = args.get("inputs")
+    if not isinstance(agent, str) or not agent:
+        violations.append((f"{where}.args.agent", "the children's agent (a name)"))
+    if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_CHILDREN:
+        violations.append((f"{where}.args.inputs", f"a list of 1 to {MAX_CHILDREN} child inputs"))
+        return
+    if args.get("join", "all") not in JOINS:
+        violations.append((f"{where}.args.join", "all, any or fail_fast"))
+    if agent == "pipeline":  # children of our own kind are checked now, not when they start
+        for index, child in enumerate(inputs):
+            try:
+                PipelineAgent().validate(child)
+            except InvalidArgument as exc:
+                violations.append((f"{where}.args.inputs[{index}]", exc.message))
 
 
 def _find_cycle(steps: list[dict[str, Any]]) -> str | None:
@@ -312,6 +335,16 @@ def _action(step: dict[str, Any]) -> pb.Action:
     elif tool == "embed":
         action.embed.CopyFrom(
             pb.EmbedAction(model=str(args.get("model", "")), texts=[str(t) for t in args["texts"]])
+        )
+    elif tool == "spawn":
+        agent = str(args.get("agent", "pipeline"))
+        action.spawn.CopyFrom(
+            pb.SpawnAction(
+                children=[
+                    pb.ChildSpec(agent=agent, input_json=json.dumps(child)) for child in args["inputs"]
+                ],
+                join=JOINS[args.get("join", "all")],
+            )
         )
     else:  # approval
         action.await_input.CopyFrom(

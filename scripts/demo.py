@@ -95,10 +95,20 @@ def pipeline(dataset: str) -> dict:
                 "retry": {"attempts": 3, "backoff_s": 0.5},
             },
             {
+                # The inference worker, on the embedded SmolLM2 (CPU here, CUDA where a GPU works).
+                "id": "headline",
+                "tool": "infer",
+                "args": {
+                    "prompt": "Write a one-sentence headline for a quarterly sales report.",
+                    "max_tokens": 40,
+                },
+                "depends_on": ["validate"],
+            },
+            {
                 "id": "summary",
                 "tool": "echo",
                 "args": {"report": "sales by region, month and product"},
-                "depends_on": ["by_region", "by_month", "top_products"],
+                "depends_on": ["by_region", "by_month", "top_products", "headline"],
             },
         ]
     }
@@ -126,7 +136,10 @@ async def run_pipeline(address: str, key: str) -> int:
     steps = json.loads(done.result_json)["steps"]
     table = Table("step", "status", "attempts", "cpu ms", "output")
     for name, step in steps.items():
-        output = (step.get("stdout") or json.dumps(step.get("output")) or "").strip()
+        output = step.get("stdout") or ""
+        if not output and isinstance(step.get("output"), dict) and "text" in step["output"]:
+            output = step["output"]["text"]  # what the model wrote
+        output = (output or json.dumps(step.get("output"))).strip()
         table.add_row(
             name, step["status"], str(step["attempts"]), f"{step['cost']['cpu_ms']:.0f}", output[:70]
         )

@@ -18,6 +18,7 @@ import collections
 import contextlib
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -53,6 +54,10 @@ class ExecutorLimits:
     python: str = ""
     # When the host cannot cut an action off the network: refuse (strict) or run anyway (permissive).
     network_policy: str = "strict"
+    # Resource limits of every process of an action (setrlimit through util-linux `prlimit`).
+    max_file_bytes: int = 64 << 20
+    max_open_files: int = 1024
+    max_address_space: int = 8 << 30
 
 
 @dataclass
@@ -97,6 +102,7 @@ class Executor:
             if leftovers:
                 log.warning("killed %d action cgroups left by a previous executor", leftovers)
         self.netns = _probe_netns()
+        self.prlimit = shutil.which("prlimit")
         self.tools = {"echo", "python", "shell"}
         if _importable(self.python, "pytest"):
             self.tools.add("pytest")
@@ -122,7 +128,9 @@ class Executor:
                 "no network namespaces: network-off actions are "
                 + ("refused" if self.limits.network_policy == "strict" else "run with network")
             )
-        notes.append("filesystem isolation, rlimits and seccomp: not yet (the hardened sandbox)")
+        if self.prlimit is None:
+            notes.append("no prlimit: actions run without rlimits")
+        notes.append("filesystem isolation, an unprivileged uid and seccomp: not yet (the hardened sandbox)")
         return {
             "tools": sorted(self.tools),
             "containment": self.containment,
@@ -222,6 +230,7 @@ class Executor:
                     "(no network namespaces); set AGENTMESH_NETWORK_POLICY=permissive to allow",
                     reason="ISOLATION_UNAVAILABLE",
                 )
+        prefix = prefix + self._rlimits(timeout_s)
         workspace: Path | None = None
         tree: proctree.CgroupTree | proctree.GroupTree | None = None
         # The attempt is part of the name: two live attempts of one action never share a tree.
@@ -245,6 +254,22 @@ class Executor:
                 tree.remove()
             if workspace is not None:
                 shutil.rmtree(workspace, ignore_errors=True)
+
+    def _rlimits(self, timeout_s: float) -> list[str]:
+        """CPU seconds (the wall limit: more cannot be honest work for one process), file size, open
+        files, address space, no core dumps; inherited by everything the action starts."""
+        if self.prlimit is None:
+            return []
+        limits = self.limits
+        return [
+            self.prlimit,
+            f"--cpu={max(1, math.ceil(timeout_s))}",
+            f"--fsize={limits.max_file_bytes}",
+            f"--nofile={limits.max_open_files}",
+            f"--as={limits.max_address_space}",
+            "--core=0",
+            "--",
+        ]
 
     async def _spawn(
         self,

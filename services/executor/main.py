@@ -28,6 +28,9 @@ class ExecutorConfig(CommonConfig):
         "strict", "strict: refuse network-off actions the host cannot isolate; permissive: run them"
     )
     instance: str = setting("", "name of this executor's cgroup subtree (default: from the listen address)")
+    max_file_bytes: int = setting(64 << 20, "largest file an action may write (RLIMIT_FSIZE)")
+    max_open_files: int = setting(1024, "open files per action process (RLIMIT_NOFILE)")
+    max_address_space: int = setting(8 << 30, "address space per action process (RLIMIT_AS)")
 
 
 class ExecutorService(Service):
@@ -46,6 +49,9 @@ class ExecutorService(Service):
             workspace_root=cfg.workspace_root,
             python=cfg.action_python,
             network_policy=cfg.network_policy,
+            max_file_bytes=cfg.max_file_bytes,
+            max_open_files=cfg.max_open_files,
+            max_address_space=cfg.max_address_space,
         )
         executor = Executor(limits, cfg.instance or "exec-" + self.listen.rsplit(":", 1)[-1])
         self.executor = executor

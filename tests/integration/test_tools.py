@@ -60,3 +60,28 @@ def test_scan_step_finds_a_high_severity_issue(mesh: Mesh) -> None:
             )
 
     run(go())
+
+
+def test_actions_run_under_resource_limits(mesh: Mesh) -> None:
+    """A process that writes past the file-size limit is stopped (SIGXFSZ); limits are visible inside."""
+    spec = {
+        "steps": [
+            {
+                "id": "big",
+                "tool": "python",
+                "continue_on_error": True,
+                "args": {"code": "open('big.bin', 'wb').write(b'x' * (80 << 20))"},
+            },
+            {"id": "limits", "tool": "shell", "args": {"command": "ulimit -n; ulimit -c; ulimit -f"}},
+        ]
+    }
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            done = await client.wait((await client.submit("pipeline", spec)).id)
+            steps = json.loads(done.result_json)["steps"]
+            assert steps["big"]["status"] == "failed" and steps["big"]["exit_code"] in (-25, 1), steps["big"]
+            nofile, core, fsize = steps["limits"]["stdout"].split()
+            assert (nofile, core) == ("1024", "0") and fsize != "unlimited"
+
+    run(go())

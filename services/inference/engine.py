@@ -49,7 +49,7 @@ class Engine:
         max_batch: int = 8,
         kv_blocks: int = 256,
         block_size: int = 32,
-        max_prefill_tokens: int = 2048,
+        max_prefill_tokens: int = 512,
         max_context: int = 2048,
     ) -> None:
         self.model = model
@@ -151,7 +151,6 @@ class Engine:
                     return
 
     def _admit(self) -> None:
-        budget = self.max_prefill_tokens
         while self._waiting and len(self._running) < self.max_batch:
             request = self._waiting[0]
             total = len(request.prompt_ids) + request.max_tokens
@@ -169,22 +168,31 @@ class Engine:
                 continue
             total = min(total, self.max_context)
             need = self.cache.blocks_for(total)
-            if need > len(self.cache.free) or (len(request.prompt_ids) > budget and self._running):
-                return  # wait for blocks or for the next step's prefill budget
+            if need > len(self.cache.free):
+                return  # wait for blocks to free up
             self._waiting.pop(0)
             request.blocks = self.cache.allocate(need)
             request.max_tokens = total - len(request.prompt_ids)
-            budget -= len(request.prompt_ids)
             self._running.append(request)
 
     def _step(self) -> None:
-        batch = []
+        """One forward pass: the next token of every decoding sequence, plus chunks of the prompts
+        still prefilling, at most `max_prefill_tokens` of them per step (chunked prefill: a long or
+        late prompt does not stall the streams already decoding)."""
+        batch: list[SeqSlice] = []
+        members: list[tuple[GenRequest, bool]] = []  # (request, samples after this step)
+        budget = self.max_prefill_tokens
         for request in self._running:
-            if request.prefilled:
+            done = request.prefill_pos
+            if done >= len(request.prompt_ids):
                 position = len(request.prompt_ids) + len(request.generated) - 1
                 batch.append(SeqSlice(request.blocks, position, [request.generated[-1]]))
-            else:
-                batch.append(SeqSlice(request.blocks, 0, request.prompt_ids))
+                members.append((request, True))
+            elif budget > 0:
+                chunk = request.prompt_ids[done : done + budget]
+                budget -= len(chunk)
+                batch.append(SeqSlice(request.blocks, done, chunk))
+                members.append((request, done + len(chunk) >= len(request.prompt_ids)))
         started = time.perf_counter()
         logits = self.model.backend.to_host(self.model.forward(self.cache, batch))
         elapsed = time.perf_counter() - started
@@ -192,9 +200,12 @@ class Engine:
         if self.step_hook is not None:
             self.step_hook(len(batch), elapsed)
         share_ms = elapsed * 1000 / len(batch)  # a shared step's cost, split evenly
-        for request, row in zip(list(self._running), logits, strict=True):
-            request.prefilled = True
+        for (request, samples), piece, row in zip(members, batch, logits, strict=True):
             request.engine_ms += share_ms
+            if request.prefill_pos < len(request.prompt_ids):
+                request.prefill_pos += len(piece.tokens)
+            if not samples:
+                continue  # a prompt chunk short of the end: nothing to sample yet
             token = sample(row, request.temperature, request.top_k, request.top_p, request.rng)  # type: ignore[arg-type]
             if not request.generated:
                 request.first_token_at = time.monotonic()

@@ -28,7 +28,7 @@ class GenRequest:
     blocks: list[int] = field(default_factory=list)
     generated: list[int] = field(default_factory=list)
     emitted: int = 0
-    prefilled: bool = False
+    prefill_pos: int = 0  # prompt tokens already in the KV cache
     engine_ms: float = 0.0
     submitted_at: float = 0.0
     first_token_at: float = 0.0

@@ -30,7 +30,7 @@ def engine(generator: Generator):  # type: ignore[no-untyped-def]
         max_batch=17,
         kv_blocks=160,
         block_size=16,
-        max_context=512,
+        max_context=1024,
     )
     engine.start()
     yield engine
@@ -183,7 +183,7 @@ def test_seeded_sampling_repeats(engine: Engine, generator: Generator) -> None:
 
 def test_too_long_a_prompt_is_an_error_not_a_hang(engine: Engine, generator: Generator) -> None:
     sink = Collector()
-    engine.submit(GenRequest(prompt_ids=[42] * 600, max_tokens=4, on_event=sink))
+    engine.submit(GenRequest(prompt_ids=[42] * 1100, max_tokens=4, on_event=sink))
     wait(sink)
     assert sink.final[0] == "error"  # type: ignore[index]
 
@@ -225,3 +225,29 @@ def test_embeddings_are_normalised_and_meaningful() -> None:
     # sentence-transformers' published score for this pair with all-MiniLM-L6-v2 is 0.7553
     assert abs(sims[0, 1] - 0.7553) < 0.01
     assert sims[0, 1] > sims[0, 2]
+
+
+def test_chunked_prefill_gives_the_same_tokens_as_one_pass(engine: Engine, generator: Generator) -> None:
+    """A prompt longer than the per-step prefill budget is fed in chunks, between decode steps of the
+    others; the result matches an engine that prefills it in one pass."""
+    prompt = "Summarise this list: " + ", ".join(f"item {i}" for i in range(120))
+    assert len(generator.prompt_ids(prompt, [])) > engine.max_prefill_tokens
+    chunked = generate(engine, generator, prompt, max_tokens=8)
+    wait(chunked)
+    whole_engine = Engine(
+        generator.model,
+        generator.tokenizer,
+        generator.stop_ids,
+        max_batch=2,
+        kv_blocks=64,
+        block_size=16,
+        max_prefill_tokens=4096,
+        max_context=1024,
+    )
+    whole_engine.start()
+    try:
+        whole = generate(whole_engine, generator, prompt, max_tokens=8)
+        wait(whole)
+    finally:
+        whole_engine.stop()
+    assert chunked.text == whole.text and chunked.text

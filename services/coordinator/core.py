@@ -31,7 +31,7 @@ from protos.agentmesh.v1 import common_pb2 as pb
 from services.coordinator import records
 from services.coordinator.events import EventHub, row_to_event
 from services.coordinator.pricing import PriceTable, add_cost
-from services.coordinator.scheduler import Scheduler, TokenBucket
+from services.coordinator.scheduler import Scheduler
 from services.coordinator.store import EventRow, Store
 from services.coordinator.workers import Workers
 from services.runtime.errors import (
@@ -42,6 +42,7 @@ from services.runtime.errors import (
     Unavailable,
 )
 from services.runtime.logs import current_task_id
+from services.runtime.ratelimit import TokenBucket
 from services.runtime.wire import STATE_NAMES, TERMINAL_STATES, cost_to_dict
 
 log = logging.getLogger(__name__)

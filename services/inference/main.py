@@ -37,6 +37,13 @@ class InferenceConfig(CommonConfig):
     block_size: int = setting(32, "positions per KV cache block")
     max_context: int = setting(2048, "longest prompt + completion, in tokens")
     blas_threads: int = setting(0, "BLAS threads on the CPU (0: all cores but one, at least one)")
+    openai_base_url: str = setting(
+        "", "an OpenAI-compatible server to forward to, e.g. http://127.0.0.1:8000/v1"
+    )
+    openai_model: str = setting("", "the model name to ask that server for (and to serve it under)")
+    openai_api_key: str = setting("", "bearer key for that server")
+    openai_rate: float = setting(0.0, "requests per second to that server (0: unlimited)")
+    openai_burst: float = setting(10.0, "burst of that rate")
 
 
 class InferenceService(Service):
@@ -55,8 +62,24 @@ class InferenceService(Service):
 
     async def warm(self, rt: Runtime) -> None:
         cfg = self.config
+        assert self.servicer is not None
+        if cfg.openai_base_url:
+            from services.inference.openai_backend import OpenAIBackend, OpenAIConfig  # noqa: PLC0415
+
+            if not cfg.openai_model:
+                raise ValueError("openai_base_url needs openai_model")
+            self.servicer.remote = OpenAIBackend(
+                OpenAIConfig(
+                    base_url=cfg.openai_base_url,
+                    model=cfg.openai_model,
+                    api_key=cfg.openai_api_key,
+                    rate=cfg.openai_rate,
+                    burst=cfg.openai_burst,
+                )
+            )
+            log.info("forwarding model %s to %s", cfg.openai_model, cfg.openai_base_url)
         if cfg.generate_model == "none" and cfg.embed_model == "none":
-            log.info("no models configured: Generate and Embed answer NO_MODEL")
+            log.info("no local models configured")
             rt.spawn(self._follow_cancels(rt), "cancel-listener")
             return
         # The engine's libraries (NumPy or CuPy, tokenizers, gguf) load only when a model is wanted.
@@ -123,6 +146,8 @@ class InferenceService(Service):
                 log.exception("bad cancel notice")
 
     async def close(self) -> None:
+        if self.servicer is not None and self.servicer.remote is not None:
+            await self.servicer.remote.close()
         if self.engine is not None:
             await asyncio.get_running_loop().run_in_executor(None, self.engine.stop)
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from services.inference.bert import BertEmbedder
     from services.inference.engine import Engine
     from services.inference.generator import Generator
+    from services.inference.openai_backend import OpenAIBackend
 
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_CHARS = 100_000
@@ -46,6 +47,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self.generator: Generator | None = None
         self.embedder: BertEmbedder | None = None
         self.device = "none"
+        self.remote: OpenAIBackend | None = None
         self._by_task: dict[str, set[int]] = {}
 
     def attach(
@@ -68,14 +70,22 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     async def Generate(
         self, request: inference_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[inference_pb2.GenerateEvent]:
+        params = request.params
+        remote = self.remote
+        if remote is not None and (
+            params.model == remote.name or (not params.model and self.generator is None)
+        ):
+            async for event in self._generate_remote(remote, params):
+                yield event
+            return
         if self.engine is None or self.generator is None:
             raise FailedPrecondition(
                 "no generation model is loaded on this inference worker", reason="NO_MODEL"
             )
-        params = request.params
         if params.model and params.model != self.generator.name:
+            served = [self.generator.name] + ([remote.name] if remote is not None else [])
             raise InvalidArgument(
-                f"model {params.model!r} is not served here (serving {self.generator.name!r})",
+                f"model {params.model!r} is not served here (serving {', '.join(map(repr, served))})",
                 reason="UNKNOWN_MODEL",
             )
         _check_params(params, self.engine.max_context)
@@ -141,6 +151,29 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                 if not ids:
                     del self._by_task[request.task_id]
 
+    async def _generate_remote(
+        self, remote: OpenAIBackend, params: Any
+    ) -> AsyncIterator[inference_pb2.GenerateEvent]:
+        """Forward to the OpenAI-compatible backend; closing this stream closes the HTTP one."""
+        _check_params(params, 1 << 30)
+        messages = [(m.role or "user", m.content) for m in params.messages] or [("user", params.prompt)]
+        started = time.monotonic()
+        async for chunk in remote.generate(messages, params):
+            if chunk.final:
+                TOKENS.labels(remote.name, "prompt").inc(chunk.prompt_tokens)
+                TOKENS.labels(remote.name, "completion").inc(chunk.completion_tokens)
+                yield inference_pb2.GenerateEvent(
+                    final=True,
+                    finish_reason=chunk.finish_reason,
+                    usage=inference_pb2.Usage(
+                        prompt_tokens=chunk.prompt_tokens,
+                        completion_tokens=chunk.completion_tokens,
+                        engine_ms=(time.monotonic() - started) * 1000,
+                    ),
+                )
+                return
+            yield inference_pb2.GenerateEvent(text=chunk.text)
+
     async def Embed(
         self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.EmbedResponse:
@@ -195,6 +228,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
             models.append(
                 inference_pb2.ModelInfo(name=self.generator.name, kind="generate", device=self.device)
             )
+        if self.remote is not None:
+            models.append(inference_pb2.ModelInfo(name=self.remote.name, kind="generate", device="remote"))
         if self.embedder is not None:
             models.append(inference_pb2.ModelInfo(name=self.embedder.name, kind="embed", device=self.device))
         return inference_pb2.ListModelsResponse(models=models)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.coordinator.scheduler import Scheduler, TokenBucket
+from services.coordinator.scheduler import Scheduler
+from services.runtime.ratelimit import TokenBucket
 
 
 def drain(sched: Scheduler) -> list[str]:

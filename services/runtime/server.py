@@ -168,14 +168,13 @@ async def _serve(service: Service, config: CommonConfig, listen: str) -> int:
 
 def _release_startup_memory() -> None:
     """Hand the heap that imports and model loading freed back to the OS (glibc keeps it otherwise)."""
+    import contextlib  # noqa: PLC0415
     import ctypes  # noqa: PLC0415
     import gc  # noqa: PLC0415
 
     gc.collect()
-    try:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
         ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to do
 
 
 def run(service: Service, config: CommonConfig, listen: str) -> int:

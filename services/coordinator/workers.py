@@ -107,7 +107,7 @@ class Workers:
             raise from_rpc_error(exc) from None
         finally:
             call.cancel()
-        raise from_rpc_error_missing("inference ended the stream without a final event")
+        raise Unavailable("inference ended the stream without a final event", reason="WORKER_PROTOCOL")
 
     async def run_embed(self, task_id: str, action: pb.Action, timeout: float) -> pb.ActionResult:
         started = time.monotonic()
@@ -128,12 +128,6 @@ class Workers:
                 wall_ms=(time.monotonic() - started) * 1000,
             ),
         )
-
-
-def from_rpc_error_missing(message: str) -> Exception:
-    from services.runtime.errors import Unavailable
-
-    return Unavailable(message, reason="WORKER_PROTOCOL")
 
 
 class ExecSession:

@@ -383,6 +383,10 @@ class Executor:
             cost=pb.Cost(cpu_ms=cpu_ms, wall_ms=(time.monotonic() - started) * 1000),
         )
 
+    def close(self) -> None:
+        if self.cgroups is not None:
+            self.cgroups.remove()
+
     def reap_orphans(self) -> int:
         """Reap re-parented orphans. Only zombies already seen on the previous sweep: a root that
         exits while `create_subprocess_exec` is still registering it must stay for its watcher."""

@@ -81,6 +81,10 @@ class ExecutorService(Service):
             await asyncio.sleep(1.0)
             self.executor.reap_orphans()
 
+    async def close(self) -> None:
+        if self.executor is not None:
+            self.executor.close()
+
     async def drain(self) -> None:
         # In-flight actions are handed back: the coordinator re-dispatches them after it resumes.
         if self.executor is not None:

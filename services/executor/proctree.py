@@ -86,6 +86,12 @@ class CgroupRoot:
                 count += 1
         return count
 
+    def remove(self) -> None:
+        """At shutdown: kill what is left (nothing, normally) and remove the executor's subtree."""
+        self.reap_leftovers()
+        with contextlib.suppress(OSError):
+            self.base.rmdir()
+
     def new(self, action_key: str) -> CgroupTree:
         path = self.base / _safe(action_key)
         path.mkdir(exist_ok=True)

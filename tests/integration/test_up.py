@@ -33,3 +33,19 @@ def test_up_then_sigterm_stops_everything(tmp_path: Path) -> None:
         for pid in pids:
             if pid_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_stopped_executor_leaves_no_cgroup(tmp_path: Path) -> None:
+    from agentmesh.local import Mesh
+
+    mesh = Mesh(tmp_path)
+    try:
+        mesh.start()
+        port = mesh.env["AGENTMESH_EXECUTOR_ADDR"].rsplit(":", 1)[1]
+    finally:
+        mesh.stop()
+    from services.executor.proctree import _cgroup2_mount
+
+    mount = _cgroup2_mount()
+    if mount is not None:
+        assert not (mount / "agentmesh" / f"exec-{port}").exists()

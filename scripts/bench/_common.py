@@ -6,9 +6,11 @@ and the figures. Compare figures as ratios measured in the same run: this machin
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +30,7 @@ console = Console()
 
 def start_mesh(**env: str) -> Mesh:
     root = Path(tempfile.mkdtemp(prefix="agentmesh-bench-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)  # after the benchmark stopped the mesh
     mesh = Mesh(root, extra_env=dict(env))
     mesh.start()
     return mesh

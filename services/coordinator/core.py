@@ -564,13 +564,8 @@ class TaskManager:
         assert run.decision is not None
         for action in run.decision.actions:
             if action.id not in run.results:
-                skipped = pb.ActionResult(
-                    action_id=action.id,
-                    key=action.key,
-                    status=SKIPPED_A,
-                    error=pb.TaskError(reason="SKIPPED", message="a fail-fast sibling failed"),
-                )
-                await self._record(run, skipped)
+                error = pb.TaskError(reason="SKIPPED", message="a fail-fast sibling failed")
+                await self._settle(run, action, SKIPPED_A, error=error)
 
     async def _decide_next(self, run: TaskRun) -> bool:
         """Ask the planner for the next decision and checkpoint it. True when the task finished."""
@@ -738,6 +733,10 @@ class TaskManager:
             return None  # an input is already there: go on
         return run.wake_pending
 
+    async def _settle(self, run: TaskRun, action: pb.Action, status: int, **fields: Any) -> None:
+        """Record the result of an action the coordinator settles itself (waits, joins, skips)."""
+        await self._record(run, pb.ActionResult(action_id=action.id, key=action.key, status=status, **fields))
+
     async def _try_resolve(self, run: TaskRun, action: pb.Action) -> bool:
         """Settle a wait-kind action if it can be settled now; True if it has a result."""
         kind = action.WhichOneof("kind")
@@ -745,35 +744,18 @@ class TaskManager:
         if kind == "sleep":
             if now < run.decision_at + action.sleep.seconds:
                 return False
-            await self._record(
-                run,
-                pb.ActionResult(
-                    action_id=action.id,
-                    key=action.key,
-                    status=OK,
-                    output_json=json.dumps({"slept_s": action.sleep.seconds}),
-                ),
-            )
+            await self._settle(run, action, OK, output_json=json.dumps({"slept_s": action.sleep.seconds}))
             return True
         if kind == "await_input":
             timeout = action.await_input.timeout_s
             timed_out = bool(timeout) and now >= run.decision_at + timeout
             data = await self.store.run(lambda c: records.take_input(c, run.task_id, action.id))
             if data is not None:
-                await self._record(
-                    run, pb.ActionResult(action_id=action.id, key=action.key, status=OK, output_json=data)
-                )
+                await self._settle(run, action, OK, output_json=data)
                 return True
             if timed_out:
-                await self._record(
-                    run,
-                    pb.ActionResult(
-                        action_id=action.id,
-                        key=action.key,
-                        status=TIMED_OUT_A,
-                        error=pb.TaskError(reason="INPUT_TIMEOUT", message=f"no input within {timeout:g}s"),
-                    ),
-                )
+                error = pb.TaskError(reason="INPUT_TIMEOUT", message=f"no input within {timeout:g}s")
+                await self._settle(run, action, TIMED_OUT_A, error=error)
                 return True
             return False
         if kind == "spawn":
@@ -828,16 +810,7 @@ class TaskManager:
                 for c in children
             ]
         }
-        await self._record(
-            run,
-            pb.ActionResult(
-                action_id=action.id,
-                key=action.key,
-                status=status,
-                output_json=json.dumps(output),
-                error=error,
-            ),
-        )
+        await self._settle(run, action, status, output_json=json.dumps(output), error=error)
         for loser in losers:
             with contextlib.suppress(AgentMeshError):
                 await self.cancel(None, loser, "join settled")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 
@@ -21,18 +22,17 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 
+    def _run(self, request: executor_pb2.ExecRequest, sink: Any) -> Any:
+        """The one way every RPC here starts an action."""
+        return self.executor.run(
+            request.task_id, request.action_id, request.attempt or 1, request.action, request.timeout_s, sink
+        )
+
     async def Exec(
         self, request: executor_pb2.ExecRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[executor_pb2.ExecEvent]:
         if request.action.tool == "echo":  # the fast path: no process, no stream plumbing
-            result = await self.executor.run(
-                request.task_id,
-                request.action_id,
-                request.attempt or 1,
-                request.action,
-                request.timeout_s,
-                _ignore,
-            )
+            result = await self._run(request, _ignore)
             yield executor_pb2.ExecEvent(result=result)
             return
         queue: asyncio.Queue[object] = asyncio.Queue()
@@ -44,14 +44,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
 
         async def work() -> pb.ActionResult:
             try:
-                return await self.executor.run(
-                    request.task_id,
-                    request.action_id,
-                    request.attempt or 1,
-                    request.action,
-                    request.timeout_s,
-                    sink,
-                )
+                return await self._run(request, sink)
             finally:
                 queue.put_nowait(_DONE)
 
@@ -72,14 +65,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     async def Run(
         self, request: executor_pb2.ExecRequest, context: grpc.aio.ServicerContext
     ) -> pb.ActionResult:
-        return await self.executor.run(
-            request.task_id,
-            request.action_id,
-            request.attempt or 1,
-            request.action,
-            request.timeout_s,
-            _ignore,
-        )
+        return await self._run(request, _ignore)
 
     async def Session(
         self, requests: AsyncIterator[executor_pb2.SessionRequest], context: grpc.aio.ServicerContext
@@ -100,9 +86,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                 )
 
             try:
-                result = await self.executor.run(
-                    request.task_id, request.action_id, attempt, request.action, request.timeout_s, sink
-                )
+                result = await self._run(request, sink)
             except AgentMeshError as exc:
                 result = pb.ActionResult(
                     action_id=request.action_id,

@@ -10,28 +10,20 @@ import pytest
 from services.inference import models
 from services.inference.bert import BertEmbedder
 from services.inference.engine import Engine, GenRequest
-from services.inference.generator import Generator, load_generator
+from services.inference.generator import Generator
 from services.inference.sampling import sample
 from services.inference.xp import select_backend
+from tests.component.support import default_generator, make_engine
 
 
 @pytest.fixture(scope="module")
 def generator() -> Generator:
-    path, name = models.resolve("default", models.DEFAULT_GENERATE)  # type: ignore[misc]
-    return load_generator(select_backend("cpu"), path, name)
+    return default_generator()
 
 
 @pytest.fixture(scope="module")
 def engine(generator: Generator):  # type: ignore[no-untyped-def]
-    engine = Engine(
-        generator.model,
-        generator.tokenizer,
-        generator.stop_ids,
-        max_batch=17,
-        kv_blocks=160,
-        block_size=16,
-        max_context=1024,
-    )
+    engine = make_engine(generator, max_batch=17, kv_blocks=160, max_context=1024)
     engine.start()
     yield engine
     engine.stop()
@@ -234,16 +226,7 @@ def test_chunked_prefill_gives_the_same_tokens_as_one_pass(engine: Engine, gener
     assert len(generator.prompt_ids(prompt, [])) > engine.max_prefill_tokens
     chunked = generate(engine, generator, prompt, max_tokens=8)
     wait(chunked)
-    whole_engine = Engine(
-        generator.model,
-        generator.tokenizer,
-        generator.stop_ids,
-        max_batch=2,
-        kv_blocks=64,
-        block_size=16,
-        max_prefill_tokens=4096,
-        max_context=1024,
-    )
+    whole_engine = make_engine(generator, max_prefill_tokens=4096, max_context=1024)
     whole_engine.start()
     try:
         whole = generate(whole_engine, generator, prompt, max_tokens=8)

@@ -9,13 +9,8 @@ import pytest
 
 from protos.agentmesh.v1 import common_pb2 as pb
 from protos.agentmesh.v1 import inference_pb2 as ipb
-from protos.agentmesh.v1 import inference_pb2_grpc
-from services.inference import models
-from services.inference.engine import Engine
-from services.inference.generator import load_generator
 from services.inference.servicer import InferenceServicer
-from services.inference.xp import select_backend
-from services.runtime.interceptors import ServiceInterceptor
+from tests.component.support import default_generator, inference_stub, make_engine
 
 BAD = [
     pb.InferAction(prompt=""),
@@ -33,29 +28,15 @@ BAD = [
 
 
 def test_bad_generate_requests_are_invalid_argument_and_the_worker_keeps_serving() -> None:
-    path, name = models.resolve("default", models.DEFAULT_GENERATE)  # type: ignore[misc]
-    generator = load_generator(select_backend("cpu"), path, name)
+    generator = default_generator()
 
     async def go() -> None:
-        engine = Engine(
-            generator.model,
-            generator.tokenizer,
-            generator.stop_ids,
-            max_batch=2,
-            kv_blocks=64,
-            block_size=16,
-            max_context=512,
-        )
+        engine = make_engine(generator)
         engine.start()
         servicer = InferenceServicer()
         servicer.attach(engine, generator, None, "cpu")
-        server = grpc.aio.server(interceptors=[ServiceInterceptor()])
-        inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
         try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = inference_pb2_grpc.InferenceStub(channel)
+            async with inference_stub(servicer) as stub:
                 for params in BAD:
                     with pytest.raises(grpc.aio.AioRpcError) as caught:
                         async for _ in stub.Generate(ipb.GenerateRequest(params=params), timeout=30):
@@ -74,7 +55,6 @@ def test_bad_generate_requests_are_invalid_argument_and_the_worker_keeps_serving
                 ]
                 assert events[-1].final and events[-1].usage.completion_tokens >= 1
         finally:
-            await server.stop(None)
             await asyncio.get_running_loop().run_in_executor(None, engine.stop)
 
     asyncio.run(asyncio.wait_for(go(), 300))

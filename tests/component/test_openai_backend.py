@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 
-import grpc
 import pytest
 import uvicorn
 from starlette.applications import Starlette
@@ -16,12 +15,11 @@ from starlette.routing import Route
 
 from protos.agentmesh.v1 import common_pb2 as pb
 from protos.agentmesh.v1 import inference_pb2 as ipb
-from protos.agentmesh.v1 import inference_pb2_grpc
 from services.inference.openai_backend import OpenAIBackend, OpenAIConfig
 from services.inference.servicer import InferenceServicer
 from services.runtime.errors import InvalidArgument
-from services.runtime.interceptors import ServiceInterceptor
 from services.runtime.procs import free_port
+from tests.component.support import inference_stub
 
 
 class FakeServer:
@@ -106,13 +104,8 @@ def test_the_service_routes_the_named_model_to_the_backend() -> None:
             servicer.remote = OpenAIBackend(
                 OpenAIConfig(base_url=f"http://127.0.0.1:{fake.port}/v1", model="big")
             )
-            server = grpc.aio.server(interceptors=[ServiceInterceptor()])
-            inference_pb2_grpc.add_InferenceServicer_to_server(servicer, server)
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
             try:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    stub = inference_pb2_grpc.InferenceStub(channel)
+                async with inference_stub(servicer) as stub:
                     models = await stub.ListModels(ipb.ListModelsRequest())
                     assert [(m.name, m.device) for m in models.models] == [("big", "remote")]
                     request = ipb.GenerateRequest(params=pb.InferAction(prompt="hi", model="big"))
@@ -120,7 +113,6 @@ def test_the_service_routes_the_named_model_to_the_backend() -> None:
                     assert "".join(e.text for e in events) == "Hello world!"
                     assert events[-1].final and events[-1].usage.completion_tokens == 3
             finally:
-                await server.stop(None)
                 await servicer.remote.close()
 
     asyncio.run(asyncio.wait_for(go(), 60))

@@ -7,9 +7,10 @@ import threading
 import pytest
 
 from services.inference import models
-from services.inference.engine import Engine, GenRequest
+from services.inference.engine import GenRequest
 from services.inference.generator import load_generator
 from services.inference.xp import select_backend
+from tests.component.support import make_engine
 
 pytestmark = pytest.mark.gpu
 
@@ -25,7 +26,7 @@ def backend():  # type: ignore[no-untyped-def]
 def test_generation_on_the_gpu_matches_the_answer(backend) -> None:  # type: ignore[no-untyped-def]
     path, name = models.resolve("default", models.DEFAULT_GENERATE)  # type: ignore[misc]
     generator = load_generator(backend, path, name)
-    engine = Engine(generator.model, generator.tokenizer, generator.stop_ids, max_batch=8, kv_blocks=128)
+    engine = make_engine(generator, max_batch=8, kv_blocks=128)
     engine.start()
     try:
         texts, done = [], threading.Event()

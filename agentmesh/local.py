@@ -6,6 +6,7 @@ it died), and stopped by pid at the end -- SIGTERM, then SIGKILL -- even when th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -112,11 +113,26 @@ class Mesh:
         return all(c.alive() for c in self.children.values())
 
     def stop(self) -> dict[str, int | None]:
-        return self.sup.stop(grace_s=10)
+        codes = self.sup.stop(grace_s=10)
+        # An executor killed with -9 leaves its workspaces (tmpfs mounts) and cgroups behind for the
+        # next one to reap; this mesh is gone, so remove them now.
+        remove_executor_leftovers("exec-" + self.env["AGENTMESH_EXECUTOR_ADDR"].rsplit(":", 1)[1])
+        return codes
 
     def dump_logs(self) -> None:
         for child in self.children.values():
             sys.stderr.write(f"----- {child.name} -----\n{child.log_tail(60)}\n")
+
+
+def remove_executor_leftovers(instance: str) -> None:
+    from services.executor.cgroups import CgroupRoot
+    from services.executor.workspace import Workspaces
+
+    with contextlib.suppress(OSError):
+        Workspaces("", instance, os.getuid(), os.getgid(), want_tmpfs=False).close()
+    cgroups = CgroupRoot.probe(instance)
+    if cgroups is not None:
+        cgroups.remove()
 
 
 def up_command(data_dir: Path, ready_file: Path) -> tuple[list[str], dict[str, str]]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +56,19 @@ def own_mesh(tmp_path: Path, request: pytest.FixtureRequest):  # type: ignore[no
             mesh.stop()
 
 
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A directory every sandbox of a mesh may write (the executor's AGENTMESH_SHARED_DIR): how a test
+    sees what actions did across runs. In the temp dir itself, not under the test's 0700 tmp_path:
+    the sandbox's unprivileged uid must be able to walk to it."""
+    path = Path(tempfile.mkdtemp(prefix="agentmesh-test-shared-"))
+    path.chmod(0o777)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
     report = yield
@@ -69,3 +84,41 @@ def run(coro):  # type: ignore[no-untyped-def]
 
 def client_for(mesh: Mesh, tenant: str = "alpha") -> AgentMeshClient:
     return AgentMeshClient(mesh.coordinator_addr, TENANT_KEYS[tenant])
+
+
+def executor_instance(mesh: Mesh) -> str:
+    return "exec-" + mesh.env["AGENTMESH_EXECUTOR_ADDR"].rsplit(":", 1)[1]
+
+
+def action_processes(mesh: Mesh) -> dict[int, str]:
+    """pid -> command name of every process in the mesh executor's action cgroups: how a test sees
+    into a sandbox whose processes live in their own pid namespace and cannot write host files."""
+    from services.executor.cgroups import kill_base
+
+    base = kill_base(executor_instance(mesh))
+    found: dict[int, str] = {}
+    if base is None or not base.exists():
+        return found
+    for procs in base.glob("*/cgroup.procs"):
+        try:
+            pids = [int(p) for p in procs.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in pids:
+            try:
+                found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                pass
+    return found
+
+
+async def wait_for_action_processes(mesh: Mesh, name: str, count: int, timeout_s: float = 20) -> list[int]:
+    """Wait until the executor's actions run at least `count` processes called `name`; all their pids."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        procs = action_processes(mesh)
+        if sum(1 for comm in procs.values() if comm == name) >= count:
+            return list(procs)
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"expected {count} {name!r} processes in the sandbox, saw {procs}")
+        await asyncio.sleep(0.02)

@@ -54,4 +54,5 @@ def add_cost(total: pb.Cost, part: pb.Cost) -> None:
     total.gpu_ms += part.gpu_ms
     total.cpu_ms += part.cpu_ms
     total.wall_ms += part.wall_ms
+    total.peak_memory_bytes = max(total.peak_memory_bytes, part.peak_memory_bytes)
     total.usd += part.usd

@@ -1,8 +1,10 @@
 """The executor's core: run one tool action in a fresh workspace and contain its process tree.
 
 Guarantees:
-- Each action runs in a new temp workspace holding only its declared files; the workspace is
-  removed afterwards.
+- Each action runs in a fresh workspace (a size-capped tmpfs where the host allows) holding only its
+  declared files, inside the sandbox its isolation level asks for (sandbox.py), in cgroups that cap
+  its memory, processes and CPU (cgroups.py); the workspace is removed afterwards. An action whose
+  isolation this host cannot give is refused, unless the operator chose a permissive policy.
 - When the action ends (its root process exits, it times out, it is cancelled, or the executor
   shuts down) every process it started is killed and reaped: nothing outlives the action.
 - Output is streamed in chunks as it comes and kept up to `max_output_bytes` (then `truncated`).
@@ -22,8 +24,8 @@ import math
 import os
 import resource
 import shutil
+import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.executor import proctree, tools
+from services.executor import cgroups, proctree, seccomp, tools
+from services.executor.sandbox import LEVELS, WORKSPACE, Protection, Sandbox, SandboxConfig
+from services.executor.workspace import Workspaces, check_names, read_inside
 from services.runtime.errors import AgentMeshError, FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -43,6 +47,8 @@ COALESCE_S = 0.02
 # count and in bytes (a result may carry up to max_output_bytes of output).
 DONE_CACHE_ENTRIES = 10_000
 DONE_CACHE_BYTES = 64 << 20
+# Reports a tool leaves in the workspace (JUnit XML, bandit JSON) are read up to this size.
+REPORT_CAP = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -52,12 +58,30 @@ class ExecutorLimits:
     default_timeout_s: float = 600.0
     workspace_root: str = ""
     python: str = ""
-    # When the host cannot cut an action off the network: refuse (strict) or run anyway (permissive).
-    network_policy: str = "strict"
+    # When the host cannot give an action the isolation it requires: refuse it (strict) or run it
+    # with what there is (permissive).
+    isolation_policy: str = "strict"
+    sandbox: SandboxConfig = SandboxConfig()
     # Resource limits of every process of an action (setrlimit through util-linux `prlimit`).
     max_file_bytes: int = 64 << 20
     max_open_files: int = 1024
     max_address_space: int = 8 << 30
+    # Per action, through cgroups and the workspace's tmpfs; an action may ask for less.
+    memory_bytes: int = 1 << 30
+    pids: int = 256
+    cpu_millicores: int = 1000
+    workspace_bytes: int = 256 << 20
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """What one action gets: the executor's limits, lowered where the action asked."""
+
+    memory_bytes: int
+    pids: int
+    cpu_millicores: int
+    cpu_seconds: int
+    workspace_bytes: int
 
 
 @dataclass
@@ -70,44 +94,31 @@ class _Run:
     sinks: list[OutputSink] = field(default_factory=list)
 
 
-def _check_files(files: dict[str, bytes]) -> None:
-    for name in files:
-        parts = name.split("/")
-        if not name or name.startswith("/") or "\x00" in name or any(p in ("", ".", "..") for p in parts):
-            raise InvalidArgument(
-                f"unsafe workspace file name {name!r}: relative paths without '..' only", reason="UNSAFE_PATH"
-            )
-
-
-def _probe_netns() -> list[str] | None:
-    """The unshare prefix that gives a process an empty network namespace here, if any."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        return None
-    for prefix in ([unshare, "--net", "--"], [unshare, "--user", "--map-root-user", "--net", "--"]):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            if subprocess.run([*prefix, "true"], capture_output=True, timeout=5).returncode == 0:
-                return prefix
-    return None
-
-
 class Executor:
     def __init__(self, limits: ExecutorLimits, instance: str) -> None:
+        if limits.isolation_policy not in ("strict", "permissive"):
+            raise ValueError(f"isolation_policy: strict or permissive, not {limits.isolation_policy!r}")
         self.limits = limits
         self.python = limits.python or os.environ.get("PYTHON_FOR_ACTIONS", "") or _default_python()
         self.subreaper = proctree.become_subreaper()
-        self.cgroups = proctree.CgroupRoot.probe(instance)
+        self.cgroups = cgroups.CgroupRoot.probe(instance)
         if self.cgroups is not None:
             leftovers = self.cgroups.reap_leftovers()
             if leftovers:
                 log.warning("killed %d action cgroups left by a previous executor", leftovers)
-        self.netns = _probe_netns()
+        uid, gid = Sandbox.uid_for(limits.sandbox)
+        self.workspaces = Workspaces(limits.workspace_root, instance, uid, gid, want_tmpfs=os.geteuid() == 0)
+        leftovers = self.workspaces.reap_leftovers()
+        if leftovers:
+            log.warning("removed %d workspaces left by a previous executor", leftovers)
+        self.sandbox = Sandbox(limits.sandbox, self.python, self.workspaces.base)
         self.prlimit = shutil.which("prlimit")
         self.tools = {"echo", "python", "shell"}
         if _importable(self.python, "pytest"):
             self.tools.add("pytest")
         if _importable(self.python, "bandit"):
             self.tools.add("scan")
+        self._active = {p.name for p in self.protections() if p.active}
         self._live: dict[tuple[str, int], _Run] = {}
         self._done: collections.OrderedDict[tuple[str, int], pb.ActionResult] = collections.OrderedDict()
         self._done_bytes = 0
@@ -119,23 +130,56 @@ class Executor:
     def containment(self) -> str:
         return "cgroup" if self.cgroups is not None else "process-group"
 
+    def protections(self) -> list[Protection]:
+        """Every protection there is, and whether this host gives it (GetCapabilities, health)."""
+        controllers = self.cgroups.describe() if self.cgroups is not None else {}
+        no_cgroups = "no usable cgroup v2 with cgroup.kill (not root, or no delegation)"
+        found = [
+            Protection(
+                "cgroup-kill",
+                self.cgroups is not None,
+                f"cgroup v2 {self.cgroups.kill_base}" if self.cgroups is not None else no_cgroups,
+            ),
+            *(
+                Protection(
+                    f"{name}-limit", name in controllers, controllers.get(name, f"no {name} controller")
+                )
+                for name in cgroups.LIMIT_CONTROLLERS
+            ),
+            Protection(
+                "rlimits",
+                self.prlimit is not None,
+                "prlimit: cpu, fsize, nofile, as, core=0" if self.prlimit else "util-linux prlimit missing",
+            ),
+            Protection(
+                "subreaper",
+                self.subreaper,
+                "orphans come back to the executor" if self.subreaper else "orphans re-parent to init",
+            ),
+            Protection(
+                "tmpfs-workspace",
+                self.workspaces.tmpfs,
+                "size-capped tmpfs per action" if self.workspaces.tmpfs else "plain directory (needs root)",
+            ),
+            *self.sandbox.protections(),
+        ]
+        return found
+
+    def isolation_levels(self) -> list[str]:
+        return [level for level in LEVELS if not self.sandbox.missing(level, False, self._active)]
+
     def capabilities(self) -> dict[str, Any]:
-        notes = []
-        if not self.subreaper:
-            notes.append("not a child subreaper: orphans of an action re-parent to init")
-        if self.netns is None:
-            notes.append(
-                "no network namespaces: network-off actions are "
-                + ("refused" if self.limits.network_policy == "strict" else "run with network")
-            )
-        if self.prlimit is None:
-            notes.append("no prlimit: actions run without rlimits")
-        notes.append("filesystem isolation, an unprivileged uid and seccomp: not yet (the hardened sandbox)")
+        protections = self.protections()
+        notes = [f"{p.name}: {p.detail}" for p in protections if not p.active]
+        if self.limits.isolation_policy != "strict" and notes:
+            notes.append("isolation policy is permissive: actions run with what this host gives")
         return {
             "tools": sorted(self.tools),
             "containment": self.containment,
-            "network_isolation": self.netns is not None,
+            "network_isolation": "network-namespace" in self._active,
             "notes": notes,
+            "protections": [{"name": p.name, "active": p.active, "detail": p.detail} for p in protections],
+            "isolation_levels": self.isolation_levels(),
         }
 
     async def run(
@@ -218,55 +262,93 @@ class Executor:
                 output_json=action.args_json or "{}",
                 cost=pb.Cost(wall_ms=(time.monotonic() - started) * 1000),
             )
+        level = action.isolation or "full"
+        if level not in LEVELS:
+            raise InvalidArgument(f"unknown isolation {level!r} (one of: {', '.join(LEVELS)})")
         command = tools.command_for(action.tool, args, self.python, self.tools)
-        _check_files(dict(action.files))
-        prefix: list[str] = []
-        if not action.network:
-            if self.netns is not None:
-                prefix = self.netns
-            elif self.limits.network_policy == "strict":
-                raise FailedPrecondition(
-                    "this action must run without network, and this host cannot cut it off "
-                    "(no network namespaces); set AGENTMESH_NETWORK_POLICY=permissive to allow",
-                    reason="ISOLATION_UNAVAILABLE",
-                )
-        prefix = prefix + self._rlimits(timeout_s)
+        check_names(list(action.files), "workspace file")
+        check_names(list(action.output_files), "output file")
+        self._check_isolation(level, action.network)
+        limits = self._limits_for(action.limits, timeout_s)
         workspace: Path | None = None
-        tree: proctree.CgroupTree | proctree.GroupTree | None = None
+        tree: cgroups.CgroupTree | proctree.GroupTree | None = None
+        seccomp_fd: int | None = None
         # The attempt is part of the name: two live attempts of one action never share a tree.
         mark = f"{run.action_id}#{run.attempt}#{os.getpid()}"
         try:
-            workspace = Path(tempfile.mkdtemp(prefix="agentmesh-ws-", dir=self.limits.workspace_root or None))
-            tree = self.cgroups.new(mark) if self.cgroups is not None else proctree.GroupTree(mark)
-            for name, content in action.files.items():
-                target = workspace / name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(content)
+            workspace = self.workspaces.make(mark, limits.workspace_bytes, dict(action.files))
+            if self.cgroups is not None:
+                tree = self.cgroups.new(
+                    mark, cgroups.CgroupLimits(limits.memory_bytes, limits.pids, limits.cpu_millicores)
+                )
+            else:
+                tree = proctree.GroupTree(mark)
+            sandboxed = level == "full" and self.sandbox.bwrap is not None
+            if sandboxed and self.sandbox.seccomp_program is not None:
+                seccomp_fd = seccomp.program_fd(self.sandbox.seccomp_program)
+            prefix = [
+                *self._rlimits(limits),
+                *self.sandbox.argv(level, action.network, workspace, seccomp_fd),
+            ]
+            fds = () if seccomp_fd is None else (seccomp_fd,)
             return await self._spawn(
-                run, tree, [*prefix, *command.argv], workspace, timeout_s, command, started, action
-            )
+                run, tree, [*prefix, *command.argv], workspace, sandboxed, fds, timeout_s,
+                command, started, action,
+            )  # fmt: skip
         except OSError as exc:
             # The workspace or the tree could not be made (disk full, a file name clash): the action
             # fails, clearly, and the executor goes on.
             raise FailedPrecondition(f"cannot prepare the action: {exc}", reason="WORKSPACE_ERROR") from exc
         finally:
+            if seccomp_fd is not None:
+                os.close(seccomp_fd)
             if tree is not None:
                 tree.remove()
             if workspace is not None:
-                shutil.rmtree(workspace, ignore_errors=True)
+                self.workspaces.remove(workspace)
 
-    def _rlimits(self, timeout_s: float) -> list[str]:
-        """CPU seconds (the wall limit: more cannot be honest work for one process), file size, open
-        files, address space, no core dumps; inherited by everything the action starts."""
+    def _check_isolation(self, level: str, network: bool) -> None:
+        missing = self.sandbox.missing(level, network, self._active)
+        if not missing:
+            return
+        if self.limits.isolation_policy == "strict":
+            details = {p.name: p.detail for p in self.protections()}
+            raise FailedPrecondition(
+                f"this action requires {level} isolation{'' if network else ' without network'}, and "
+                "this host cannot give: "
+                + "; ".join(f"{name} ({details.get(name, 'unavailable')})" for name in missing)
+                + ". Set AGENTMESH_ISOLATION_POLICY=permissive to run such actions anyway.",
+                reason="ISOLATION_UNAVAILABLE",
+            )
+        log.debug("running a %s action without %s (permissive policy)", level, ", ".join(missing))
+
+    def _limits_for(self, asked: pb.ResourceLimits, timeout_s: float) -> _Limits:
+        """The executor's limits, lowered where the action asks for less."""
+        mine = self.limits
+
+        def lower(value: int, cap: int) -> int:
+            return min(value, cap) if value and cap else (value or cap)
+
+        return _Limits(
+            memory_bytes=lower(asked.memory_bytes, mine.memory_bytes),
+            pids=lower(asked.pids, mine.pids),
+            cpu_millicores=lower(asked.cpu_millicores, mine.cpu_millicores),
+            # CPU seconds of one process: at most the wall limit (more cannot be honest work).
+            cpu_seconds=lower(asked.cpu_seconds, max(1, math.ceil(timeout_s))),
+            workspace_bytes=lower(asked.workspace_bytes, mine.workspace_bytes),
+        )
+
+    def _rlimits(self, limits: _Limits) -> list[str]:
+        """CPU seconds, file size, open files, address space, no core dumps; inherited by everything
+        the action starts."""
         if self.prlimit is None:
             return []
-        limits = self.limits
         return [
             self.prlimit,
-            f"--cpu={max(1, math.ceil(timeout_s))}",
-            f"--fsize={limits.max_file_bytes}",
-            f"--nofile={limits.max_open_files}",
-            f"--as={limits.max_address_space}",
+            f"--cpu={limits.cpu_seconds}",
+            f"--fsize={self.limits.max_file_bytes}",
+            f"--nofile={self.limits.max_open_files}",
+            f"--as={self.limits.max_address_space}",
             "--core=0",
             "--",
         ]
@@ -277,14 +359,18 @@ class Executor:
         tree: Any,
         argv: list[str],
         workspace: Path,
+        sandboxed: bool,
+        pass_fds: tuple[int, ...],
         timeout_s: float,
         command: tools.Command,
         started: float,
         action: pb.ExecAction,
     ) -> pb.ActionResult:
+        tool_bin = os.path.dirname(self.python)
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(workspace),
+            "PATH": f"{tool_bin}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": WORKSPACE if sandboxed else str(workspace),
+            "TMPDIR": "/tmp",
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
@@ -294,6 +380,9 @@ class Executor:
             "AGENTMESH_TASK_ID": run.task_id,
             "AGENTMESH_ACTION_ID": run.action_id,
         }
+        shared = self.sandbox.shared_path("full" if sandboxed else "contained")
+        if shared:
+            env["AGENTMESH_SHARED_DIR"] = shared
         usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         proc = await asyncio.create_subprocess_exec(
             *tree.wrap(argv),
@@ -303,6 +392,7 @@ class Executor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
         if isinstance(tree, proctree.GroupTree):
             tree.root_pid = proc.pid
@@ -353,23 +443,26 @@ class Executor:
             for reader in still:
                 reader.cancel()
         exit_code = proc.returncode if proc.returncode is not None else -9
+        usage = tree.usage() if isinstance(tree, cgroups.CgroupTree) else cgroups.CgroupUsage()
         if status == pb.ACTION_STATUS_OK and exit_code != 0:
             status = pb.ACTION_STATUS_FAILED
-            error = pb.TaskError(reason="EXIT_NONZERO", message=f"exited with status {exit_code}")
-        cpu_ms = tree.cpu_ms()
+            error = _exit_error(exit_code, usage)
+        cpu_ms = usage.cpu_ms
         if not cpu_ms:
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu_ms = (
                 (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
             ) * 1000
         output_json = ""
-        with contextlib.suppress(Exception):
-            output_json = tools.parse_output(command.parse, workspace)
+        with contextlib.suppress(Exception):  # a report the action mangled is no report
+            output_json = tools.parse_output(
+                command.parse, lambda name: read_inside(workspace, name, REPORT_CAP)
+            )
         artifacts = {}
         for name in action.output_files:
-            path = workspace / name
-            if path.is_file() and path.stat().st_size <= self.limits.max_artifact_bytes:
-                artifacts[name] = path.read_bytes()
+            data = read_inside(workspace, name, self.limits.max_artifact_bytes)
+            if data is not None:
+                artifacts[name] = data
         return pb.ActionResult(
             action_id=run.action_id,
             status=status,
@@ -380,12 +473,17 @@ class Executor:
             error=error,
             truncated=truncated[0],
             artifacts=artifacts,
-            cost=pb.Cost(cpu_ms=cpu_ms, wall_ms=(time.monotonic() - started) * 1000),
+            cost=pb.Cost(
+                cpu_ms=cpu_ms,
+                wall_ms=(time.monotonic() - started) * 1000,
+                peak_memory_bytes=usage.peak_memory_bytes,
+            ),
         )
 
     def close(self) -> None:
         if self.cgroups is not None:
             self.cgroups.remove()
+        self.workspaces.close()
 
     def reap_orphans(self) -> int:
         """Reap re-parented orphans. Only zombies already seen on the previous sweep: a root that
@@ -418,6 +516,22 @@ async def _read_coalesced(stream: asyncio.StreamReader) -> bytes:
     return b"".join(parts)
 
 
+def _exit_error(exit_code: int, usage: cgroups.CgroupUsage) -> pb.TaskError:
+    """Why a process failed, naming the limit it hit where we know."""
+    if usage.oom_killed:
+        return pb.TaskError(
+            reason="MEMORY_LIMIT", message=f"killed: over its memory limit (exit status {exit_code})"
+        )
+    if exit_code == -signal.SIGXCPU:
+        return pb.TaskError(reason="CPU_LIMIT", message="killed: used up its CPU seconds (RLIMIT_CPU)")
+    if exit_code == -signal.SIGXFSZ:
+        return pb.TaskError(reason="FILE_SIZE_LIMIT", message="killed: wrote a file over the size limit")
+    message = f"exited with status {exit_code}"
+    if usage.pids_refused:
+        message += " (it hit its process limit: forks were refused)"
+    return pb.TaskError(reason="EXIT_NONZERO", message=message)
+
+
 def tree_mark(tree: Any, run: _Run) -> str:
     return getattr(tree, "mark", "") or f"{run.action_id}#{os.getpid()}"
 
@@ -435,9 +549,11 @@ def _args(args_json: str) -> dict[str, Any]:
 
 
 def _default_python() -> str:
+    """The sandbox toolchain scripts/setup-env builds (a Python the sandbox's uid can run), else ours."""
     import sys
 
-    return sys.executable
+    toolchain = Path(__file__).resolve().parents[2] / ".venv-actions" / "bin" / "python"
+    return str(toolchain) if toolchain.exists() else sys.executable
 
 
 def _importable(python: str, module: str) -> bool:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from protos.agentmesh.v1 import bus_pb2, executor_pb2, executor_pb2_grpc
 from services.executor.core import Executor, ExecutorLimits
+from services.executor.sandbox import SandboxConfig
 from services.executor.servicer import ExecutorServicer
 from services.runtime import config as config_mod
 from services.runtime import server
@@ -23,10 +24,24 @@ class ExecutorConfig(CommonConfig):
     max_output_bytes: int = setting(1 << 20, "stdout+stderr kept per action; the rest is dropped (truncated)")
     max_artifact_bytes: int = setting(1 << 20, "largest output file returned as an artifact")
     workspace_root: str = setting("", "where action workspaces are made (default: the temp dir)")
-    action_python: str = setting("", "interpreter for python/pytest/scan tools (default: this one)")
-    network_policy: str = setting(
-        "strict", "strict: refuse network-off actions the host cannot isolate; permissive: run them"
+    action_python: str = setting(
+        "", "interpreter for python/pytest/scan tools (default: .venv-actions from setup-env, else this one)"
     )
+    isolation_policy: str = setting(
+        "strict",
+        "strict: refuse an action whose isolation this host cannot give; permissive: run it anyway",
+    )
+    bwrap: str = setting("", "bubblewrap binary ('' finds it on PATH; 'off': no namespaces, no fs isolation)")
+    sandbox_uid: int = setting(65534, "uid actions run as when the executor runs as root")
+    sandbox_gid: int = setting(65534, "gid actions run as when the executor runs as root")
+    sandbox_tmp_bytes: int = setting(64 << 20, "size of the sandbox's private /tmp")
+    shared_dir: str = setting(
+        "", "host dir bound read-write at /shared in every sandbox ($AGENTMESH_SHARED_DIR); off: ''"
+    )
+    action_memory_bytes: int = setting(1 << 30, "memory of one action, all its processes (cgroup)")
+    action_pids: int = setting(256, "processes and threads of one action (cgroup pids.max)")
+    action_cpu_millicores: int = setting(1000, "CPU quota of one action, thousandths of a core (cgroup)")
+    workspace_bytes: int = setting(256 << 20, "size of an action's workspace (tmpfs)")
     instance: str = setting("", "name of this executor's cgroup subtree (default: from the listen address)")
     max_file_bytes: int = setting(64 << 20, "largest file an action may write (RLIMIT_FSIZE)")
     max_open_files: int = setting(1024, "open files per action process (RLIMIT_NOFILE)")
@@ -48,7 +63,18 @@ class ExecutorService(Service):
             max_artifact_bytes=cfg.max_artifact_bytes,
             workspace_root=cfg.workspace_root,
             python=cfg.action_python,
-            network_policy=cfg.network_policy,
+            isolation_policy=cfg.isolation_policy,
+            sandbox=SandboxConfig(
+                bwrap=cfg.bwrap,
+                uid=cfg.sandbox_uid,
+                gid=cfg.sandbox_gid,
+                tmp_bytes=cfg.sandbox_tmp_bytes,
+                shared_dir=cfg.shared_dir,
+            ),
+            memory_bytes=cfg.action_memory_bytes,
+            pids=cfg.action_pids,
+            cpu_millicores=cfg.action_cpu_millicores,
+            workspace_bytes=cfg.workspace_bytes,
             max_file_bytes=cfg.max_file_bytes,
             max_open_files=cfg.max_open_files,
             max_address_space=cfg.max_address_space,

@@ -1,9 +1,8 @@
 """Containment of an action's process tree, and killing all of it.
 
 Two mechanisms, picked once at start:
-- `cgroup`: a cgroup v2 directory per action (the unified hierarchy, also on hybrid hosts). Every
-  process the action starts stays in it whatever it does (setsid, double fork), and `cgroup.kill`
-  kills them all at once.
+- `cgroup` (cgroups.py): a cgroup v2 directory per action. Every process the action starts stays in
+  it whatever it does (setsid, double fork), and `cgroup.kill` kills them all at once.
 - `process-group`: the action runs in a new session; killing walks /proc for the session, the
   process group, the descendants of the root, and orphans (re-parented to the executor, which is
   their subreaper) that carry the action's marker in their environment.
@@ -17,7 +16,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import re
 import signal
 import time
 from pathlib import Path
@@ -36,116 +34,6 @@ def become_subreaper() -> bool:
         return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
     except OSError:
         return False
-
-
-def _cgroup2_mount() -> Path | None:
-    try:
-        for line in Path("/proc/self/mountinfo").read_text().splitlines():
-            left, _, right = line.partition(" - ")
-            if right.split(" ", 1)[0] == "cgroup2":
-                return Path(left.split()[4])
-    except OSError:
-        return None
-    return None
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:200]
-
-
-class CgroupRoot:
-    """The executor's own subtree of cgroups: `<mount>/agentmesh/<instance>/<action>`."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-
-    @classmethod
-    def probe(cls, instance: str) -> CgroupRoot | None:
-        mount = _cgroup2_mount()
-        if mount is None:
-            return None
-        base = mount / "agentmesh" / _safe(instance)
-        try:
-            base.mkdir(parents=True, exist_ok=True)
-            test = base / "probe"
-            test.mkdir(exist_ok=True)
-            usable = (test / "cgroup.kill").exists() and os.access(test / "cgroup.procs", os.W_OK)
-            test.rmdir()
-        except OSError:
-            return None
-        return cls(base) if usable else None
-
-    def reap_leftovers(self) -> int:
-        """Kill and remove cgroups left by a previous executor that crashed. Returns how many."""
-        count = 0
-        for child in self.base.iterdir():
-            if child.is_dir():
-                tree = CgroupTree(child)
-                tree.kill()
-                tree.remove()
-                count += 1
-        return count
-
-    def remove(self) -> None:
-        """At shutdown: kill what is left (nothing, normally) and remove the executor's subtree."""
-        self.reap_leftovers()
-        with contextlib.suppress(OSError):
-            self.base.rmdir()
-
-    def new(self, action_key: str) -> CgroupTree:
-        path = self.base / _safe(action_key)
-        path.mkdir(exist_ok=True)
-        return CgroupTree(path)
-
-
-class CgroupTree:
-    kind = "cgroup"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def wrap(self, argv: list[str]) -> list[str]:
-        # The shell puts itself into the cgroup before exec'ing the tool, so no process of the action
-        # ever runs outside it (no race with an early fork).
-        return ["/bin/sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(self.path), *argv]
-
-    def pids(self) -> list[int]:
-        try:
-            return [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
-        except (OSError, ValueError):
-            return []
-
-    def cpu_ms(self) -> float:
-        try:
-            for line in (self.path / "cpu.stat").read_text().splitlines():
-                name, _, value = line.partition(" ")
-                if name == "usage_usec":
-                    return int(value) / 1000.0
-        except (OSError, ValueError):
-            pass
-        return 0.0
-
-    def kill(self, root_pid: int | None = None, wait_s: float = 1.0) -> list[int]:
-        victims = self.pids()
-        with contextlib.suppress(OSError):
-            (self.path / "cgroup.kill").write_text("1")
-        deadline = time.monotonic() + wait_s
-        while self.pids() and time.monotonic() < deadline:
-            reap(victims, exclude=root_pid)
-            time.sleep(0.001)
-        reap(victims, exclude=root_pid)
-        return victims
-
-    def remove(self) -> None:
-        for _ in range(100):
-            try:
-                self.path.rmdir()
-                return
-            except FileNotFoundError:
-                return
-            except OSError:
-                time.sleep(0.002)
-        log.warning("could not remove cgroup %s", self.path)
 
 
 def _proc_table() -> dict[int, tuple[int, int, int]]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument
@@ -52,18 +52,19 @@ def command_for(tool: str, args: dict[str, Any], python: str, available: set[str
     raise InvalidArgument(f"unknown tool {tool!r}", reason="UNKNOWN_TOOL")
 
 
-def parse_output(kind: str | None, workspace: Path) -> str:
+def parse_output(kind: str | None, read: Callable[[str], bytes | None]) -> str:
+    """`read(name)` gives a workspace file's bytes, or None (missing, too big, not a regular file)."""
     if kind == "junit":
-        return json.dumps(parse_junit(workspace / JUNIT_FILE))
+        return json.dumps(parse_junit(read(JUNIT_FILE)))
     if kind == "bandit":
-        return json.dumps(parse_bandit(workspace / BANDIT_FILE))
+        return json.dumps(parse_bandit(read(BANDIT_FILE)))
     return ""
 
 
-def parse_junit(path: Path) -> dict[str, Any]:
-    if not path.exists():
+def parse_junit(data: bytes | None) -> dict[str, Any]:
+    if data is None:
         return {"error": "pytest wrote no report (collection failed or no tests)", "tests": []}
-    root = ET.parse(path).getroot()
+    root = ET.fromstring(data)
     tests = []
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
     for case in root.iter("testcase"):
@@ -83,10 +84,10 @@ def parse_junit(path: Path) -> dict[str, Any]:
     return {**counts, "tests": tests}
 
 
-def parse_bandit(path: Path) -> dict[str, Any]:
-    if not path.exists():
+def parse_bandit(data: bytes | None) -> dict[str, Any]:
+    if data is None:
         return {"error": "bandit wrote no report", "findings": []}
-    report = json.loads(path.read_text())
+    report = json.loads(data)
     findings = [
         {
             "severity": r.get("issue_severity"),

@@ -12,42 +12,25 @@ import pytest
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
+from services.executor.cgroups import kill_base
+from services.executor.workspace import mounts_under
 from services.runtime.errors import FailedPrecondition
 from services.runtime.procs import pid_alive
-from tests.conftest import client_for, run
+from tests.conftest import client_for, executor_instance, run, wait_for_action_processes
 
 
-def _tree_spec(pid_file: Path) -> dict:
-    # A shell that records its pid, a child that escapes into its own session, and a plain child.
-    command = (
-        f"echo $$ >> {pid_file}; "
-        f"setsid sh -c 'echo $$ >> {pid_file}; sleep 600' & "
-        f"sh -c 'echo $$ >> {pid_file}; sleep 600' & "
-        f"sleep 600 & echo $! >> {pid_file}; wait"
-    )
+def _tree_spec() -> dict:
+    # A shell with a child that escapes into its own session, a plain child, and a background sleep:
+    # three `sleep` processes in all, inside the sandbox.
+    command = "setsid sh -c 'sleep 600' & sh -c 'sleep 600' & sleep 600 & wait"
     return {"steps": [{"id": "tree", "tool": "shell", "args": {"command": command}, "timeout_s": 900}]}
 
 
-def _wait_for_pids(pid_file: Path, count: int) -> list[int]:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if pid_file.exists():
-            pids = [int(p) for p in pid_file.read_text().split()]
-            if len(pids) >= count:
-                return pids
-        time.sleep(0.02)
-    raise AssertionError(
-        f"the task's processes did not start: {pid_file.read_text() if pid_file.exists() else ''}"
-    )
-
-
-def test_cancel_kills_the_whole_process_tree(mesh: Mesh, tmp_path: Path) -> None:
-    pid_file = tmp_path / "pids"
-
+def test_cancel_kills_the_whole_process_tree(mesh: Mesh) -> None:
     async def go() -> None:
         async with client_for(mesh) as client:
-            task = await client.submit("pipeline", _tree_spec(pid_file))
-            pids = _wait_for_pids(pid_file, 4)
+            task = await client.submit("pipeline", _tree_spec())
+            pids = await wait_for_action_processes(mesh, "sleep", 3)
             assert all(pid_alive(p) for p in pids)
             cancelled_at = time.monotonic()
             reply = await client.cancel(task.id)
@@ -94,22 +77,25 @@ def test_cancel_of_a_waiting_task_is_immediate(mesh: Mesh) -> None:
     run(go())
 
 
-def test_no_workspace_or_cgroup_left_behind(mesh: Mesh, tmp_path: Path) -> None:
-    before = {p for p in os.listdir("/tmp") if p.startswith("agentmesh-ws-")}
-    pid_file = tmp_path / "pids"
+def test_no_workspace_or_cgroup_left_behind(mesh: Mesh) -> None:
+    workspaces = Path(os.environ.get("TMPDIR", "/tmp")) / f"agentmesh-ws-{executor_instance(mesh)}"
+    cgroups = kill_base(executor_instance(mesh))
+    assert cgroups is not None and cgroups.is_dir()
 
     async def go() -> None:
         async with client_for(mesh) as client:
-            task = await client.submit("pipeline", _tree_spec(pid_file))
-            _wait_for_pids(pid_file, 4)
+            task = await client.submit("pipeline", _tree_spec())
+            await wait_for_action_processes(mesh, "sleep", 3)
+            assert list(workspaces.iterdir()) and [p for p in cgroups.iterdir() if p.is_dir()]
             await client.cancel(task.id)
             await client.wait(task.id)
 
     run(go())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        left = {p for p in os.listdir("/tmp") if p.startswith("agentmesh-ws-")} - before
+        left = list(workspaces.iterdir()) + [p for p in cgroups.iterdir() if p.is_dir()]
         if not left:
             break
         time.sleep(0.05)
     assert not left
+    assert not mounts_under(workspaces)

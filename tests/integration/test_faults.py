@@ -12,7 +12,7 @@ from pathlib import Path
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.procs import pid_alive
-from tests.conftest import client_for, run
+from tests.conftest import client_for, run, wait_for_action_processes
 
 
 async def _wait_state(client, task_id: str, state: str) -> None:  # type: ignore[no-untyped-def]
@@ -22,25 +22,24 @@ async def _wait_state(client, task_id: str, state: str) -> None:  # type: ignore
     raise AssertionError(f"task ended before reaching {state}")
 
 
-def test_budget_exceeded_stops_the_other_running_actions(mesh: Mesh, tmp_path: Path) -> None:
-    pid_file = tmp_path / "slow.pid"
+def test_budget_exceeded_stops_the_other_running_actions(mesh: Mesh) -> None:
     spec = {
         "steps": [
-            {"id": "quick", "tool": "python", "args": {"code": "print(sum(range(10**6)))"}},
-            {"id": "slow", "tool": "shell", "args": {"command": f"echo $$ > {pid_file}; exec sleep 600"}},
+            {"id": "quick", "tool": "python", "args": {"code": "import time; time.sleep(1); print(1)"}},
+            {"id": "slow", "tool": "shell", "args": {"command": "exec sleep 600"}},
         ]
     }
 
     async def go() -> None:
         async with client_for(mesh) as client:
             task = await client.submit("pipeline", spec, budget_usd=1e-12)
+            pids = await wait_for_action_processes(mesh, "sleep", 1)
             done = await client.wait(task.id)
             assert done.state == pb.TASK_STATE_FAILED and done.error.reason == "BUDGET_EXCEEDED", done.error
-            pid = int(pid_file.read_text())
             deadline = time.monotonic() + 3
-            while pid_alive(pid) and time.monotonic() < deadline:
+            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            assert not pid_alive(pid), "the slow step outlived its task's budget stop"
+            assert not any(pid_alive(p) for p in pids), "the slow step outlived its task's budget stop"
 
     run(go())
 
@@ -71,17 +70,17 @@ def test_a_workspace_that_cannot_be_made_fails_fast_and_clearly(mesh: Mesh) -> N
 
 
 def test_an_executor_restart_reruns_in_flight_work_without_spending_attempts(
-    own_mesh, tmp_path: Path
+    own_mesh, shared_dir: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    mesh = own_mesh()
-    marker = tmp_path / "started"
+    mesh = own_mesh(extra_env={"AGENTMESH_SHARED_DIR": str(shared_dir)})
+    marker = shared_dir / "started"
     spec = {
         "steps": [
             {
                 "id": "s",
                 "tool": "shell",
                 "retry": {"attempts": 1},
-                "args": {"command": f"echo x >> {marker}; sleep 1; echo finished"},
+                "args": {"command": 'echo x >> "$AGENTMESH_SHARED_DIR/started"; sleep 1; echo finished'},
             }
         ]
     }
@@ -89,9 +88,7 @@ def test_an_executor_restart_reruns_in_flight_work_without_spending_attempts(
     async def go() -> None:
         async with client_for(mesh) as client:
             task = await client.submit("pipeline", spec)
-            deadline = time.monotonic() + 20
-            while not marker.exists() and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
+            await wait_for_action_processes(mesh, "sleep", 1)
             executor = mesh.children["executor"]
             os.kill(executor.pid, signal.SIGTERM)
             executor.proc.wait(20)  # type: ignore[union-attr]

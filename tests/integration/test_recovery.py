@@ -17,26 +17,31 @@ from tests.conftest import client_for, run
 TASKS = 50
 
 
-def _spec(log: Path, index: int) -> dict:
+def _spec(log: str, index: int) -> dict:
     def step(name: str, sleep: float, deps: list[str]) -> dict:
         return {
             "id": name,
             "tool": "shell",
             "depends_on": deps,
-            "args": {"command": f"echo t{index}-{name} >> {log}; sleep {sleep}"},
+            "args": {"command": f'echo t{index}-{name} >> "$AGENTMESH_SHARED_DIR/{log}"; sleep {sleep}'},
         }
 
     return {"steps": [step("one", 0.2, []), step("two", 0.4, ["one"]), step("three", 0.2, ["two"])]}
 
 
-def test_coordinator_crash_loses_nothing_and_reruns_nothing_recorded(own_mesh, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    mesh = own_mesh()
-    log = tmp_path / "steps.log"
+def test_coordinator_crash_loses_nothing_and_reruns_nothing_recorded(
+    own_mesh, tmp_path: Path, shared_dir: Path
+) -> None:  # type: ignore[no-untyped-def]
+    mesh = own_mesh(extra_env={"AGENTMESH_SHARED_DIR": str(shared_dir)})
+    log = shared_dir / "steps.log"
     log.touch()
+    log.chmod(0o666)
 
     async def submit_all() -> list[str]:
         async with client_for(mesh) as client:
-            tasks = await asyncio.gather(*[client.submit("pipeline", _spec(log, i)) for i in range(TASKS)])
+            tasks = await asyncio.gather(
+                *[client.submit("pipeline", _spec(log.name, i)) for i in range(TASKS)]
+            )
             return [t.id for t in tasks]
 
     ids = run(submit_all())

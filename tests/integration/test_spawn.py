@@ -5,24 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from pathlib import Path
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.procs import pid_alive
-from tests.conftest import client_for, run
+from tests.conftest import client_for, run, wait_for_action_processes
 
 
 def child(code: str) -> dict:
     return {"steps": [{"id": "work", "tool": "python", "args": {"code": code}}]}
 
 
-def sleeper(pid_file: Path) -> dict:
-    return {
-        "steps": [
-            {"id": "work", "tool": "shell", "args": {"command": f"echo $$ > {pid_file}; exec sleep 600"}}
-        ]
-    }
+def sleeper() -> dict:
+    return {"steps": [{"id": "work", "tool": "shell", "args": {"command": "exec sleep 600"}}]}
 
 
 def spawn_spec(inputs: list[dict], join: str) -> dict:
@@ -32,14 +27,6 @@ def spawn_spec(inputs: list[dict], join: str) -> dict:
             {"id": "after", "tool": "echo", "args": {"done": True}, "depends_on": ["fan"]},
         ]
     }
-
-
-async def _wait_pid(pid_file: Path) -> int:
-    deadline = time.monotonic() + 20
-    while not pid_file.exists() or not pid_file.read_text().strip():
-        assert time.monotonic() < deadline, "the child's process did not start"
-        await asyncio.sleep(0.02)
-    return int(pid_file.read_text())
 
 
 def test_fan_out_joined_all(mesh: Mesh) -> None:
@@ -65,66 +52,60 @@ def test_fan_out_joined_all(mesh: Mesh) -> None:
     run(go())
 
 
-def test_fail_fast_cancels_the_siblings(mesh: Mesh, tmp_path: Path) -> None:
-    pid_file = tmp_path / "sleeper.pid"
-
+def test_fail_fast_cancels_the_siblings(mesh: Mesh) -> None:
     async def go() -> None:
         async with client_for(mesh) as client:
             spec = spawn_spec(
-                [sleeper(pid_file), child("import time; time.sleep(0.5); raise SystemExit(3)")], "fail_fast"
+                [sleeper(), child("import time; time.sleep(0.5); raise SystemExit(3)")], "fail_fast"
             )
             task = await client.submit("pipeline", spec)
-            pid = await _wait_pid(pid_file)
+            pids = await wait_for_action_processes(mesh, "sleep", 1)
             done = await client.wait(task.id)
             assert done.state == pb.TASK_STATE_FAILED
             fan = json.loads(done.result_json)["steps"]["fan"]
             assert fan["status"] == "failed" and fan["error"]["reason"] == "CHILD_FAILED"
             assert json.loads(done.result_json)["steps"]["after"]["status"] == "skipped"
             deadline = time.monotonic() + 5
-            while pid_alive(pid) and time.monotonic() < deadline:
+            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            assert not pid_alive(pid), "a fail-fast sibling's process outlived the join"
+            assert not any(pid_alive(p) for p in pids), "a fail-fast sibling's process outlived the join"
             states = {c["state"] for c in fan["output"]["children"]}
             assert "CANCELLED" in states or "FAILED" in states
 
     run(go())
 
 
-def test_any_takes_the_first_success_and_cancels_the_rest(mesh: Mesh, tmp_path: Path) -> None:
-    pid_file = tmp_path / "slow.pid"
-
+def test_any_takes_the_first_success_and_cancels_the_rest(mesh: Mesh) -> None:
     async def go() -> None:
         async with client_for(mesh) as client:
             task = await client.submit(
-                "pipeline", spawn_spec([sleeper(pid_file), child("print('fast')")], "any")
+                "pipeline", spawn_spec([sleeper(), child("import time; time.sleep(1); print('fast')")], "any")
             )
-            pid = await _wait_pid(pid_file)
+            pids = await wait_for_action_processes(mesh, "sleep", 1)
             done = await client.wait(task.id)
             assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
             deadline = time.monotonic() + 5
-            while pid_alive(pid) and time.monotonic() < deadline:
+            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            assert not pid_alive(pid)
+            assert not any(pid_alive(p) for p in pids)
             children = json.loads(done.result_json)["steps"]["fan"]["output"]["children"]
             assert "SUCCEEDED" in {c["state"] for c in children}
 
     run(go())
 
 
-def test_cancelling_the_parent_cancels_its_children(mesh: Mesh, tmp_path: Path) -> None:
-    pid_file = tmp_path / "kid.pid"
-
+def test_cancelling_the_parent_cancels_its_children(mesh: Mesh) -> None:
     async def go() -> None:
         async with client_for(mesh) as client:
-            task = await client.submit("pipeline", spawn_spec([sleeper(pid_file)], "all"))
-            pid = await _wait_pid(pid_file)
+            task = await client.submit("pipeline", spawn_spec([sleeper()], "all"))
+            pids = await wait_for_action_processes(mesh, "sleep", 1)
             await client.cancel(task.id)
             done = await client.wait(task.id)
             assert done.state == pb.TASK_STATE_CANCELLED
             deadline = time.monotonic() + 5
-            while pid_alive(pid) and time.monotonic() < deadline:
+            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            assert not pid_alive(pid)
+            assert not any(pid_alive(p) for p in pids)
             page = await client.list(limit=50)
             kids = [t for t in page.tasks if t.parent_id == task.id]
             assert kids and all(k.state == pb.TASK_STATE_CANCELLED for k in kids)

@@ -35,17 +35,21 @@ def test_up_then_sigterm_stops_everything(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_a_stopped_executor_leaves_no_cgroup(tmp_path: Path) -> None:
+def test_a_stopped_executor_leaves_no_cgroup_or_workspace(tmp_path: Path) -> None:
     from agentmesh.local import Mesh
+    from services.executor import cgroups
 
     mesh = Mesh(tmp_path)
     try:
         mesh.start()
-        port = mesh.env["AGENTMESH_EXECUTOR_ADDR"].rsplit(":", 1)[1]
+        instance = "exec-" + mesh.env["AGENTMESH_EXECUTOR_ADDR"].rsplit(":", 1)[1]
+        base = cgroups.kill_base(instance)
+        assert base is not None and base.is_dir()
+        workspaces = Path(os.environ.get("TMPDIR", "/tmp")) / f"agentmesh-ws-{instance}"
+        assert workspaces.is_dir()
+        executor = mesh.children["executor"]
+        os.kill(executor.pid, signal.SIGTERM)
+        executor.proc.wait(20)  # type: ignore[union-attr]
+        assert not base.exists() and not workspaces.exists()
     finally:
         mesh.stop()
-    from services.executor.proctree import _cgroup2_mount
-
-    mount = _cgroup2_mount()
-    if mount is not None:
-        assert not (mount / "agentmesh" / f"exec-{port}").exists()

@@ -23,8 +23,17 @@ TOOLS = EXEC_TOOLS | {"infer", "embed", "approval", "spawn"}
 JOINS = {"all": pb.JOIN_MODE_ALL, "any": pb.JOIN_MODE_ANY, "fail_fast": pb.JOIN_MODE_FAIL_FAST}
 MAX_CHILDREN = 256
 STEP_FIELDS = frozenset(
-    {"id", "tool", "args", "files", "depends_on", "retry", "timeout_s", "continue_on_error", "network"}
-)
+    {
+        "id", "tool", "args", "files", "depends_on", "retry", "timeout_s", "continue_on_error", "network",
+        "isolation", "limits",
+    }
+)  # fmt: skip
+# An exec step's sandbox: the isolation it requires, and limits lower than the executor's.
+ISOLATION_LEVELS = ("full", "contained")
+LIMIT_FIELDS = {
+    "memory_bytes": 1 << 44, "pids": 1 << 20, "cpu_millicores": 1 << 20, "cpu_seconds": 1 << 24,
+    "workspace_bytes": 1 << 44,
+}  # fmt: skip
 STEP_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 MAX_STEPS = 1000
 MAX_TIMEOUT_S = 24 * 3600.0
@@ -137,6 +146,16 @@ def _validate_step(index: int, step: Any, violations: list[tuple[str, str]]) -> 
     for flag in ("continue_on_error", "network"):
         if not isinstance(step.get(flag, False), bool):
             violations.append((f"{where}.{flag}", "must be true or false"))
+    if step.get("isolation", "full") not in ISOLATION_LEVELS:
+        violations.append((f"{where}.isolation", " or ".join(ISOLATION_LEVELS)))
+    limits = step.get("limits", {})
+    if not isinstance(limits, dict) or set(limits) - set(LIMIT_FIELDS):
+        violations.append((f"{where}.limits", "an object of " + ", ".join(LIMIT_FIELDS)))
+    else:
+        for name, value in limits.items():
+            top = LIMIT_FIELDS[name]
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= top:
+                violations.append((f"{where}.limits.{name}", f"integer from 1 to {top}"))
 
 
 def _validate_spawn(where: str, args: dict[str, Any], violations: list[tuple[str, str]]) -> None:
@@ -312,6 +331,8 @@ def _action(step: dict[str, Any]) -> pb.Action:
                 args_json=json.dumps(args),
                 network=step.get("network", False),
                 files={name: content.encode() for name, content in step.get("files", {}).items()},
+                isolation=step.get("isolation", "full"),
+                limits=pb.ResourceLimits(**step.get("limits", {})),
             )
         )
     elif tool == "infer":

@@ -293,7 +293,7 @@ class Executor:
             fds = () if seccomp_fd is None else (seccomp_fd,)
             return await self._spawn(
                 run, tree, [*prefix, *command.argv], workspace, sandboxed, fds, timeout_s,
-                command, started, action,
+                command, started, action, limits,
             )  # fmt: skip
         except OSError as exc:
             # The workspace or the tree could not be made (disk full, a file name clash): the action
@@ -345,7 +345,8 @@ class Executor:
             return []
         return [
             self.prlimit,
-            f"--cpu={limits.cpu_seconds}",
+            # SIGXCPU at the soft limit (a process may catch it and save its work), SIGKILL a second on.
+            f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 1}",
             f"--fsize={self.limits.max_file_bytes}",
             f"--nofile={self.limits.max_open_files}",
             f"--as={self.limits.max_address_space}",
@@ -365,6 +366,7 @@ class Executor:
         command: tools.Command,
         started: float,
         action: pb.ExecAction,
+        limits: _Limits,
     ) -> pb.ActionResult:
         tool_bin = os.path.dirname(self.python)
         env = {
@@ -446,7 +448,7 @@ class Executor:
         usage = tree.usage() if isinstance(tree, cgroups.CgroupTree) else cgroups.CgroupUsage()
         if status == pb.ACTION_STATUS_OK and exit_code != 0:
             status = pb.ACTION_STATUS_FAILED
-            error = _exit_error(exit_code, usage)
+            error = _exit_error(exit_code, usage, limits_cpu_s=limits.cpu_seconds)
         cpu_ms = usage.cpu_ms
         if not cpu_ms:
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -516,15 +518,19 @@ async def _read_coalesced(stream: asyncio.StreamReader) -> bytes:
     return b"".join(parts)
 
 
-def _exit_error(exit_code: int, usage: cgroups.CgroupUsage) -> pb.TaskError:
-    """Why a process failed, naming the limit it hit where we know."""
+def _exit_error(exit_code: int, usage: cgroups.CgroupUsage, limits_cpu_s: int) -> pb.TaskError:
+    """Why a process failed, naming the limit it hit where we know. A signal shows as -N from a
+    direct child and as 128+N through a shell or bubblewrap."""
+    signum = -exit_code if exit_code < 0 else exit_code - 128 if exit_code > 128 else 0
     if usage.oom_killed:
         return pb.TaskError(
             reason="MEMORY_LIMIT", message=f"killed: over its memory limit (exit status {exit_code})"
         )
-    if exit_code == -signal.SIGXCPU:
-        return pb.TaskError(reason="CPU_LIMIT", message="killed: used up its CPU seconds (RLIMIT_CPU)")
-    if exit_code == -signal.SIGXFSZ:
+    if signum == signal.SIGXCPU or (signum == signal.SIGKILL and usage.cpu_ms >= limits_cpu_s * 1000):
+        return pb.TaskError(
+            reason="CPU_LIMIT", message=f"killed: used up its {limits_cpu_s} CPU seconds (RLIMIT_CPU)"
+        )
+    if signum == signal.SIGXFSZ:
         return pb.TaskError(reason="FILE_SIZE_LIMIT", message="killed: wrote a file over the size limit")
     message = f"exited with status {exit_code}"
     if usage.pids_refused:

@@ -116,8 +116,29 @@ class Mesh:
         codes = self.sup.stop(grace_s=10)
         # An executor killed with -9 leaves its workspaces (tmpfs mounts) and cgroups behind for the
         # next one to reap; this mesh is gone, so remove them now.
-        remove_executor_leftovers("exec-" + self.env["AGENTMESH_EXECUTOR_ADDR"].rsplit(":", 1)[1])
+        remove_executor_leftovers(self.executor_instance)
         return codes
+
+    @property
+    def executor_instance(self) -> str:
+        return "exec-" + self.env["AGENTMESH_EXECUTOR_ADDR"].rsplit(":", 1)[1]
+
+    def action_processes(self) -> dict[int, str]:
+        """pid -> command name of every process in the executor's action cgroups: how tests and
+        benchmarks see into sandboxes, whose processes have their own pid namespace and cannot write
+        host files."""
+        from services.executor.cgroups import kill_base
+
+        base = kill_base(self.executor_instance)
+        found: dict[int, str] = {}
+        if base is None or not base.exists():
+            return found
+        for procs in base.glob("*/cgroup.procs"):
+            with contextlib.suppress(OSError, ValueError):
+                for pid in [int(p) for p in procs.read_text().split()]:
+                    with contextlib.suppress(OSError):
+                        found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+        return found
 
     def dump_logs(self) -> None:
         for child in self.children.values():

@@ -86,37 +86,11 @@ def client_for(mesh: Mesh, tenant: str = "alpha") -> AgentMeshClient:
     return AgentMeshClient(mesh.coordinator_addr, TENANT_KEYS[tenant])
 
 
-def executor_instance(mesh: Mesh) -> str:
-    return "exec-" + mesh.env["AGENTMESH_EXECUTOR_ADDR"].rsplit(":", 1)[1]
-
-
-def action_processes(mesh: Mesh) -> dict[int, str]:
-    """pid -> command name of every process in the mesh executor's action cgroups: how a test sees
-    into a sandbox whose processes live in their own pid namespace and cannot write host files."""
-    from services.executor.cgroups import kill_base
-
-    base = kill_base(executor_instance(mesh))
-    found: dict[int, str] = {}
-    if base is None or not base.exists():
-        return found
-    for procs in base.glob("*/cgroup.procs"):
-        try:
-            pids = [int(p) for p in procs.read_text().split()]
-        except (OSError, ValueError):
-            continue
-        for pid in pids:
-            try:
-                found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
-            except OSError:
-                pass
-    return found
-
-
 async def wait_for_action_processes(mesh: Mesh, name: str, count: int, timeout_s: float = 20) -> list[int]:
     """Wait until the executor's actions run at least `count` processes called `name`; all their pids."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        procs = action_processes(mesh)
+        procs = mesh.action_processes()
         if sum(1 for comm in procs.values() if comm == name) >= count:
             return list(procs)
         if asyncio.get_running_loop().time() > deadline:

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Cancel latency: CancelTask until the last process of the task is dead, p50/p99.
 
-Each task runs a shell step whose tree is a shell, a child that escaped into its own session
-(setsid) and two sleepers; the benchmark learns their pids from a file the step writes, calls
-CancelTask, and polls /proc until none is left alive.
+Each task runs a shell step, fully sandboxed, whose tree is a shell, a child that escaped into its
+own session (setsid) and two sleepers; the benchmark finds their pids in the action's cgroup (the
+sandbox has its own pid namespace and cannot write host files), calls CancelTask, and polls /proc
+until none of them, bubblewrap included, is left alive.
 
     .venv/bin/python scripts/bench/cancel.py [--cancels 200]
 """
@@ -12,39 +13,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import tempfile
 import time
-from pathlib import Path
 
 from _common import percentile, report, start_mesh
 
 from agentmesh.client import AgentMeshClient
-from agentmesh.local import TENANT_KEYS
+from agentmesh.local import TENANT_KEYS, Mesh
 from services.runtime.procs import pid_alive
 
+SPEC = {
+    "steps": [
+        {
+            "id": "tree",
+            "tool": "shell",
+            "args": {"command": "setsid sh -c 'sleep 600' & sleep 600 & wait"},
+            "timeout_s": 900,
+        }
+    ]
+}
 
-def spec(pid_file: Path) -> dict:
-    command = (
-        f"echo $$ >> {pid_file}; setsid sh -c 'echo $$ >> {pid_file}; sleep 600' & "
-        f"sleep 600 & echo $! >> {pid_file}; wait"
-    )
-    return {"steps": [{"id": "tree", "tool": "shell", "args": {"command": command}, "timeout_s": 900}]}
 
-
-async def measure(address: str, cancels: int, workdir: Path) -> tuple[list[float], list[float]]:
+async def measure(mesh: Mesh, cancels: int) -> tuple[list[float], list[float]]:
     to_dead, to_reply = [], []
-    async with AgentMeshClient(address, TENANT_KEYS["alpha"]) as client:
-        for i in range(cancels):
-            pid_file = workdir / f"pids-{i}"
-            task = await client.submit("pipeline", spec(pid_file))
+    async with AgentMeshClient(mesh.coordinator_addr, TENANT_KEYS["alpha"]) as client:
+        for _ in range(cancels):
+            task = await client.submit("pipeline", SPEC)
             deadline = time.monotonic() + 20
-            pids: list[int] = []
-            while len(pids) < 3:
+            procs: dict[int, str] = {}
+            while sum(1 for name in procs.values() if name == "sleep") < 2:
                 if time.monotonic() > deadline:
-                    raise RuntimeError("the task's processes did not start")
+                    raise RuntimeError(f"the task's processes did not start: {procs}")
                 await asyncio.sleep(0.005)
-                if pid_file.exists():
-                    pids = [int(p) for p in pid_file.read_text().split()]
+                procs = mesh.action_processes()
+            pids = list(procs)
             started = time.perf_counter()
             await client.cancel(task.id)
             to_reply.append((time.perf_counter() - started) * 1000)
@@ -62,8 +63,7 @@ def main() -> None:
     opts = parser.parse_args()
     mesh = start_mesh()
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            dead, reply = asyncio.run(measure(mesh.coordinator_addr, opts.cancels, Path(tmp)))
+        dead, reply = asyncio.run(measure(mesh, opts.cancels))
     finally:
         mesh.stop()
     rows = [
@@ -82,7 +82,7 @@ def main() -> None:
     ]
     report(
         "cancel",
-        f"{opts.cancels} cancels of a 4-process tree (one setsid escapee)",
+        f"{opts.cancels} cancels of a sandboxed tree (bwrap, its init, a shell, a setsid escapee, sleepers)",
         rows,
         {"target_p99_ms": 10},
     )

@@ -50,6 +50,7 @@ class ExecutorConfig(CommonConfig):
 
 class ExecutorService(Service):
     name = "executor"
+    event_loop = "asyncio"  # see Service.event_loop: every action is a process start
 
     def __init__(self, config: ExecutorConfig, listen: str) -> None:
         self.config = config

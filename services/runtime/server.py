@@ -83,6 +83,9 @@ class Service(abc.ABC):
     """Base of every service. Subclasses register servicers in `setup` and own their state."""
 
     name = "service"
+    # uvloop serves gRPC faster; a service whose hot path is starting processes (the executor) runs on
+    # asyncio's own loop instead, which spawns with vfork (libuv forks the whole, large, process).
+    event_loop = "uvloop"
 
     @abc.abstractmethod
     async def setup(self, rt: Runtime) -> None:
@@ -179,4 +182,6 @@ def _release_startup_memory() -> None:
 
 def run(service: Service, config: CommonConfig, listen: str) -> int:
     setup_logging(service.name, config.log_level, config.log_format)
+    if service.event_loop == "asyncio":
+        return asyncio.run(_serve(service, config, listen))
     return uvloop.run(_serve(service, config, listen))

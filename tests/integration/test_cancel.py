@@ -16,7 +16,7 @@ from services.executor.cgroups import kill_base
 from services.executor.workspace import mounts_under
 from services.runtime.errors import FailedPrecondition
 from services.runtime.procs import pid_alive
-from tests.conftest import client_for, executor_instance, run, wait_for_action_processes
+from tests.conftest import client_for, run, wait_for_action_processes
 
 
 def _tree_spec() -> dict:
@@ -78,8 +78,8 @@ def test_cancel_of_a_waiting_task_is_immediate(mesh: Mesh) -> None:
 
 
 def test_no_workspace_or_cgroup_left_behind(mesh: Mesh) -> None:
-    workspaces = Path(os.environ.get("TMPDIR", "/tmp")) / f"agentmesh-ws-{executor_instance(mesh)}"
-    cgroups = kill_base(executor_instance(mesh))
+    workspaces = Path(os.environ.get("TMPDIR", "/tmp")) / f"agentmesh-ws-{mesh.executor_instance}"
+    cgroups = kill_base(mesh.executor_instance)
     assert cgroups is not None and cgroups.is_dir()
 
     async def go() -> None:

@@ -149,6 +149,42 @@ def cmd_health(args: argparse.Namespace, rest: list[str]) -> int:
     return 0 if probe() else 1
 
 
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    """What isolation the executor at args.executor gives on its host (Executor.GetCapabilities)."""
+    import asyncio
+
+    import grpc
+    from google.protobuf.json_format import MessageToDict
+    from rich.console import Console
+    from rich.table import Table
+
+    from protos.agentmesh.v1 import executor_pb2, executor_pb2_grpc
+
+    async def fetch() -> executor_pb2.Capabilities:
+        async with grpc.aio.insecure_channel(args.executor) as channel:
+            stub = executor_pb2_grpc.ExecutorStub(channel)
+            return await stub.GetCapabilities(executor_pb2.GetCapabilitiesRequest(), timeout=10)
+
+    try:
+        caps = asyncio.run(fetch())
+    except grpc.aio.AioRpcError as exc:
+        print(f"cannot reach the executor at {args.executor}: {exc.details()}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(MessageToDict(caps, preserving_proto_field_name=True), indent=2))
+        return 0
+    console = Console()
+    levels = ", ".join(caps.isolation_levels) or "none"
+    table = Table(title=f"executor {args.executor}: isolation levels {levels}")
+    for column in ("protection", "active", "how / why not"):
+        table.add_column(column)
+    for p in caps.protections:
+        table.add_row(p.name, "[green]yes[/green]" if p.active else "[red]no[/red]", p.detail)
+    console.print(table)
+    console.print(f"tools: {', '.join(caps.tools)}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- client verbs
 
 
@@ -251,6 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("kind", choices=("grpc", "http"))
     health.add_argument("target", help="HOST:PORT for grpc, a URL for http")
 
+    sandbox = sub.add_parser("sandbox", help="show what isolation the executor gives on its host")
+    sandbox.add_argument("--executor", default=os.environ.get("AGENTMESH_EXECUTOR_ADDR", "127.0.0.1:50053"))
+    sandbox.add_argument("--json", action="store_true", help="machine-readable output")
+
     def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--address", default=os.environ.get("AGENTMESH_COORDINATOR_ADDR", "127.0.0.1:50051"))
@@ -296,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "health":
         return cmd_health(args, [])
+    if args.command == "sandbox":
+        return cmd_sandbox(args)
     import asyncio
 
     try:

@@ -6,6 +6,7 @@ import json
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
+from services.executor.sandbox import REQUIRED
 from tests.conftest import client_for, run
 
 CODE = "def add(a, b):\n    return a + b\n"
@@ -83,5 +84,65 @@ def test_actions_run_under_resource_limits(mesh: Mesh) -> None:
             assert steps["big"]["status"] == "failed" and steps["big"]["exit_code"] in (-25, 1), steps["big"]
             nofile, core, fsize = steps["limits"]["stdout"].split()
             assert (nofile, core) == ("1024", "0") and fsize != "unlimited"
+
+    run(go())
+
+
+def test_the_sandbox_report_names_every_protection(mesh: Mesh) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agentmesh",
+            "sandbox",
+            "--json",
+            "--executor",
+            mesh.env["AGENTMESH_EXECUTOR_ADDR"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    report = json.loads(out)
+    names = {p["name"] for p in report["protections"]}
+    assert {
+        "cgroup-kill",
+        "memory-limit",
+        "pids-limit",
+        "mount-namespace",
+        "unprivileged-uid",
+        "seccomp",
+    } <= names
+    assert all(p.get("detail") for p in report["protections"])
+    # What is inactive is said in the notes too, and the levels follow from what is active.
+    active = {p["name"] for p in report["protections"] if p.get("active")}
+    assert all(any(n.startswith(p) for n in report.get("notes", [])) for p in names - active)
+    for level, required in REQUIRED.items():
+        assert (level in report.get("isolation_levels", [])) == ({*required, "network-namespace"} <= active)
+
+
+def test_an_exec_step_can_lower_its_limits_and_states_its_isolation(mesh: Mesh) -> None:
+    spec = {
+        "steps": [
+            {
+                "id": "hog",
+                "tool": "python",
+                "args": {"code": "x = bytearray(200 << 20)"},
+                "limits": {"memory_bytes": 64 << 20},
+            },
+            {"id": "plain", "tool": "shell", "args": {"command": "id -u"}, "isolation": "contained"},
+        ]
+    }
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            done = await client.wait((await client.submit("pipeline", spec)).id)
+            steps = json.loads(done.result_json)["steps"]
+            assert steps["hog"]["error"]["reason"] == "MEMORY_LIMIT", steps["hog"]
+            assert steps["plain"]["status"] == "ok" and steps["plain"]["stdout"].strip() != "0"
 
     run(go())

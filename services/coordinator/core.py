@@ -544,9 +544,8 @@ class TaskManager:
         while True:
             self._check_deadline(run)
             decision = run.decision
-            if decision is not None and decision.fail_fast:
-                if any(r.status != OK for r in run.results.values()):
-                    await self._skip_pending(run)
+            if decision is not None and _group_settled(decision, run.results):
+                await self._skip_pending(run)
             pending = [a for a in decision.actions if a.id not in run.results] if decision is not None else []
             if not pending:
                 if await self._decide_next(run):
@@ -562,9 +561,10 @@ class TaskManager:
 
     async def _skip_pending(self, run: TaskRun) -> None:
         assert run.decision is not None
+        why = "a fail-fast sibling failed" if run.decision.fail_fast else "a sibling succeeded first"
         for action in run.decision.actions:
             if action.id not in run.results:
-                error = pb.TaskError(reason="SKIPPED", message="a fail-fast sibling failed")
+                error = pb.TaskError(reason="SKIPPED", message=why)
                 await self._settle(run, action, SKIPPED_A, error=error)
 
     async def _decide_next(self, run: TaskRun) -> bool:
@@ -648,7 +648,6 @@ class TaskManager:
         waits = [a for a in pending if a.WhichOneof("kind") in WAIT_KINDS]
         dispatched = [a for a in pending if a.WhichOneof("kind") in DISPATCHED_KINDS]
         assert run.decision is not None
-        fail_fast = run.decision.fail_fast
         waits = [a for a in waits if not await self._try_resolve(run, a)]
         if dispatched:
             loop = asyncio.get_running_loop()
@@ -659,21 +658,20 @@ class TaskManager:
                 for kind in (a.WhichOneof("kind"),)
             ]
             self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, started)))
-            await self._await_dispatches(
-                run, {loop.create_task(self._dispatch(run, a)) for a in dispatched}, fail_fast
-            )
-            if fail_fast and any(r.status != OK for r in run.results.values()):
+            await self._await_dispatches(run, {loop.create_task(self._dispatch(run, a)) for a in dispatched})
+            if _group_settled(run.decision, run.results):
                 return None
             waits = [a for a in waits if not await self._try_resolve(run, a)]
         if not waits:
             return None
         return await self._park_or_sleep(run, waits)
 
-    async def _await_dispatches(
-        self, run: TaskRun, tasks: set[asyncio.Task[pb.ActionResult]], fail_fast: bool
-    ) -> None:
-        """Wait for every dispatch; with `fail_fast` the first failure cancels the rest. One done
-        callback per task (asyncio.wait in a loop would cost O(n^2) for a wide fan-out)."""
+    async def _await_dispatches(self, run: TaskRun, tasks: set[asyncio.Task[pb.ActionResult]]) -> None:
+        """Wait for every dispatch; with `fail_fast` the first failure, with `first_success` the first
+        success, cancels the rest. One done callback per task (asyncio.wait in a loop would cost
+        O(n^2) for a wide fan-out)."""
+        assert run.decision is not None
+        fail_fast, first_success = run.decision.fail_fast, run.decision.first_success
         finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         run.inflight = pending = set(tasks)
 
@@ -686,7 +684,8 @@ class TaskManager:
                 if error is not None:
                     finished.set_exception(error)
                     return
-                if fail_fast and task.result().status != OK:
+                status = task.result().status
+                if (fail_fast and status != OK) or (first_success and status == OK):
                     finished.set_result(None)
                     return
             if not pending:
@@ -1039,3 +1038,13 @@ def _join(mode: int, children: list[pb.Task]) -> tuple[int, pb.TaskError | None,
             [],
         )
     return OK, None, []
+
+
+def _group_settled(decision: pb.Decision, results: dict[str, pb.ActionResult]) -> bool:
+    """Whether the decision's group ended early: a failure under fail_fast, a success under
+    first_success. Its unfinished actions are then cancelled and recorded as skipped."""
+    if decision.fail_fast:
+        return any(r.status != OK for r in results.values())
+    if decision.first_success:
+        return any(r.status == OK for r in results.values())
+    return False

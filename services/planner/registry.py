@@ -51,6 +51,10 @@ def load_agents() -> dict[str, Agent]:
         from services.planner.agents.pipeline import PipelineAgent
 
         agents["pipeline"] = PipelineAgent()
+    if "codegen" not in agents:
+        from services.planner.agents.codegen import CodegenAgent
+
+        agents["codegen"] = CodegenAgent()
     return agents
 
 

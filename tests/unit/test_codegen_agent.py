@@ -1,0 +1,232 @@
+"""The `codegen` agent as pure logic: code extraction from model answers of every shape, and its
+decisions (generate -> test -> scan -> fix) driven with hand-made results, no processes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from protos.agentmesh.v1 import common_pb2 as pb
+from services.planner.agents.codeblocks import extract
+from services.planner.agents.codegen import CodegenAgent
+from services.planner.registry import DecideContext
+from services.runtime.errors import InvalidArgument
+
+AGENT = CodegenAgent()
+ADD = "def add(a, b):\n    return a + b\n"
+INPUT = {"spec": "Write add(a, b).", "tests": "from solution import add\n", "entrypoint": "add"}
+
+
+# -- extraction -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        f"```python\n{ADD}```",
+        f"Sure! Here it is:\n\n```py\n{ADD}```\n\nThis adds two numbers.",
+        f"```\n{ADD}```",
+        f"```python\n{ADD}",  # the answer ran out of tokens before the closing fence
+        f"```python\n{ADD}\nThis function takes two numbers and returns their sum.",  # prose, no fence
+        f"Here you go:\n{ADD}\nThis function returns the sum.",  # no fence at all
+        f"```python\nprint(add(1, 2))\n```\n\n```python\n{ADD}```",  # an example call first
+        ">>> def add(a, b):\n...     return a + b\n...\n>>> add(1, 2)\n3",  # a transcript
+    ],
+)
+def test_extracts_the_function_from_any_answer_shape(answer: str) -> None:
+    code = extract(answer, "add")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "solution.py", "exec"), namespace)  # noqa: S102 - our own fixture strings
+    assert namespace["add"](2, 3) == 5
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "I cannot help with that.",
+        "```javascript\nfunction add(a, b) { return a + b }\n```",
+        "def other():\n  pass",
+    ],
+)
+def test_no_usable_code_is_empty(answer: str) -> None:
+    assert extract(answer, "add") == ""
+
+
+def test_helpers_in_a_separate_block_are_kept() -> None:
+    answer = (
+        "```python\ndef _twice(x):\n    return 2 * x\n```\nthen\n"
+        "```python\ndef double(x):\n    return _twice(x)\n```"
+    )
+    code = extract(answer, "double")
+    assert "def double" in code
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"tests": "x"}, "input.spec"),
+        ({**INPUT, "language": "rust"}, "input.language"),
+        ({**INPUT, "candidates": 0}, "input.candidates"),
+        ({**INPUT, "max_attempts": 11}, "input.max_attempts"),
+        ({**INPUT, "entrypoint": "not valid"}, "input.entrypoint"),
+        ({**INPUT, "colour": "blue"}, "input.colour"),
+        ({**INPUT, "temperature": 3}, "input.temperature"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_field(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
+        AGENT.validate(spec)
+    assert field in [f for f, _ in info.value.field_violations]
+
+
+# -- decisions --------------------------------------------------------------------------------
+
+
+class Driver:
+    """Feeds the agent's own decisions back to it, with results made up by the test."""
+
+    def __init__(self, **input_fields: Any) -> None:
+        self.input = {**INPUT, **input_fields}
+        AGENT.validate(self.input)
+        self.memo: Any = None
+        self.seq = 0
+        self.decision = self.step([])
+
+    def step(self, results: list[pb.ActionResult]) -> pb.Decision:
+        self.seq += 1
+        ctx = DecideContext("t", self.input, self.memo, results, self.seq)
+        decision = AGENT.decide(ctx)
+        self.memo = json.loads(decision.memo_json)
+        self.decision = decision
+        return decision
+
+    def keys(self) -> list[str]:
+        return [a.key for a in self.decision.actions]
+
+
+def gen_result(key: str, text: str) -> pb.ActionResult:
+    return pb.ActionResult(
+        key=key,
+        status=pb.ACTION_STATUS_OK,
+        output_json=json.dumps({"text": text}),
+        cost=pb.Cost(tokens_in=50, tokens_out=20),
+    )
+
+
+def junit_result(key: str, passed: bool, message: str = "assert 4 == 5") -> pb.ActionResult:
+    outcome = "passed" if passed else "failed"
+    report = {"passed": int(passed), "failed": int(not passed), "tests": [
+        {"name": "test_solution::test_add", "outcome": outcome, "message": "" if passed else message}
+    ]}  # fmt: skip
+    status = pb.ACTION_STATUS_OK if passed else pb.ACTION_STATUS_FAILED
+    return pb.ActionResult(key=key, status=status, output_json=json.dumps(report))
+
+
+def scan_result(key: str, high: int) -> pb.ActionResult:
+    findings = [
+        {"severity": "HIGH", "test_id": "B602", "line": 3, "message": "shell=True"} for _ in range(high)
+    ]
+    report = {"findings": findings, "high": high}
+    return pb.ActionResult(key=key, status=pb.ACTION_STATUS_OK, output_json=json.dumps(report))
+
+
+def test_candidates_are_generated_together_then_tested_with_first_success() -> None:
+    run = Driver(candidates=3)
+    assert run.keys() == ["gen.1.0", "gen.1.1", "gen.1.2"]
+    infers = [a.infer for a in run.decision.actions]
+    assert infers[0].temperature == 0.0 and infers[1].temperature > 0 and infers[1].seed != infers[2].seed
+    run.step([gen_result("gen.1.0", f"```python\n{ADD}```"), gen_result("gen.1.1", "no idea"),
+              gen_result("gen.1.2", f"```python\n{ADD}```")])  # fmt: skip
+    assert run.keys() == ["test.1.0", "test.1.2"] and run.decision.first_success
+    files = run.decision.actions[0].exec.files
+    assert files["solution.py"].decode() == ADD and "test_solution.py" in files
+
+
+def test_a_pass_is_scanned_and_a_clean_scan_finishes() -> None:
+    run = Driver(candidates=2)
+    run.step([gen_result("gen.1.0", f"```python\n{ADD}```"), gen_result("gen.1.1", f"```python\n{ADD}```")])
+    skipped = pb.ActionResult(key="test.1.0", status=pb.ACTION_STATUS_SKIPPED)
+    run.step([skipped, junit_result("test.1.1", True)])
+    assert run.keys() == ["scan.0"]
+    final = run.step([scan_result("scan.0", 0)]).final
+    result = json.loads(final.result_json)
+    assert final.state == pb.TASK_STATE_SUCCEEDED and result["code"] == ADD and result["attempts"] == 1
+    assert [c["outcome"] for c in result["reports"][0]["candidates"]] == ["cancelled", "passed"]
+    assert result["tokens"] == {"in": 100, "out": 40}
+
+
+def test_failures_are_fed_back_and_the_task_fails_after_max_attempts() -> None:
+    run = Driver(candidates=1, max_attempts=2)
+    wrong = "def add(a, b):\n    return a - b\n"
+    run.step([gen_result("gen.1.0", f"```python\n{wrong}```")])
+    run.step([junit_result("test.1.0", False, "AssertionError: assert -1 == 5")])
+    assert run.keys() == ["gen.2.0"]
+    messages = [(m.role, m.content) for m in run.decision.actions[0].infer.messages]
+    assert messages[2] == ("assistant", f"```python\n{wrong}```")
+    assert "assert -1 == 5" in messages[3][1] and "test_add" in messages[3][1]
+    run.step([gen_result("gen.2.0", f"```python\n{wrong}```")])
+    final = run.step([junit_result("test.2.0", False)]).final
+    assert final.state == pb.TASK_STATE_FAILED and final.error.reason == "TESTS_FAILED"
+    result = json.loads(final.result_json)
+    assert result["attempts"] == 2 and [r["attempt"] for r in result["reports"]] == [1, 2]
+    assert all(r["candidates"][0]["outcome"] == "failed" for r in result["reports"])
+
+
+def test_answers_without_code_go_straight_to_the_next_attempt() -> None:
+    run = Driver(candidates=1, max_attempts=2)
+    run.step([gen_result("gen.1.0", "Here is an explanation without any code.")])
+    assert run.keys() == ["gen.2.0"]
+    run.step([gen_result("gen.2.0", "still nothing")])
+    assert run.decision.final.error.reason == "TESTS_FAILED"
+
+
+def test_high_severity_findings_get_a_fix_that_is_kept_only_if_it_passes() -> None:
+    run = Driver(candidates=1, max_fixes=2)
+    run.step([gen_result("gen.1.0", f"```python\n{ADD}```")])
+    run.step([junit_result("test.1.0", True)])
+    run.step([scan_result("scan.0", 1)])
+    assert run.keys() == ["fix.1"]
+    assert "B602" in run.decision.actions[0].infer.messages[-1].content
+    fixed = "def add(a, b):\n    return int(a) + int(b)\n"
+    run.step([gen_result("fix.1", f"```python\n{fixed}```")])
+    assert run.keys() == ["retest.1"]
+    run.step([junit_result("retest.1", True)])
+    assert run.keys() == ["scan.1"]  # the fixed code is scanned again
+    final = run.step([scan_result("scan.1", 0)]).final
+    result = json.loads(final.result_json)
+    assert final.state == pb.TASK_STATE_SUCCEEDED and result["code"] == fixed and len(result["fixes"]) == 1
+
+
+def test_a_fix_that_breaks_the_tests_is_dropped() -> None:
+    run = Driver(candidates=1)
+    run.step([gen_result("gen.1.0", f"```python\n{ADD}```")])
+    run.step([junit_result("test.1.0", True)])
+    run.step([scan_result("scan.0", 2)])
+    run.step([gen_result("fix.1", "```python\ndef add(a, b):\n    return None\n```")])
+    final = run.step([junit_result("retest.1", False)]).final
+    result = json.loads(final.result_json)
+    assert final.state == pb.TASK_STATE_SUCCEEDED and result["code"] == ADD
+    assert result["scan"]["high"] == 2 and result["fixes"][0]["outcome"] == "failed"
+
+
+def test_a_generation_failure_fails_the_task_clearly() -> None:
+    run = Driver(candidates=2)
+    error = pb.TaskError(reason="UNAVAILABLE", message="no model loaded")
+    final = run.step(
+        [pb.ActionResult(key=f"gen.1.{i}", status=pb.ACTION_STATUS_FAILED, error=error) for i in range(2)]
+    ).final
+    assert final.state == pb.TASK_STATE_FAILED and final.error.reason == "GENERATION_FAILED"
+    assert "no model loaded" in final.error.message
+
+
+def test_a_sandbox_that_cannot_run_tests_fails_the_task_instead_of_retrying() -> None:
+    run = Driver(candidates=1, max_attempts=5)
+    run.step([gen_result("gen.1.0", f"```python\n{ADD}```")])
+    error = pb.TaskError(reason="ISOLATION_UNAVAILABLE", message="no bubblewrap")
+    final = run.step([pb.ActionResult(key="test.1.0", status=pb.ACTION_STATUS_FAILED, error=error)]).final
+    assert final.error.reason == "SANDBOX_FAILED" and "no bubblewrap" in final.error.message

@@ -96,3 +96,22 @@ async def wait_for_action_processes(mesh: Mesh, name: str, count: int, timeout_s
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"expected {count} {name!r} processes in the sandbox, saw {procs}")
         await asyncio.sleep(0.02)
+
+
+def wait_inference_idle(mesh: Mesh, timeout_s: float = 10.0) -> float:
+    """Poll the inference worker's metrics until no sequence runs; the last `running` value seen."""
+    import time
+
+    import httpx
+
+    port = mesh.metrics_ports["inference"]
+    deadline = time.monotonic() + timeout_s
+    running = float("nan")
+    while time.monotonic() < deadline:
+        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        values = [line for line in body.splitlines() if line.startswith("agentmesh_inference_running ")]
+        running = float(values[0].split()[1]) if values else float("nan")
+        if running == 0:
+            break
+        time.sleep(0.05)
+    return running

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
-
-import httpx
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
-from tests.conftest import client_for, run
+from tests.conftest import client_for, run, wait_inference_idle
 
 
 def test_pipeline_with_infer_and_embed_steps(model_mesh: Mesh) -> None:
@@ -64,12 +61,4 @@ def test_cancelling_a_generation_stops_it(model_mesh: Mesh) -> None:
 
     run(go())
     # The engine dropped the sequence: nothing left running in the batch.
-    port = model_mesh.metrics_ports["inference"]
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        running = [line for line in body.splitlines() if line.startswith("agentmesh_inference_running ")]
-        if running and float(running[0].split()[1]) == 0:
-            break
-        time.sleep(0.05)
-    assert running and float(running[0].split()[1]) == 0, running
+    assert wait_inference_idle(model_mesh) == 0

@@ -1,0 +1,102 @@
+"""The `codegen` agent end to end on the embedded SmolLM2: generation on the inference worker, tests in
+the sandbox, the scan, and what happens when the model cannot solve it, the budget runs out, or the
+task is cancelled mid-generation. Small max_tokens keep each run to seconds on the CPU."""
+
+from __future__ import annotations
+
+import json
+
+from agentmesh.local import Mesh
+from protos.agentmesh.v1 import common_pb2 as pb
+from tests.conftest import client_for, run, wait_inference_idle
+
+ADD = {
+    "spec": "Write a Python function add(a, b) that returns the sum of a and b.",
+    "tests": "from solution import add\n\ndef test_add():\n    assert add(2, 3) == 5\n    assert add(-4, 1) == -3\n",  # noqa: E501
+    "entrypoint": "add",
+    "max_tokens": 96,
+}
+
+
+def test_codegen_solves_a_problem_the_model_can_and_the_code_passes_in_a_fresh_sandbox(
+    model_mesh: Mesh,
+) -> None:
+    async def go() -> None:
+        async with client_for(model_mesh) as client:
+            done = await client.wait((await client.submit("codegen", {**ADD, "candidates": 2})).id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            result = json.loads(done.result_json)
+            assert result["passed"] and "def add" in result["code"]
+            assert result["scan"] is not None and "findings" in result["scan"]
+            assert result["tokens"]["out"] > 0 and done.cost.tokens_out == result["tokens"]["out"]
+            assert done.cost.usd > 0
+            outcomes = [c["outcome"] for c in result["reports"][-1]["candidates"]]
+            assert "passed" in outcomes
+            # The winner really passes: run its tests again, from scratch, in another sandbox.
+            check = {
+                "steps": [
+                    {
+                        "id": "again",
+                        "tool": "pytest",
+                        "files": {"solution.py": result["code"], "test_solution.py": ADD["tests"]},
+                    }
+                ]
+            }
+            again = await client.wait((await client.submit("pipeline", check)).id)
+            assert again.state == pb.TASK_STATE_SUCCEEDED, again.result_json
+
+    run(go())
+    assert not model_mesh.action_processes()
+
+
+def test_codegen_on_an_impossible_problem_fails_after_exactly_max_attempts(model_mesh: Mesh) -> None:
+    impossible = {
+        **ADD,
+        "tests": "from solution import add\n\ndef test_add():\n    assert add(1, 1) == 3\n",
+        "candidates": 2,
+        "max_attempts": 2,
+        "max_tokens": 64,
+    }
+
+    async def go() -> None:
+        async with client_for(model_mesh) as client:
+            done = await client.wait((await client.submit("codegen", impossible)).id)
+            assert done.state == pb.TASK_STATE_FAILED and done.error.reason == "TESTS_FAILED", done.error
+            result = json.loads(done.result_json)
+            assert result["attempts"] == 2 and len(result["reports"]) == 2
+            for report in result["reports"]:
+                assert len(report["candidates"]) == 2
+                assert all(c["outcome"] in ("failed", "no_code") for c in report["candidates"])
+            tested = [c for r in result["reports"] for c in r["candidates"] if c["outcome"] == "failed"]
+            assert all(c["tests"]["failed"] >= 1 for c in tested if "tests" in c)
+
+    run(go())
+    assert not model_mesh.action_processes()
+
+
+def test_a_budget_smaller_than_one_generation_stops_codegen(model_mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(model_mesh) as client:
+            task = await client.submit("codegen", {**ADD, "candidates": 3}, budget_usd=1e-9)
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_FAILED and done.error.reason == "BUDGET_EXCEEDED", done.error
+
+    run(go())
+    assert wait_inference_idle(model_mesh) == 0
+    assert not model_mesh.action_processes()
+
+
+def test_cancelling_codegen_mid_generation_stops_every_candidate(model_mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(model_mesh) as client:
+            task = await client.submit("codegen", {**ADD, "candidates": 4, "max_tokens": 1000})
+            async for event in client.watch(task.id):
+                if event.kind == "action.output":  # tokens are streaming
+                    break
+            await client.cancel(task.id)
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_CANCELLED
+
+    run(go())
+    assert wait_inference_idle(model_mesh) == 0
+    assert not model_mesh.action_processes()

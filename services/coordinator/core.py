@@ -765,6 +765,8 @@ class TaskManager:
         spawn = action.spawn
         now = time.time()
 
+        share = _budget_share(run.budget, run.cost, len(spawn.children))
+
         def op(conn: Any) -> tuple[tuple[list[pb.Task], bool], list[EventRow]]:
             children = records.children_of(conn, run.task_id, action.id)
             if children:
@@ -782,6 +784,7 @@ class TaskManager:
                     created_at=now,
                     updated_at=now,
                     deadline=run.deadline,
+                    budget=share,
                 )
                 stored, _, child_events = records.insert_task(conn, child, "", parent_action=action.id)
                 events += child_events
@@ -809,7 +812,11 @@ class TaskManager:
                 for c in children
             ]
         }
-        await self._settle(run, action, status, output_json=json.dumps(output), error=error)
+        # The children's spend becomes the parent's (and so on up): budgets and totals include it.
+        spent = pb.Cost()
+        for child in children:
+            add_cost(spent, child.cost)
+        await self._settle(run, action, status, output_json=json.dumps(output), error=error, cost=spent)
         for loser in losers:
             with contextlib.suppress(AgentMeshError):
                 await self.cancel(None, loser, "join settled")
@@ -1001,6 +1008,18 @@ def _backoff(policy: pb.RetryPolicy, attempt: int) -> float:
     cap = policy.max_backoff_s if policy.max_backoff_s > 0 else 60.0
     delay = min(cap, base * (2 ** (attempt - 1)))
     return delay * random.uniform(0.8, 1.2)  # noqa: S311 - jitter, not crypto
+
+
+def _budget_share(budget: pb.Budget, spent: pb.Cost, children: int) -> pb.Budget:
+    """Each child of a spawn gets an equal share of what is left of its parent's budget, so the
+    children together can never spend more than the parent may (0: no limit, inherited as such)."""
+    share = pb.Budget()
+    if budget.usd:
+        # A share of zero would mean "unlimited": a spent budget leaves each child the smallest positive one.
+        share.usd = max((budget.usd - spent.usd) / children, 1e-12)
+    if budget.tokens:
+        share.tokens = max((budget.tokens - spent.tokens_in - spent.tokens_out) // children, 1)
+    return share
 
 
 def _over_budget(cost: pb.Cost, budget: pb.Budget) -> str:

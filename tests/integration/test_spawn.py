@@ -126,3 +126,21 @@ def test_invalid_child_input_is_refused_at_submit(mesh: Mesh) -> None:
                 raise AssertionError("a bad child input was accepted")
 
     run(go())
+
+
+def test_children_spend_a_share_of_the_parent_budget_and_the_parent_pays_for_them(mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            spec = spawn_spec([child("print(sum(range(10**5)))") for _ in range(2)], "all")
+            done = await client.wait((await client.submit("pipeline", spec, budget_usd=0.5)).id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            kids = [
+                await client.get(c["id"])
+                for c in json.loads(done.result_json)["steps"]["fan"]["output"]["children"]
+            ]
+            assert all(abs(k.budget.usd - 0.25) < 1e-9 for k in kids)  # an equal share of what was left
+            children_cpu = sum(k.cost.cpu_ms for k in kids)
+            assert children_cpu > 0 and done.cost.cpu_ms >= children_cpu
+            assert done.cost.usd >= sum(k.cost.usd for k in kids)
+
+    run(go())

@@ -34,7 +34,8 @@ from agentmesh.client import AgentMeshClient  # noqa: E402
 from agentmesh.render import print_event  # noqa: E402
 from protos.agentmesh.v1 import common_pb2 as pb  # noqa: E402
 
-console = Console()
+# Wide enough for the tables when the output is not a terminal (CI logs, a pipe).
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 BY_REGION = """
 import csv, json, collections

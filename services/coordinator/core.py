@@ -65,6 +65,8 @@ NEVER_RETRY = frozenset(
 )
 # Failures that say the worker went away rather than that the action failed.
 WORKER_LOST = frozenset({"EXECUTOR_SHUTDOWN", "EXECUTOR_SESSION_LOST", "WORKER_PROTOCOL", "UNAVAILABLE"})
+# Of those, the ones where an exec action was (or may have been) running when its worker went away.
+MID_RUN_LOSS = frozenset({"EXECUTOR_SHUTDOWN", "EXECUTOR_SESSION_LOST", "WORKER_PROTOCOL"})
 MAX_WORKER_LOST = 8
 # A sleep this short is waited in memory rather than by parking the task.
 INLINE_SLEEP_S = 1.0
@@ -854,6 +856,17 @@ class TaskManager:
                     status=status, error=pb.TaskError(reason=exc.reason, message=exc.message)
                 )
             result.action_id, result.key, result.attempts = action.id, action.key, attempt
+            if result.status != OK and _ambiguous(action, result):
+                name = action.key or action.id
+                result.error.CopyFrom(
+                    pb.TaskError(
+                        reason="AMBIGUOUS_FAILURE",
+                        message=f"the worker was lost ({result.error.reason}) while {name} ran: it may have "
+                        "done part of its work and is not safe to repeat, so it was not run again "
+                        "(retry.on_ambiguous: rerun allows it)",
+                    )
+                )
+                break
             if result.status != OK and result.error.reason in WORKER_LOST and lost < MAX_WORKER_LOST:
                 # The worker went away (restart, crash, unreachable): not the action's failure, so it
                 # runs again without spending one of its attempts.
@@ -1057,6 +1070,24 @@ def _join(mode: int, children: list[pb.Task]) -> tuple[int, pb.TaskError | None,
             [],
         )
     return OK, None, []
+
+
+def _safe_to_repeat(action: pb.Action) -> bool:
+    """Inference only costs money; a sandboxed exec action without network leaves nothing behind
+    (its workspace and /tmp are thrown away). An action with network may have changed the world."""
+    if action.WhichOneof("kind") != "exec":
+        return True
+    return action.exec.tool == "echo" or not action.exec.network
+
+
+def _ambiguous(action: pb.Action, result: pb.ActionResult) -> bool:
+    """Whether a failure leaves the action's effects unknown and the policy forbids running it again."""
+    if action.WhichOneof("kind") != "exec" or result.error.reason not in MID_RUN_LOSS:
+        return False
+    policy = action.retry.on_ambiguous
+    if policy == pb.AMBIGUOUS_POLICY_RERUN:
+        return False
+    return policy == pb.AMBIGUOUS_POLICY_FAIL or not _safe_to_repeat(action)
 
 
 def _group_settled(decision: pb.Decision, results: dict[str, pb.ActionResult]) -> bool:

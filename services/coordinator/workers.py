@@ -148,14 +148,16 @@ class ExecSession:
 
     A message per action instead of a call per action (a unary gRPC call costs several times a
     message on an open stream). Cancelling a waiting `run()` sends a cancel for that action; if the
-    stream breaks, every waiting action fails UNAVAILABLE (the executor kills what the stream
-    started) and the next `run()` opens a new stream.
+    stream breaks, every waiting action fails (the executor kills what the stream started) and the
+    next `run()` opens a new stream. An action the executor had accepted fails EXECUTOR_SESSION_LOST
+    (it may have done part of its work); one it never acknowledged fails UNAVAILABLE (it never ran).
     """
 
     def __init__(self, stub: executor_pb2_grpc.ExecutorStub) -> None:
         self._stub = stub
         self._outbox: asyncio.Queue[executor_pb2.SessionRequest | None] | None = None
         self._pending: dict[tuple[str, int], tuple[asyncio.Future[pb.ActionResult], OutputSink]] = {}
+        self._accepted: set[tuple[str, int]] = set()
         self._reader: asyncio.Task[None] | None = None
 
     def _open(self) -> asyncio.Queue[executor_pb2.SessionRequest | None]:
@@ -176,7 +178,7 @@ class ExecSession:
         return outbox
 
     async def _read(self, call: Any, outbox: asyncio.Queue[Any]) -> None:
-        error: Exception = Unavailable("executor session ended", reason="EXECUTOR_SESSION_LOST")
+        why = "the executor ended the session"
         mine: set[tuple[str, int]] = set(self._pending)
         try:
             async for event in call:
@@ -185,22 +187,29 @@ class ExecSession:
                 if entry is None:
                     continue
                 future, sink = entry
-                if event.HasField("output"):
+                if event.HasField("accepted"):
+                    self._accepted.add(key)
+                elif event.HasField("output"):
                     sink(event.output.stream, event.output.data)
                 elif not future.done():
                     future.set_result(event.result)
         except grpc.RpcError as exc:
-            error = from_rpc_error(exc)
-            if error.reason == "CANCELLED" or error.code == grpc.StatusCode.CANCELLED:
-                error = Unavailable(f"executor session lost: {error.message}", reason="EXECUTOR_SESSION_LOST")
+            why = from_rpc_error(exc).message
         finally:
             if self._outbox is outbox:
                 self._outbox = None
             mine |= set(self._pending)
             for key in mine:
                 entry = self._pending.get(key)
-                if entry is not None and not entry[0].done():
-                    entry[0].set_exception(error)
+                if entry is None or entry[0].done():
+                    continue
+                if key in self._accepted:
+                    error = Unavailable(
+                        f"executor session lost mid-action: {why}", reason="EXECUTOR_SESSION_LOST"
+                    )
+                else:
+                    error = Unavailable(f"executor session lost before the action started: {why}")
+                entry[0].set_exception(error)
 
     async def run(
         self, request: executor_pb2.ExecRequest, on_output: OutputSink, timeout: float
@@ -228,6 +237,7 @@ class ExecSession:
             raise
         finally:
             self._pending.pop(key, None)
+            self._accepted.discard(key)
 
     async def close(self) -> None:
         if self._outbox is not None:

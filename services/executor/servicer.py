@@ -124,6 +124,12 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                     attempt = request.exec.attempt or 1
                     key = (request.exec.action_id, attempt)
                     if key not in runs:
+                        if request.exec.action.tool != "echo":  # echo does nothing a retry could repeat
+                            events.put_nowait(
+                                executor_pb2.SessionEvent(
+                                    action_id=key[0], attempt=attempt, accepted=executor_pb2.ActionAccepted()
+                                )
+                            )
                         runs[key] = asyncio.ensure_future(run_one(request.exec, attempt))
                 elif request.HasField("cancel"):
                     run = runs.get((request.cancel.action_id, request.cancel.attempt or 1))

@@ -7,6 +7,7 @@ in the request (input, memo, the previous decision's results).
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -18,6 +19,12 @@ from services.runtime.errors import InvalidArgument
 log = logging.getLogger(__name__)
 
 GROUP = "agentmesh.agents"
+# The agents that ship with agentmesh (also declared as entry points in pyproject.toml).
+BUILTIN = {
+    "pipeline": "services.planner.agents.pipeline:PipelineAgent",
+    "codegen": "services.planner.agents.codegen:CodegenAgent",
+    "react": "services.planner.agents.react:ReactAgent",
+}
 
 
 @dataclass(frozen=True)
@@ -47,14 +54,10 @@ def load_agents() -> dict[str, Agent]:
             log.exception("cannot load agent %s from %s", ep.name, ep.value)
             continue
         agents[ep.name] = agent
-    if "pipeline" not in agents:  # running from a source tree without the entry points installed
-        from services.planner.agents.pipeline import PipelineAgent
-
-        agents["pipeline"] = PipelineAgent()
-    if "codegen" not in agents:
-        from services.planner.agents.codegen import CodegenAgent
-
-        agents["codegen"] = CodegenAgent()
+    for name, target in BUILTIN.items():  # a source tree without the entry points installed
+        if name not in agents:
+            module, _, cls = target.partition(":")
+            agents[name] = getattr(importlib.import_module(module), cls)()
     return agents
 
 

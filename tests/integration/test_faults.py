@@ -122,3 +122,56 @@ def test_an_input_sent_to_a_queued_waiter_survives_a_coordinator_crash(own_mesh)
             assert [t.state for t in finals] == [pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_SUCCEEDED]
 
     run(go())
+
+
+ONCE = (
+    'if [ -e "$AGENTMESH_SHARED_DIR/ran" ]; then echo second run; '
+    'else touch "$AGENTMESH_SHARED_DIR/ran"; exec sleep 600; fi'
+)
+
+
+def _unsafe_step(policy: str | None) -> dict:
+    # With network on, the step may have changed the world before its worker died: not safe to repeat.
+    step = {"id": "deploy", "tool": "shell", "network": True, "args": {"command": ONCE}, "timeout_s": 900}
+    if policy:
+        step["on_ambiguous"] = policy
+    return {"steps": [step]}
+
+
+def test_an_unsafe_action_whose_worker_died_is_not_run_again(own_mesh, shared_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    mesh = own_mesh(extra_env={"AGENTMESH_SHARED_DIR": str(shared_dir)})
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", _unsafe_step(None))
+            await wait_for_action_processes(mesh, "sleep", 1)
+            mesh.kill9("executor")
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_FAILED
+            step = json.loads(done.result_json)["steps"]["deploy"]
+            assert step["error"]["reason"] == "AMBIGUOUS_FAILURE", step
+            assert "not safe to repeat" in step["error"]["message"]
+            mesh.restart("executor")  # reaps the killed executor's sandbox
+
+    run(go())
+    assert not mesh.action_processes()
+
+
+def test_on_ambiguous_ask_waits_for_a_person_and_reruns(own_mesh, shared_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    mesh = own_mesh(extra_env={"AGENTMESH_SHARED_DIR": str(shared_dir)})
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", _unsafe_step("ask"))
+            await wait_for_action_processes(mesh, "sleep", 1)
+            mesh.kill9("executor")
+            mesh.restart("executor")
+            await _wait_state(client, task.id, "WAITING")
+            reply = await client.send_input(task.id, {"rerun": True})
+            assert reply.delivered
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            step = json.loads(done.result_json)["steps"]["deploy"]
+            assert step["stdout"] == "second run\n"
+
+    run(go())

@@ -706,3 +706,68 @@ def test_design_example_maps_each_tool_to_its_action_kind():
     assert dict(check.exec.files) == {"data.csv": b"a,b\n1,2\n"}
     assert check.retry.attempts == 3 and check.retry.backoff_s == 0.5 and check.timeout_s == 60.0
     assert ask.await_input.prompt == "ship it?"
+
+
+# ---------------------------------------------------------------- a worker lost mid-run
+
+
+LOST = pb.TaskError(reason="AMBIGUOUS_FAILURE", message="the worker was lost")
+
+
+def _deploy(policy: str | None) -> dict[str, Any]:
+    step: dict[str, Any] = {
+        "id": "deploy",
+        "tool": "shell",
+        "args": {"command": "make deploy"},
+        "network": True,
+    }
+    if policy:
+        step["on_ambiguous"] = policy
+    return {"steps": [step, {"id": "after", "tool": "echo", "depends_on": ["deploy"]}]}
+
+
+@pytest.mark.parametrize(
+    ("policy", "wire"),
+    [
+        (None, pb.AMBIGUOUS_POLICY_UNSPECIFIED),
+        ("rerun", pb.AMBIGUOUS_POLICY_RERUN),
+        ("fail", pb.AMBIGUOUS_POLICY_FAIL),
+        ("ask", pb.AMBIGUOUS_POLICY_FAIL),
+    ],
+)
+def test_on_ambiguous_reaches_the_coordinator(policy: str | None, wire: int) -> None:
+    assert Run(_deploy(policy)).decide().actions[0].retry.on_ambiguous == wire
+
+
+def test_an_unknown_on_ambiguous_is_refused() -> None:
+    assert "steps[0].on_ambiguous" in violations(_deploy("maybe"))
+
+
+def test_an_ambiguous_failure_fails_the_step_by_default() -> None:
+    run = Run(_deploy(None))
+    run.decide()
+    final = run.decide([result("deploy", ok=False, error=LOST)])
+    assert final.final.state == pb.TASK_STATE_FAILED
+    assert final_result(final)["steps"]["deploy"]["error"]["reason"] == "AMBIGUOUS_FAILURE"
+
+
+def test_ask_waits_for_a_person_and_reruns_on_yes() -> None:
+    run = Run(_deploy("ask"))
+    run.decide()
+    asking = run.decide([result("deploy", ok=False, error=LOST)])
+    assert keys(asking) == ["deploy#confirm"]
+    assert "Run it again?" in asking.actions[0].await_input.prompt
+    again = run.decide([result("deploy#confirm", output={"rerun": True})])
+    assert keys(again) == ["deploy"]  # the same step, run once more
+    after = run.decide([result("deploy")])
+    assert keys(after) == ["after"]
+    assert run.memo["steps"]["deploy"]["status"] == "ok"
+
+
+def test_ask_fails_the_step_on_no() -> None:
+    run = Run(_deploy("ask"))
+    run.decide()
+    run.decide([result("deploy", ok=False, error=LOST)])
+    final = run.decide([result("deploy#confirm", output={"rerun": False})])
+    steps = final_result(final)["steps"]
+    assert steps["deploy"]["status"] == "failed" and steps["after"]["status"] == "skipped"

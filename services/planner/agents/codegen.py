@@ -28,6 +28,10 @@ SOLUTION = "solution.py"
 TESTS = "test_solution.py"
 SYSTEM = "You are an expert Python programmer. You write correct, simple, self-contained code."
 ASK = "Reply with the complete code in one ```python code block."
+# Generation stops at the end of the first code block: the prose small models add after it is tokens
+# (time, money) for nothing, and the slowest candidate's tail is what a batch of candidates waits for.
+# A fence that opens a block has a language after it (```python), so only a closing one matches.
+STOP = ["\n```\n"]
 LIMITS = {
     "max_attempts": (1, 10, 3),
     "candidates": (1, 8, 2),
@@ -297,6 +301,7 @@ def _infer(
             max_tokens=opts.max_tokens,
             temperature=temperature,
             seed=seed,
+            stop=STOP,
         )
     )
     return action

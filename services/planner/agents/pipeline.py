@@ -25,7 +25,7 @@ MAX_CHILDREN = 256
 STEP_FIELDS = frozenset(
     {
         "id", "tool", "args", "files", "depends_on", "retry", "timeout_s", "continue_on_error", "network",
-        "isolation", "limits",
+        "isolation", "limits", "on_ambiguous",
     }
 )  # fmt: skip
 # An exec step's sandbox: the isolation it requires, and limits lower than the executor's.
@@ -56,6 +56,15 @@ REQUIRED_ARGS: dict[str, dict[str, tuple[type, ...]]] = {
 }
 
 PENDING, OK, FAILED, SKIPPED = "pending", "ok", "failed", "skipped"
+# A step whose worker died mid-run, waiting for a person to say whether to run it again.
+ASKING = "asking"
+CONFIRM = "#confirm"  # the key suffix of that question's await_input action
+# What a step does when its worker is lost mid-run (it may have done part of its work).
+AMBIGUOUS = {
+    "rerun": pb.AMBIGUOUS_POLICY_RERUN,
+    "fail": pb.AMBIGUOUS_POLICY_FAIL,
+    "ask": pb.AMBIGUOUS_POLICY_FAIL,  # the coordinator fails it; this agent then asks
+}
 STATUS_OF_RESULT = {pb.ACTION_STATUS_OK: OK}
 
 
@@ -146,6 +155,8 @@ def _validate_step(index: int, step: Any, violations: list[tuple[str, str]]) -> 
     for flag in ("continue_on_error", "network"):
         if not isinstance(step.get(flag, False), bool):
             violations.append((f"{where}.{flag}", "must be true or false"))
+    if step.get("on_ambiguous", "rerun") not in AMBIGUOUS:
+        violations.append((f"{where}.on_ambiguous", "rerun, fail or ask"))
     if step.get("isolation", "full") not in ISOLATION_LEVELS:
         violations.append((f"{where}.isolation", " or ".join(ISOLATION_LEVELS)))
     limits = step.get("limits", {})
@@ -239,9 +250,16 @@ class PipelineAgent:
         steps: list[dict[str, Any]] = ctx.input["steps"]
         memo: dict[str, Any] = ctx.memo or {"steps": {s["id"]: {"status": PENDING} for s in steps}}
         outcomes: dict[str, dict[str, Any]] = memo["steps"]
-        for result in ctx.results:
-            outcomes[result.key] = _outcome(result)
         by_id = {s["id"]: s for s in steps}
+        for result in ctx.results:
+            if result.key.endswith(CONFIRM):
+                _answered(outcomes[result.key[: -len(CONFIRM)]], result)
+                continue
+            outcome = _outcome(result)
+            if outcome.get("error", {}).get("reason") == "AMBIGUOUS_FAILURE":
+                if by_id[result.key].get("on_ambiguous") == "ask":
+                    outcome["status"] = ASKING
+            outcomes[result.key] = outcome
         changed = True
         while changed:  # skip steps whose dependencies failed, transitively
             changed = False
@@ -265,8 +283,10 @@ class PipelineAgent:
             and all(outcomes[d]["status"] in (OK, FAILED) for d in s.get("depends_on", []))
         ]
         decision = pb.Decision(memo_json=json.dumps(memo))
-        if ready:
+        asking = [sid for sid, out in outcomes.items() if out["status"] == ASKING]
+        if ready or asking:
             decision.actions.extend(_action(step) for step in ready)
+            decision.actions.extend(_confirm(sid, outcomes[sid]) for sid in asking)
             return decision
         failed = [
             sid
@@ -289,6 +309,34 @@ class PipelineAgent:
         else:
             decision.final.CopyFrom(pb.Final(state=pb.TASK_STATE_SUCCEEDED, result_json=result))
         return decision
+
+
+def _confirm(sid: str, outcome: dict[str, Any]) -> pb.Action:
+    action = pb.Action(key=sid + CONFIRM)
+    action.await_input.CopyFrom(
+        pb.AwaitInputAction(
+            prompt=(
+                f"Step {sid} was running when its worker was lost ({outcome['error']['message']}). "
+                'Run it again? Send {"rerun": true} or {"rerun": false}.'
+            )
+        )
+    )
+    return action
+
+
+def _answered(outcome: dict[str, Any], result: pb.ActionResult) -> None:
+    """A person's answer to _confirm: run the step again, or let it fail."""
+    answer = json.loads(result.output_json) if result.output_json else None
+    if result.status == pb.ACTION_STATUS_OK and isinstance(answer, dict) and answer.get("rerun") is True:
+        reruns = outcome.get("reruns", 0) + 1
+        outcome.clear()
+        outcome.update({"status": PENDING, "reruns": reruns})
+        return
+    outcome["status"] = FAILED
+    outcome["error"] = {
+        "reason": "AMBIGUOUS_FAILURE",
+        "message": f"not run again after its worker was lost (answer: {json.dumps(answer)})",
+    }
 
 
 def _outcome(result: pb.ActionResult) -> dict[str, Any]:
@@ -321,6 +369,7 @@ def _action(step: dict[str, Any]) -> pb.Action:
             attempts=retry.get("attempts", 1),
             backoff_s=float(retry.get("backoff_s", 0)),
             max_backoff_s=float(retry.get("max_backoff_s", 0)),
+            on_ambiguous=AMBIGUOUS.get(step.get("on_ambiguous", ""), pb.AMBIGUOUS_POLICY_UNSPECIFIED),
         ),
     )
     tool, args = step["tool"], step.get("args", {})

@@ -1,6 +1,7 @@
-"""The `codegen` agent end to end on the embedded SmolLM2: generation on the inference worker, tests in
-the sandbox, the scan, and what happens when the model cannot solve it, the budget runs out, or the
-task is cancelled mid-generation. Small max_tokens keep each run to seconds on the CPU."""
+"""The model-driven agents end to end on the embedded SmolLM2. codegen: generation on the inference
+worker, tests in the sandbox, the scan, and what happens when the model cannot solve it, the budget
+runs out, or the task is cancelled mid-generation; react: the loop ends by its rules. Small
+max_tokens keep each run to seconds on the CPU."""
 
 from __future__ import annotations
 
@@ -99,4 +100,24 @@ def test_cancelling_codegen_mid_generation_stops_every_candidate(model_mesh: Mes
 
     run(go())
     assert wait_inference_idle(model_mesh) == 0
+    assert not model_mesh.action_processes()
+
+
+def test_react_on_the_embedded_model_ends_cleanly_within_its_steps(model_mesh: Mesh) -> None:
+    goal = 'What is 6 times 7? Use the python tool: {"tool": "python", "args": {"code": "print(6*7)"}}'
+
+    async def go() -> None:
+        async with client_for(model_mesh) as client:
+            task = await client.submit("react", {"goal": goal, "max_steps": 3, "max_tokens": 64})
+            done = await client.wait(task.id)
+            # A 135M model may or may not get there; either way the loop must end by the rules.
+            assert done.state in (pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED), done
+            result = json.loads(done.result_json)
+            assert 1 <= len(result["steps"]) <= 3
+            if done.state == pb.TASK_STATE_FAILED:
+                assert done.error.reason == "MAX_STEPS"
+            for step in result["steps"]:
+                assert step["call"] is not None or step["problem"]
+
+    run(go())
     assert not model_mesh.action_processes()

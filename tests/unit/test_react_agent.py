@@ -1,0 +1,123 @@
+"""The `react` agent as pure logic: parsing the model's tool calls, and the think/act loop driven with
+hand-made results."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from protos.agentmesh.v1 import common_pb2 as pb
+from services.planner.agents.react import ReactAgent, parse_call
+from services.planner.registry import DecideContext
+from services.runtime.errors import InvalidArgument
+
+AGENT = ReactAgent()
+TOOLS = ["python", "shell"]
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        '{"tool": "python", "args": {"code": "print(6*7)"}}',
+        'Sure.\n```json\n{"tool": "python", "args": {"code": "print(6*7)"}}\n```',
+        'I think {braces} then {"tool": "python", "args": {"code": "print(6*7)"}} done',
+    ],
+)
+def test_a_tool_call_is_found_in_any_reply_shape(reply: str) -> None:
+    assert parse_call(reply, TOOLS) == ({"tool": "python", "args": {"code": "print(6*7)"}}, "")
+
+
+@pytest.mark.parametrize(
+    ("reply", "problem"),
+    [
+        ("I would run some code", "no JSON object"),
+        ('{"tool": "rm", "args": {}}', "'tool' must be one of"),
+        ('{"tool": "python", "args": {"command": "ls"}}', '"code"'),
+        ('{"tool": "python", "args": "print(1)"}', '"code"'),
+        ('{"tool": "python", "args": {"code": "print(1)"', "no JSON object"),  # cut off
+    ],
+)
+def test_malformed_calls_say_what_is_wrong(reply: str, problem: str) -> None:
+    call, why = parse_call(reply, TOOLS)
+    assert call is None and problem in why
+
+
+def test_an_answer_ends_the_loop() -> None:
+    assert parse_call('{"answer": 42}', TOOLS) == ({"answer": "42"}, "")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"goal": ""},
+        {"goal": "x", "tools": ["rm"]},
+        {"goal": "x", "max_steps": 0},
+        {"goal": "x", "extra": 1},
+    ],
+)
+def test_bad_input_is_refused(spec: dict[str, Any]) -> None:
+    with pytest.raises(InvalidArgument):
+        AGENT.validate(spec)
+
+
+class Loop:
+    def __init__(self, **input_fields: Any) -> None:
+        self.input = {"goal": "What is 6*7?", **input_fields}
+        AGENT.validate(self.input)
+        self.memo: Any = None
+        self.seq = 0
+        self.decision = self.step([])
+
+    def step(self, results: list[pb.ActionResult]) -> pb.Decision:
+        self.seq += 1
+        self.decision = AGENT.decide(DecideContext("t", self.input, self.memo, results, self.seq))
+        self.memo = json.loads(self.decision.memo_json)
+        return self.decision
+
+    def think(self, reply: str) -> pb.Decision:
+        key = self.decision.actions[0].key
+        result = pb.ActionResult(
+            key=key,
+            status=pb.ACTION_STATUS_OK,
+            output_json=json.dumps({"text": reply}),
+            cost=pb.Cost(tokens_out=7),
+        )
+        return self.step([result])
+
+    def act(self, stdout: str, ok: bool = True) -> pb.Decision:
+        key = self.decision.actions[0].key
+        status = pb.ACTION_STATUS_OK if ok else pb.ACTION_STATUS_FAILED
+        return self.step([pb.ActionResult(key=key, status=status, stdout=stdout, exit_code=0 if ok else 1)])
+
+
+def test_think_act_observe_answer() -> None:
+    loop = Loop()
+    assert loop.decision.actions[0].WhichOneof("kind") == "infer"
+    act = loop.think('{"tool": "python", "args": {"code": "print(6*7)"}}')
+    assert act.actions[0].exec.tool == "python" and not act.actions[0].exec.network
+    assert json.loads(act.actions[0].exec.args_json) == {"code": "print(6*7)"}
+    think = loop.act("42\n")
+    messages = [(m.role, m.content) for m in think.actions[0].infer.messages]
+    assert messages[-1][0] == "user" and "42" in messages[-1][1]
+    final = loop.think('{"answer": "42"}').final
+    result = json.loads(final.result_json)
+    assert final.state == pb.TASK_STATE_SUCCEEDED and result["answer"] == "42"
+    assert len(result["steps"]) == 2 and result["tokens"]["out"] == 14
+
+
+def test_a_malformed_call_is_fed_back_not_crashed_on() -> None:
+    loop = Loop()
+    again = loop.think("let me think about it")
+    assert again.actions[0].WhichOneof("kind") == "infer"
+    assert "not a valid tool call" in again.actions[0].infer.messages[-1].content
+
+
+def test_max_steps_fails_with_the_transcript() -> None:
+    loop = Loop(max_steps=2)
+    loop.think("nonsense")
+    final = loop.think("more nonsense").final
+    assert final.state == pb.TASK_STATE_FAILED and final.error.reason == "MAX_STEPS"
+    assert len(json.loads(final.result_json)["steps"]) == 2

@@ -451,9 +451,10 @@ class Executor:
             error = _exit_error(exit_code, usage, limits_cpu_s=limits.cpu_seconds)
         cpu_ms = usage.cpu_ms
         if not cpu_ms:
-            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # No cgroup to ask: what our reaped children used meanwhile (other actions' included).
+            rusage = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu_ms = (
-                (usage.ru_utime - usage_before.ru_utime) + (usage.ru_stime - usage_before.ru_stime)
+                (rusage.ru_utime - usage_before.ru_utime) + (rusage.ru_stime - usage_before.ru_stime)
             ) * 1000
         output_json = ""
         with contextlib.suppress(Exception):  # a report the action mangled is no report

@@ -101,7 +101,11 @@ class Sandbox:
         else:
             uid_detail = f"the executor's own uid {uid}"
         return [
-            Protection("mount-namespace", bwrap, self.bwrap_detail + ": toolchain read-only, no host files"),
+            Protection(
+                "mount-namespace",
+                bwrap,
+                self.bwrap_detail + (": toolchain read-only, no host files" if bwrap else ""),
+            ),
             Protection("pid-namespace", bwrap, self.bwrap_detail),
             Protection(
                 "network-namespace",

@@ -341,3 +341,26 @@ def test_an_action_the_host_cannot_isolate_is_refused_unless_permissive(tmp_path
         assert shell(lax, "echo ran").stdout == "ran\n"
     finally:
         lax.close()
+
+
+def test_without_cgroups_actions_still_run_and_their_tree_is_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host (or container) with no cgroups and no bubblewrap: process-group containment, under an
+    explicitly permissive policy."""
+    from services.executor import cgroups
+
+    monkeypatch.setattr(cgroups.CgroupRoot, "probe", classmethod(lambda cls, instance: None))
+    bare = Executor(
+        ExecutorLimits(sandbox=SandboxConfig(bwrap="off"), isolation_policy="permissive"),
+        f"bare-{os.getpid()}",
+    )
+    try:
+        assert bare.containment == "process-group"
+        result = shell(bare, "(setsid sh -c 'sleep 99331' > /dev/null 2>&1 &); echo ran")
+        assert result.status == pb.ACTION_STATUS_OK and result.stdout == "ran\n"
+        assert result.cost.cpu_ms >= 0 and result.cost.peak_memory_bytes == 0
+        deadline = time.monotonic() + 5
+        while survivors("99331") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not survivors("99331")
+    finally:
+        bare.close()

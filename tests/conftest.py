@@ -10,6 +10,7 @@ import pytest
 
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS, Mesh
+from protos.agentmesh.v1 import common_pb2 as pb
 
 
 def _run_mesh(root: Path, request: pytest.FixtureRequest, **kwargs: object) -> Iterator[Mesh]:
@@ -115,3 +116,12 @@ def wait_inference_idle(mesh: Mesh, timeout_s: float = 10.0) -> float:
             break
         time.sleep(0.05)
     return running
+
+
+async def cancel_once_streaming(client: AgentMeshClient, task_id: str) -> pb.Task:
+    """Cancel a task as soon as its first output streams (a generation under way); its final state."""
+    async for event in client.watch(task_id):
+        if event.kind == "action.output":
+            break
+    await client.cancel(task_id)
+    return await client.wait(task_id)

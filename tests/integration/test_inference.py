@@ -6,7 +6,7 @@ import json
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
-from tests.conftest import client_for, run, wait_inference_idle
+from tests.conftest import cancel_once_streaming, client_for, run, wait_inference_idle
 
 
 def test_pipeline_with_infer_and_embed_steps(model_mesh: Mesh) -> None:
@@ -52,11 +52,7 @@ def test_cancelling_a_generation_stops_it(model_mesh: Mesh) -> None:
     async def go() -> None:
         async with client_for(model_mesh) as client:
             task = await client.submit("pipeline", spec)
-            async for event in client.watch(task.id):
-                if event.kind == "action.output":
-                    break
-            await client.cancel(task.id)
-            done = await client.wait(task.id)
+            done = await cancel_once_streaming(client, task.id)
             assert done.state == pb.TASK_STATE_CANCELLED
 
     run(go())

@@ -9,7 +9,7 @@ import json
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
-from tests.conftest import client_for, run, wait_inference_idle
+from tests.conftest import cancel_once_streaming, client_for, run, wait_inference_idle
 
 ADD = {
     "spec": "Write a Python function add(a, b) that returns the sum of a and b.",
@@ -91,11 +91,7 @@ def test_cancelling_codegen_mid_generation_stops_every_candidate(model_mesh: Mes
     async def go() -> None:
         async with client_for(model_mesh) as client:
             task = await client.submit("codegen", {**ADD, "candidates": 4, "max_tokens": 1000})
-            async for event in client.watch(task.id):
-                if event.kind == "action.output":  # tokens are streaming
-                    break
-            await client.cancel(task.id)
-            done = await client.wait(task.id)
+            done = await cancel_once_streaming(client, task.id)
             assert done.state == pb.TASK_STATE_CANCELLED
 
     run(go())

@@ -11,8 +11,8 @@ import pytest
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.agents.codeblocks import extract
 from services.planner.agents.codegen import CodegenAgent
-from services.planner.registry import DecideContext
 from services.runtime.errors import InvalidArgument
+from tests.unit.agent_driver import AgentDriver
 
 AGENT = CodegenAgent()
 ADD = "def add(a, b):\n    return a + b\n"
@@ -87,26 +87,10 @@ def test_bad_input_is_refused_naming_the_field(spec: dict[str, Any], field: str)
 # -- decisions --------------------------------------------------------------------------------
 
 
-class Driver:
-    """Feeds the agent's own decisions back to it, with results made up by the test."""
-
+class Driver(AgentDriver):
     def __init__(self, **input_fields: Any) -> None:
-        self.input = {**INPUT, **input_fields}
-        AGENT.validate(self.input)
-        self.memo: Any = None
-        self.seq = 0
-        self.decision = self.step([])
-
-    def step(self, results: list[pb.ActionResult]) -> pb.Decision:
-        self.seq += 1
-        ctx = DecideContext("t", self.input, self.memo, results, self.seq)
-        decision = AGENT.decide(ctx)
-        self.memo = json.loads(decision.memo_json)
-        self.decision = decision
-        return decision
-
-    def keys(self) -> list[str]:
-        return [a.key for a in self.decision.actions]
+        super().__init__(AGENT, {**INPUT, **input_fields})
+        self.step([])
 
 
 def gen_result(key: str, text: str) -> pb.ActionResult:

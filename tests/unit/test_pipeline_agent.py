@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 from typing import Any
 
@@ -10,9 +9,9 @@ import pytest
 
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.agents.pipeline import MAX_STEPS, PipelineAgent, check_file_name
-from services.planner.registry import DecideContext
 from services.runtime.errors import InvalidArgument
 from services.runtime.wire import cost_to_dict
+from tests.unit.agent_driver import AgentDriver
 
 # Copied verbatim from DESIGN.md, "The pipeline spec": the public example must stay valid.
 DESIGN_EXAMPLE = """
@@ -53,28 +52,13 @@ def one_step(**step: Any) -> dict[str, Any]:
 # ---------------------------------------------------------------- a small driver over decide()
 
 
-class Run:
-    """Feeds `decide` the way the coordinator does: the memo back, and every result of the last
-    decision at once (the coordinator asks again only when the decision's actions are all done)."""
-
+class Run(AgentDriver):
     def __init__(self, spec: dict[str, Any]) -> None:
-        AGENT.validate(spec)
+        super().__init__(AGENT, spec)
         self.spec = spec
-        self.memo: Any = None
-        self.seq = 0
 
     def decide(self, results: list[pb.ActionResult] = ()) -> pb.Decision:  # type: ignore[assignment]
-        self.seq += 1
-        ctx = DecideContext(
-            task_id="task1",
-            input=copy.deepcopy(self.spec),
-            memo=self.memo,
-            results=list(results),
-            decision_seq=self.seq,
-        )
-        decision = AGENT.decide(ctx)
-        self.memo = json.loads(decision.memo_json)
-        return decision
+        return self.step(results)
 
 
 def keys(decision: pb.Decision) -> list[str]:

@@ -10,8 +10,8 @@ import pytest
 
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.agents.react import ReactAgent, parse_call
-from services.planner.registry import DecideContext
 from services.runtime.errors import InvalidArgument
+from tests.unit.agent_driver import AgentDriver
 
 AGENT = ReactAgent()
 TOOLS = ["python", "shell"]
@@ -63,19 +63,10 @@ def test_bad_input_is_refused(spec: dict[str, Any]) -> None:
         AGENT.validate(spec)
 
 
-class Loop:
+class Loop(AgentDriver):
     def __init__(self, **input_fields: Any) -> None:
-        self.input = {"goal": "What is 6*7?", **input_fields}
-        AGENT.validate(self.input)
-        self.memo: Any = None
-        self.seq = 0
-        self.decision = self.step([])
-
-    def step(self, results: list[pb.ActionResult]) -> pb.Decision:
-        self.seq += 1
-        self.decision = AGENT.decide(DecideContext("t", self.input, self.memo, results, self.seq))
-        self.memo = json.loads(self.decision.memo_json)
-        return self.decision
+        super().__init__(AGENT, {"goal": "What is 6*7?", **input_fields})
+        self.step([])
 
     def think(self, reply: str) -> pb.Decision:
         key = self.decision.actions[0].key

@@ -196,8 +196,17 @@ class Executor:
         if done is not None:
             return done
         live = self._live.get(key)
-        if live is not None:
-            return await asyncio.shield(live.future)
+        while live is not None:
+            live.sinks.append(sink)
+            try:
+                return await asyncio.shield(live.future)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are the ones being cancelled
+            # The run we joined was cancelled because its caller went away (a coordinator that
+            # died and came back re-sends its actions): its tree is dead, so run it anew.
+            live = self._live.get(key)
         run = _Run(
             task_id, action_id, asyncio.get_running_loop().create_future(), attempt=attempt, sinks=[sink]
         )

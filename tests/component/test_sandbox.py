@@ -364,3 +364,24 @@ def test_without_cgroups_actions_still_run_and_their_tree_is_killed(monkeypatch:
         assert not survivors("99331")
     finally:
         bare.close()
+
+
+def test_a_resent_action_joining_a_run_whose_caller_left_runs_anew(executor: Executor) -> None:
+    """A coordinator that died and came back sends its in-flight actions again; one may arrive while
+    the executor is still killing the run the dead session started. It must run, not inherit the
+    cancellation."""
+    action = pb.ExecAction(tool="shell", args_json=json.dumps({"command": "sleep 0.5; echo done"}))
+
+    async def go() -> pb.ActionResult:
+        first = asyncio.ensure_future(executor.run("t", "resent", 1, action, 20, _ignore))
+        await asyncio.sleep(0.3)
+        second = asyncio.ensure_future(executor.run("t", "resent", 1, action, 20, _ignore))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+        return await second
+
+    result = asyncio.run(asyncio.wait_for(go(), 60))
+    assert result.status == pb.ACTION_STATUS_OK and result.stdout == "done\n", result
+    assert_clean(executor)

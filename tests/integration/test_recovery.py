@@ -65,7 +65,12 @@ def test_coordinator_crash_loses_nothing_and_reruns_nothing_recorded(
             return list(await asyncio.gather(*[client.wait(i) for i in ids]))
 
     finals = run(wait_all())
-    assert all(t.state == pb.TASK_STATE_SUCCEEDED for t in finals), [(t.id, t.state, t.error) for t in finals]
+    failed = [
+        (t.id, t.state, t.error.reason, t.result_json[:600])
+        for t in finals
+        if t.state != pb.TASK_STATE_SUCCEEDED
+    ]
+    assert not failed, failed
     runs = Counter(log.read_text().split())
     by_id = {tid: i for i, tid in enumerate(ids)}
     for task_id, key in recorded_steps:

@@ -2,6 +2,8 @@
 
 - An `AgentMeshError` raised by a handler becomes its gRPC status with `google.rpc.Status` details.
 - Any other exception becomes INTERNAL with a correlation id that is also in the log.
+- A request that is not valid protobuf (a string field that is not UTF-8, truncated bytes) is
+  INVALID_ARGUMENT, not the INTERNAL that gRPC answers when a request cannot be deserialized.
 - The caller's deadline is kept in a context variable so outbound calls derive their own from it
   (Python gRPC does not propagate deadlines).
 """
@@ -16,9 +18,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Histogram
 
-from services.runtime.errors import AgentMeshError, internal_error, trailing_metadata_for
+from services.runtime.errors import AgentMeshError, InvalidArgument, internal_error, trailing_metadata_for
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +60,41 @@ def _on_unexpected(method: str, exc: BaseException) -> AgentMeshError:
     return internal_error(correlation)
 
 
+class _Undecodable:
+    """Stands in for a request that could not be parsed, so the handler can refuse it properly."""
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except DecodeError as exc:
+            return _Undecodable(str(exc))
+
+    return parse
+
+
+def _check(request: Any) -> None:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            f"the request is not a valid message ({request.error}); text fields must be valid UTF-8",
+            reason="MALFORMED_REQUEST",
+        )
+
+
 def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
         _set_deadline(context)
         started = time.perf_counter()
         code = "OK"
         try:
+            _check(request)
             return await behavior(request, context)
         except AgentMeshError as exc:
             code = exc.code.name
@@ -88,6 +120,7 @@ def _wrap_stream(
         started = time.perf_counter()
         code = "OK"
         try:
+            _check(request)
             async for item in behavior(request, context):
                 yield item
         except AgentMeshError as exc:
@@ -115,7 +148,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if method.startswith(("/grpc.health", "/grpc.reflection")):
             return handler
         if handler.unary_unary is not None:
-            return handler._replace(unary_unary=_wrap_unary(method, handler.unary_unary))
+            return handler._replace(
+                unary_unary=_wrap_unary(method, handler.unary_unary),
+                request_deserializer=_tolerant(handler.request_deserializer),
+            )
         if handler.unary_stream is not None:
-            return handler._replace(unary_stream=_wrap_stream(method, handler.unary_stream))
+            return handler._replace(
+                unary_stream=_wrap_stream(method, handler.unary_stream),
+                request_deserializer=_tolerant(handler.request_deserializer),
+            )
         return handler

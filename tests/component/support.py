@@ -37,6 +37,8 @@ async def inference_stub(servicer: InferenceServicer) -> AsyncIterator[inference
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield inference_pb2_grpc.InferenceStub(channel)
+            stub = inference_pb2_grpc.InferenceStub(channel)
+            stub.channel = channel  # type: ignore[attr-defined]  # for raw calls the stub cannot make
+            yield stub
     finally:
         await server.stop(None)

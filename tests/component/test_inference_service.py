@@ -43,6 +43,17 @@ def test_bad_generate_requests_are_invalid_argument_and_the_worker_keeps_serving
                             pass
                     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, params
                     assert caught.value.details()
+                # Bytes that are not valid UTF-8 where the prompt is: a client that bypasses protobuf.
+                wire = ipb.GenerateRequest(params=pb.InferAction(prompt="PLACEHOLDER", max_tokens=4))
+                raw = stub.channel.unary_stream(  # type: ignore[attr-defined]
+                    "/agentmesh.v1.Inference/Generate", response_deserializer=ipb.GenerateEvent.FromString
+                )
+                bad_bytes = wire.SerializeToString().replace(b"PLACEHOLDER", b"\xff\xfe\xfdHOLDER")
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    async for _ in raw(bad_bytes, timeout=30):
+                        pass
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "UTF-8" in (caught.value.details() or "")
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await stub.Embed(ipb.EmbedRequest(params=pb.EmbedAction(texts=["x"])), timeout=30)
                 assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # no embed model here

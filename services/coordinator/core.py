@@ -115,6 +115,9 @@ class TaskRun:
     deadline: float = 0.0
     task: asyncio.Task[None] | None = None
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Exec actions of the loaded decision that were announced as started but have no result: they
+    # may have run before a crash (filled by _load, emptied as they are dispatched again).
+    maybe_started: set[str] = field(default_factory=set)
     interrupt: str = ""
     fail_error: pb.TaskError | None = None
     # Set once the loop is ending (stopping actions, writing the terminal state): later interrupts
@@ -515,7 +518,16 @@ class TaskManager:
             decision = records.load_decision(conn, run.task_id, task.decisions) if task.decisions else None
             memo = decision[0].memo_json if decision is not None else ""
             parent = records.parent_of(conn, run.task_id) or ""
-            return (task, memo, decision, parent), events
+            started: set[str] = set()
+            if decision is not None:
+                unsettled = [
+                    a.id
+                    for a in decision[0].actions
+                    if a.WhichOneof("kind") == "exec" and a.id not in decision[2]
+                ]
+                if unsettled:  # only after a crash: a settled decision has a result for each
+                    started = records.started_actions(conn, run.task_id, unsettled)
+            return (task, memo, decision, parent, started), events
 
         loaded = await self._tx(op)
         if loaded is None:
@@ -523,7 +535,7 @@ class TaskManager:
         if loaded == "cancel":
             await self._finish(run.task_id, records.CANCELLED, parent_id=None)
             return False
-        task, memo, decision, parent = loaded
+        task, memo, decision, parent, run.maybe_started = loaded
         run.agent, run.input_json, run.memo, run.priority = task.agent, task.input_json, memo, task.priority
         run.decisions, run.cost, run.budget, run.deadline = (
             task.decisions,
@@ -845,7 +857,23 @@ class TaskManager:
             try:
                 async with self._slots[kind]:
                     if kind == "exec":
-                        result = await self.workers.run_exec(run.task_id, action, timeout, sink, attempt)
+                        # An action that may have run before a crash, and may not run twice, is only
+                        # joined or collected, never started again.
+                        known_only = action.id in run.maybe_started and not _may_rerun(action)
+                        run.maybe_started.discard(action.id)
+                        result = await self.workers.run_exec(
+                            run.task_id, action, timeout, sink, attempt, only_if_known=known_only
+                        )
+                        if result.error.reason == "UNKNOWN_ACTION":
+                            name = action.key or action.id
+                            result.error.CopyFrom(
+                                pb.TaskError(
+                                    reason="AMBIGUOUS_FAILURE",
+                                    message=f"{name} was running when the coordinator stopped and the "
+                                    "executor no longer has it: it may have done part of its work and is "
+                                    "not safe to repeat, so it was not run again",
+                                )
+                            )
                     elif kind == "infer":
                         result = await self.workers.run_infer(run.task_id, action, timeout, sink)
                     else:
@@ -1080,14 +1108,19 @@ def _safe_to_repeat(action: pb.Action) -> bool:
     return action.exec.tool == "echo" or not action.exec.network
 
 
+def _may_rerun(action: pb.Action) -> bool:
+    """Whether the action may run again after it was (or may have been) cut off mid-run."""
+    policy = action.retry.on_ambiguous
+    if policy == pb.AMBIGUOUS_POLICY_RERUN:
+        return True
+    return policy != pb.AMBIGUOUS_POLICY_FAIL and _safe_to_repeat(action)
+
+
 def _ambiguous(action: pb.Action, result: pb.ActionResult) -> bool:
     """Whether a failure leaves the action's effects unknown and the policy forbids running it again."""
     if action.WhichOneof("kind") != "exec" or result.error.reason not in MID_RUN_LOSS:
         return False
-    policy = action.retry.on_ambiguous
-    if policy == pb.AMBIGUOUS_POLICY_RERUN:
-        return False
-    return policy == pb.AMBIGUOUS_POLICY_FAIL or not _safe_to_repeat(action)
+    return not _may_rerun(action)
 
 
 def _group_settled(decision: pb.Decision, results: dict[str, pb.ActionResult]) -> bool:

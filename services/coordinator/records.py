@@ -428,6 +428,16 @@ def counts_by_state(conn: sqlite3.Connection) -> dict[int, int]:
     return dict(conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall())
 
 
+def started_actions(conn: sqlite3.Connection, task_id: str, action_ids: list[str]) -> set[str]:
+    """Which of `action_ids` were announced as started: they may have run before a crash."""
+    rows = conn.execute(
+        "SELECT json_extract(data, '$.action_id') FROM events WHERE task_id = ? AND kind = 'action.started'",
+        (task_id,),
+    )
+    wanted = set(action_ids)
+    return {r[0] for r in rows if r[0] in wanted}
+
+
 def children_of(conn: sqlite3.Connection, parent_id: str, action_id: str) -> list[pb.Task]:
     rows = conn.execute(
         f"SELECT {TASK_COLUMNS} FROM {TASK_FROM} WHERE t.parent_id = ? AND t.parent_action = ? ORDER BY t.id",

@@ -69,10 +69,21 @@ class Workers:
         return list(reply.agents)
 
     async def run_exec(
-        self, task_id: str, action: pb.Action, timeout: float, on_output: OutputSink, attempt: int = 1
+        self,
+        task_id: str,
+        action: pb.Action,
+        timeout: float,
+        on_output: OutputSink,
+        attempt: int = 1,
+        only_if_known: bool = False,
     ) -> pb.ActionResult:
         request = executor_pb2.ExecRequest(
-            task_id=task_id, action_id=action.id, action=action.exec, timeout_s=timeout, attempt=attempt
+            task_id=task_id,
+            action_id=action.id,
+            action=action.exec,
+            timeout_s=timeout,
+            attempt=attempt,
+            only_if_known=only_if_known,
         )
         # A margin over the executor's own wall limit: it reports TIMED_OUT itself, with the output.
         return await self.exec_session.run(request, on_output, timeout + 10.0)

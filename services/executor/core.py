@@ -190,11 +190,18 @@ class Executor:
         action: pb.ExecAction,
         timeout_s: float,
         sink: OutputSink,
+        only_if_known: bool = False,
     ) -> pb.ActionResult:
         key = (action_id, attempt)
         done = self._done.get(key)
         if done is not None:
             return done
+        if only_if_known and key not in self._live:
+            return pb.ActionResult(
+                action_id=action_id,
+                status=pb.ACTION_STATUS_FAILED,
+                error=pb.TaskError(reason="UNKNOWN_ACTION", message="this executor neither runs nor ran it"),
+            )
         live = self._live.get(key)
         while live is not None:
             live.sinks.append(sink)

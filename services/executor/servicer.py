@@ -25,7 +25,13 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     def _run(self, request: executor_pb2.ExecRequest, sink: Any) -> Any:
         """The one way every RPC here starts an action."""
         return self.executor.run(
-            request.task_id, request.action_id, request.attempt or 1, request.action, request.timeout_s, sink
+            request.task_id,
+            request.action_id,
+            request.attempt or 1,
+            request.action,
+            request.timeout_s,
+            sink,
+            only_if_known=request.only_if_known,
         )
 
     async def Exec(
@@ -124,7 +130,8 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                     attempt = request.exec.attempt or 1
                     key = (request.exec.action_id, attempt)
                     if key not in runs:
-                        if request.exec.action.tool != "echo":  # echo does nothing a retry could repeat
+                        # echo does nothing a retry could repeat; a known-only request starts nothing
+                        if request.exec.action.tool != "echo" and not request.exec.only_if_known:
                             events.put_nowait(
                                 executor_pb2.SessionEvent(
                                     action_id=key[0], attempt=attempt, accepted=executor_pb2.ActionAccepted()

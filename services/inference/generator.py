@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.inference.hf import load_llama_dir
 from services.inference.llama import LlamaModel, load_gguf
 from services.inference.tokenizer import ChatTemplate, bpe_from_gguf, template_from_jinja
 from services.inference.xp import Backend
@@ -26,8 +27,13 @@ class Generator:
 
 
 def load_generator(backend: Backend, path: Path, name: str = "") -> Generator:
+    """A llama-family model from a .gguf file or a Hugging Face directory."""
+    if path.is_dir():
+        return _load_hf_dir(backend, path, name)
     if path.suffix != ".gguf":
-        raise ValueError(f"{path}: generation models load from a llama-family .gguf file")
+        raise ValueError(
+            f"{path}: generation models load from a llama-family .gguf file or Hugging Face directory"
+        )
     config, weights, meta = load_gguf(path)
     tokens = meta["tokenizer.ggml.tokens"]
     tokenizer = bpe_from_gguf(
@@ -48,3 +54,17 @@ def load_generator(backend: Backend, path: Path, name: str = "") -> Generator:
         stop_ids.add(tokens.index("<|endoftext|>"))
     model = LlamaModel(backend, config, weights)
     return Generator(name or path.stem, model, tokenizer, template, stop_ids)
+
+
+def _load_hf_dir(backend: Backend, path: Path, name: str) -> Generator:
+    from tokenizers import Tokenizer  # noqa: PLC0415
+
+    config, weights, meta = load_llama_dir(path)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    template = template_from_jinja(meta["chat_template"]) or ChatTemplate()
+    stop_ids = set(meta["eos_token_id"])
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            stop_ids.add(token_id)
+    return Generator(name or path.name, LlamaModel(backend, config, weights), tokenizer, template, stop_ids)

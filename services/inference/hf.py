@@ -1,7 +1,9 @@
-"""Llama-family models from a local Hugging Face directory: config.json, safetensors weights (one
-file or an index of shards), tokenizer.json, and tokenizer_config.json's chat template.
+"""Models from a local Hugging Face directory: config.json, safetensors weights (one file or an
+index of shards), tokenizer.json, and tokenizer_config.json's chat template. Llama-family
+(llama, mistral) and GPT-2 checkpoints.
 
-Weights are renamed to the GGUF names `LlamaModel` takes. Hugging Face keeps q/k rows in the
+Llama weights are renamed to the GGUF names `LlamaModel` takes; GPT-2's keep their own names
+(without the `transformer.` prefix) for `GPT2Model`. Hugging Face keeps q/k rows in the
 rotate-half order our RoPE uses, so unlike a GGUF file nothing is un-permuted. bfloat16 tensors (the
 usual format of released checkpoints) are widened to float32 here: NumPy has no bfloat16, so the
 safetensors header is read for their place and dtype and the bits are shifted into float32.
@@ -18,7 +20,7 @@ import numpy as np
 
 from services.inference.llama import LlamaConfig
 
-SUPPORTED = ("llama", "mistral")
+SUPPORTED = ("llama", "mistral", "gpt2")
 PER_LAYER = {
     "input_layernorm.weight": "attn_norm.weight",
     "self_attn.q_proj.weight": "attn_q.weight",
@@ -74,26 +76,71 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-def load_llama_dir(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray], dict[str, Any]]:
-    """Config, float32 weights under GGUF names, and what the tokenizer side needs."""
+def _weight_files(path: Path) -> list[str]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        return sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    return ["model.safetensors"]
+
+
+def load_hf_dir(path: Path) -> tuple[str, LlamaConfig, dict[str, np.ndarray], dict[str, Any]]:
+    """(model family, config, float32 weights, what the tokenizer side needs)."""
     config_json = json.loads((path / "config.json").read_text())
     model_type = config_json.get("model_type")
     if model_type not in SUPPORTED:
         raise ValueError(f"{path.name}: model_type {model_type!r} is not one of {', '.join(SUPPORTED)}")
+    if model_type == "gpt2":
+        config, weights = _gpt2(path, config_json)
+    else:
+        config, weights = _llama(path, config_json)
+    tokenizer_config = path / "tokenizer_config.json"
+    meta = {
+        "chat_template": (
+            json.loads(tokenizer_config.read_text()).get("chat_template") or ""
+            if tokenizer_config.exists()
+            else ""
+        ),
+        "eos_token_id": _eos_ids(path, config_json),
+    }
+    return ("gpt2" if model_type == "gpt2" else "llama"), config, weights, meta
+
+
+def _gpt2(path: Path, config_json: dict[str, Any]) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
+    if config_json.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
+        raise ValueError(f"{path.name}: activation {config_json['activation_function']!r}: only gelu_new")
+    weights: dict[str, np.ndarray] = {}
+    for file in _weight_files(path):
+        for name, tensor in read_safetensors(path / file).items():
+            name = name.removeprefix("transformer.")
+            if not name.endswith((".attn.bias", ".attn.masked_bias")) and name != "lm_head.weight":
+                weights[name] = tensor  # skipped: the causal-mask buffers, and the tied head
+    dim = int(config_json["n_embd"])
+    config = LlamaConfig(
+        vocab_size=int(config_json["vocab_size"]),
+        dim=dim,
+        n_layers=int(config_json["n_layer"]),
+        n_heads=int(config_json["n_head"]),
+        n_kv_heads=int(config_json["n_head"]),
+        ffn_dim=int(config_json.get("n_inner") or 4 * dim),
+        rope_theta=0.0,  # no rotary embedding: positions are learned
+        norm_eps=float(config_json.get("layer_norm_epsilon", 1e-5)),
+        context_length=int(config_json.get("n_positions") or config_json.get("n_ctx") or 1024),
+    )
+    missing = [n for n in ("wte.weight", "wpe.weight", "ln_f.weight") if n not in weights]
+    if missing:
+        raise ValueError(f"{path.name}: weights missing: {', '.join(missing)}")
+    return config, weights
+
+
+def _llama(path: Path, config_json: dict[str, Any]) -> tuple[LlamaConfig, dict[str, np.ndarray]]:
     if config_json.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{path.name}: hidden_act {config_json['hidden_act']!r}: only silu (SwiGLU)")
     if config_json.get("rope_scaling"):
         raise ValueError(f"{path.name}: rope_scaling is not supported")
     if config_json.get("attention_bias") or config_json.get("mlp_bias"):
         raise ValueError(f"{path.name}: attention or MLP biases are not supported")
-    index = path / "model.safetensors.index.json"
-    files = (
-        sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        if index.exists()
-        else ["model.safetensors"]
-    )
     weights: dict[str, np.ndarray] = {}
-    for file in files:
+    for file in _weight_files(path):
         for name, tensor in read_safetensors(path / file).items():
             target = _gguf_name(name)
             if target is not None:
@@ -115,16 +162,7 @@ def load_llama_dir(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray], dict
     missing = [n for n in ("token_embd.weight", "output_norm.weight") if n not in weights]
     if missing:
         raise ValueError(f"{path.name}: weights missing: {', '.join(missing)}")
-    tokenizer_config = path / "tokenizer_config.json"
-    meta = {
-        "chat_template": (
-            json.loads(tokenizer_config.read_text()).get("chat_template") or ""
-            if tokenizer_config.exists()
-            else ""
-        ),
-        "eos_token_id": _eos_ids(path, config_json),
-    }
-    return config, weights, meta
+    return config, weights
 
 
 def _eos_ids(path: Path, config_json: dict[str, Any]) -> list[int]:

@@ -131,17 +131,13 @@ class LlamaModel:
         self.config = config
         xp = backend.xp
         self.dtype = dtype or (xp.float16 if backend.is_gpu else xp.float32)
-
-        def put(array: np.ndarray, transpose: bool = False) -> Any:
-            array = np.ascontiguousarray(array.T if transpose else array)
-            return xp.asarray(array, dtype=self.dtype)
-
+        put = self._put
         self.embed = put(weights["token_embd.weight"])
         if "output.weight" in weights:
             self.head_t = put(weights["output.weight"], transpose=True)
         else:  # tied: the transposed view of the embedding; BLAS reads it in place, no second copy
             self.head_t = self.embed.T
-        self.final_norm = put(weights["output_norm.weight"])
+        self.final = {"norm": put(weights["output_norm.weight"])}
         self.layers = []
         for i in range(config.n_layers):
             p = f"blk.{i}."
@@ -164,6 +160,11 @@ class LlamaModel:
         self.inv_freq = xp.asarray(
             1.0 / (config.rope_theta ** (np.arange(half, dtype=np.float64) / half)), dtype=xp.float32
         )
+
+    def _put(self, array: np.ndarray, transpose: bool = False) -> Any:
+        """A weight on the device in the model's dtype (transposed: x @ w_t is x @ w.T)."""
+        array = np.ascontiguousarray(array.T if transpose else array)
+        return self.backend.xp.asarray(array, dtype=self.dtype)
 
     def new_cache(self, n_blocks: int, block_size: int) -> KVCache:
         return KVCache(self.backend, self.config, n_blocks, block_size, self.dtype)
@@ -229,7 +230,7 @@ class LlamaModel:
         all_tokens = [t for s in batch for t in s.tokens]
         positions = xp.asarray(np.concatenate([np.arange(s.start, s.start + len(s.tokens)) for s in batch]))
         offsets = np.cumsum([0] + [len(s.tokens) for s in batch])
-        x = self.embed[xp.asarray(all_tokens)]
+        x = self._embed(xp.asarray(all_tokens), positions)
         # Where each new token's K/V go: (block, slot) per token.
         slots = np.concatenate([np.arange(s.start, s.start + len(s.tokens)) for s in batch])
         block_ids = np.concatenate(
@@ -241,13 +242,12 @@ class LlamaModel:
         prefilling = [i for i, s in enumerate(batch) if len(s.tokens) > 1]
         plan = self._decode_plan(cache, batch, decoding, offsets) if decoding else None
         for layer_index, layer in enumerate(self.layers):
-            h = self._rms(x, layer["attn_norm"])
-            qkv = h @ layer["qkv_t"]
+            h = self._norm(x, layer, "attn_norm")
+            qkv = self._linear(h, layer, "qkv")
             q = qkv[:, : n_h * hd].reshape(-1, n_h, hd)
             k = qkv[:, n_h * hd : (n_h + n_kv) * hd].reshape(-1, n_kv, hd)
             v = qkv[:, (n_h + n_kv) * hd :].reshape(-1, n_kv, hd)
-            q = self._rope(q, positions)
-            k = self._rope(k, positions)
+            q, k = self._position(q, k, positions)
             kc, vc = cache.k[layer_index], cache.v[layer_index]
             kc[block_ids_x, :, slot_x, :] = k
             vc[block_ids_x, :, slot_x, :] = v
@@ -275,13 +275,31 @@ class LlamaModel:
                 weights /= weights.sum(axis=-1, keepdims=True)
                 attended = weights.astype(self.dtype) @ values[:, None]  # (kv, g, t, hd)
                 out[lo:hi] = attended.transpose(2, 0, 1, 3).reshape(hi - lo, n_h, hd)
-            x = x + out.reshape(-1, n_h * hd) @ layer["o_t"]
-            h = self._rms(x, layer["ffn_norm"])
-            gate_up = h @ layer["gate_up_t"]
-            gate, up = gate_up[:, : cfg.ffn_dim], gate_up[:, cfg.ffn_dim :]
-            gate32 = gate.astype(xp.float32)
-            act = (gate32 / (1.0 + xp.exp(-gate32))).astype(self.dtype) * up
-            x = x + act @ layer["down_t"]
+            x = x + self._linear(out.reshape(-1, n_h * hd), layer, "o")
+            x = x + self._mlp(self._norm(x, layer, "ffn_norm"), layer)
         last = xp.asarray(offsets[1:] - 1)
-        h = self._rms(x[last], self.final_norm)
+        h = self._norm(x[last], self.final, "norm")
         return (h @ self.head_t).astype(xp.float32)
+
+    # -- the parts a family changes (GPT-2 overrides them in gpt2.py) ---------------------------
+
+    def _embed(self, tokens: Any, positions: Any) -> Any:
+        return self.embed[tokens]
+
+    def _norm(self, x: Any, params: dict[str, Any], name: str) -> Any:
+        return self._rms(x, params[name])
+
+    def _linear(self, x: Any, params: dict[str, Any], name: str) -> Any:
+        return x @ params[name + "_t"]
+
+    def _position(self, q: Any, k: Any, positions: Any) -> tuple[Any, Any]:
+        return self._rope(q, positions), self._rope(k, positions)
+
+    def _mlp(self, h: Any, layer: dict[str, Any]) -> Any:
+        xp = self.backend.xp
+        ffn = self.config.ffn_dim
+        gate_up = h @ layer["gate_up_t"]
+        gate, up = gate_up[:, :ffn], gate_up[:, ffn:]
+        gate32 = gate.astype(xp.float32)
+        act = (gate32 / (1.0 + xp.exp(-gate32))).astype(self.dtype) * up
+        return act @ layer["down_t"]

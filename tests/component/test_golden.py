@@ -65,14 +65,39 @@ def tiny_llama(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
     return load_generator(select_backend("cpu"), write_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama"))
 
 
-@pytest.mark.parametrize("case", TINY["llama"], ids=lambda c: f"{len(c['ids'])}-tokens")
-def test_a_hugging_face_llama_directory_matches_transformers(tiny_llama, case: dict) -> None:  # type: ignore[no-untyped-def]
-    cache = tiny_llama.model.new_cache(8, 16)
-    blocks = cache.allocate(cache.blocks_for(len(case["ids"])))
-    logits = np.asarray(tiny_llama.model.forward(cache, [SeqSlice(blocks, 0, case["ids"])])[0])
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A random-weight GPT-2 written as a Hugging Face directory (tied head, float32)."""
+    from tests.fixtures.tiny_models import write_tiny_gpt2
+
+    return load_generator(select_backend("cpu"), write_tiny_gpt2(tmp_path_factory.mktemp("tiny") / "gpt2"))
+
+
+def _last_logits(generator, ids: list[int]) -> np.ndarray:  # type: ignore[no-untyped-def]
+    cache = generator.model.new_cache(8, 16)
+    blocks = cache.allocate(cache.blocks_for(len(ids)))
+    return np.asarray(generator.model.forward(cache, [SeqSlice(blocks, 0, ids)])[0])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("index", range(len(TINY["llama"])))
+def test_a_hugging_face_directory_matches_transformers(request, family: str, index: int) -> None:  # type: ignore[no-untyped-def]
+    case = TINY[family][index]
+    logits = _last_logits(request.getfixturevalue(f"tiny_{family}"), case["ids"])
     expected = np.asarray(case["logits"], dtype=np.float32)
     assert logits.shape == expected.shape
     assert np.max(np.abs(logits - expected)) <= LOGIT_TOLERANCE, np.max(np.abs(logits - expected))
+
+
+def test_decoding_token_by_token_gives_the_prefill_logits(tiny_gpt2) -> None:  # type: ignore[no-untyped-def]
+    """The KV cache path (one token per step) against one prefill of the whole prompt."""
+    ids = TINY["gpt2"][1]["ids"]
+    cache = tiny_gpt2.model.new_cache(8, 4)  # small blocks: the prompt spans several
+    blocks = cache.allocate(cache.blocks_for(len(ids)))
+    stepped = None
+    for position, token in enumerate(ids):
+        stepped = np.asarray(tiny_gpt2.model.forward(cache, [SeqSlice(blocks, position, [token])])[0])
+    assert np.max(np.abs(stepped - _last_logits(tiny_gpt2, ids))) <= LOGIT_TOLERANCE
 
 
 def test_the_tiny_llama_directory_also_loads_its_tokenizer_and_stops(tiny_llama) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,73 @@
+"""The GPT-2 family on the same engine as Llama: learned position embeddings instead of RoPE,
+LayerNorm with bias instead of RMSNorm, biases on every projection, full multi-head attention, a GELU
+(tanh) MLP, and the head tied to the token embedding. Attention, the paged KV cache and batching
+are LlamaModel's; only the parts that differ are overridden.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from services.inference.llama import LlamaConfig, LlamaModel
+from services.inference.xp import Backend
+
+
+class GPT2Model(LlamaModel):
+    def __init__(
+        self, backend: Backend, config: LlamaConfig, weights: dict[str, np.ndarray], dtype: Any = None
+    ) -> None:
+        self.backend = backend
+        self.config = config
+        xp = backend.xp
+        self.dtype = dtype or (xp.float16 if backend.is_gpu else xp.float32)
+        put = self._put
+        self.embed = put(weights["wte.weight"])
+        self.positions = put(weights["wpe.weight"])
+        self.head_t = self.embed.T  # tied
+        self.final = {"norm": put(weights["ln_f.weight"]), "norm_b": put(weights["ln_f.bias"])}
+        self.layers = []
+        for i in range(config.n_layers):
+            p = f"h.{i}."
+            # Conv1D weights are stored (in, out): already the layout x @ w wants.
+            self.layers.append(
+                {
+                    "attn_norm": put(weights[p + "ln_1.weight"]),
+                    "attn_norm_b": put(weights[p + "ln_1.bias"]),
+                    "qkv_t": put(weights[p + "attn.c_attn.weight"]),
+                    "qkv_b": put(weights[p + "attn.c_attn.bias"]),
+                    "o_t": put(weights[p + "attn.c_proj.weight"]),
+                    "o_b": put(weights[p + "attn.c_proj.bias"]),
+                    "ffn_norm": put(weights[p + "ln_2.weight"]),
+                    "ffn_norm_b": put(weights[p + "ln_2.bias"]),
+                    "fc_t": put(weights[p + "mlp.c_fc.weight"]),
+                    "fc_b": put(weights[p + "mlp.c_fc.bias"]),
+                    "proj_t": put(weights[p + "mlp.c_proj.weight"]),
+                    "proj_b": put(weights[p + "mlp.c_proj.bias"]),
+                }
+            )
+
+    def _embed(self, tokens: Any, positions: Any) -> Any:
+        return self.embed[tokens] + self.positions[positions]
+
+    def _norm(self, x: Any, params: dict[str, Any], name: str) -> Any:
+        xp = self.backend.xp
+        x32 = x.astype(xp.float32)
+        centered = x32 - x32.mean(axis=-1, keepdims=True)
+        scale = 1.0 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + self.config.norm_eps)
+        return (centered * scale).astype(self.dtype) * params[name] + params[name + "_b"]
+
+    def _linear(self, x: Any, params: dict[str, Any], name: str) -> Any:
+        return x @ params[name + "_t"] + params[name + "_b"]
+
+    def _position(self, q: Any, k: Any, positions: Any) -> tuple[Any, Any]:
+        return q, k  # positions are in the embeddings
+
+    def _mlp(self, h: Any, layer: dict[str, Any]) -> Any:
+        xp = self.backend.xp
+        u = self._linear(h, layer, "fc").astype(xp.float32)
+        # GPT-2's "gelu_new": the tanh approximation.
+        act = 0.5 * u * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (u + 0.044715 * u * u * u)))
+        return self._linear(act.astype(self.dtype), layer, "proj")

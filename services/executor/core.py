@@ -118,6 +118,8 @@ class Executor:
             self.tools.add("pytest")
         if _importable(self.python, "bandit"):
             self.tools.add("scan")
+        # semgrep joins bandit in `scan` where the toolchain has it (setup-env installs it).
+        self.semgrep = Path(self.python).with_name("semgrep").exists()
         self._active = {p.name for p in self.protections() if p.active}
         self._live: dict[tuple[str, int], _Run] = {}
         self._done: collections.OrderedDict[tuple[str, int], pb.ActionResult] = collections.OrderedDict()
@@ -281,7 +283,7 @@ class Executor:
         level = action.isolation or "full"
         if level not in LEVELS:
             raise InvalidArgument(f"unknown isolation {level!r} (one of: {', '.join(LEVELS)})")
-        command = tools.command_for(action.tool, args, self.python, self.tools)
+        command = tools.command_for(action.tool, args, self.python, self.tools, semgrep=self.semgrep)
         check_names(list(action.files), "workspace file")
         check_names(list(action.output_files), "output file")
         self._check_isolation(level, action.network)
@@ -292,7 +294,7 @@ class Executor:
         # The attempt is part of the name: two live attempts of one action never share a tree.
         mark = f"{run.action_id}#{run.attempt}#{os.getpid()}"
         try:
-            workspace = self.workspaces.make(mark, limits.workspace_bytes, dict(action.files))
+            workspace = self.workspaces.make(mark, limits.workspace_bytes, {**action.files, **command.files})
             if self.cgroups is not None:
                 tree = self.cgroups.new(
                     mark, cgroups.CgroupLimits(limits.memory_bytes, limits.pids, limits.cpu_millicores)

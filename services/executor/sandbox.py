@@ -33,9 +33,10 @@ REQUIRED = {
     "contained": ("cgroup-kill", "memory-limit", "pids-limit", "rlimits"),
 }  # fmt: skip
 # Read-only binds of the host's /etc that programs need to start (the loader's cache, Debian's
-# alternatives symlinks) and, for actions allowed on the network, to resolve names and check TLS.
-ETC_ALWAYS = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime")
-ETC_NETWORK = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates")
+# alternatives symlinks, the public CA certificates some tools load even offline, semgrep among them)
+# and, for actions allowed on the network, to resolve names.
+ETC_ALWAYS = ("/etc/ld.so.cache", "/etc/alternatives", "/etc/localtime", "/etc/ssl", "/etc/ca-certificates")
+ETC_NETWORK = ("/etc/resolv.conf", "/etc/hosts", "/etc/nsswitch.conf")
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import json
+import shlex
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 
 JUNIT_FILE = ".agentmesh-junit.xml"
 BANDIT_FILE = ".agentmesh-bandit.json"
+SEMGREP_FILE = ".agentmesh-semgrep.json"
+SEMGREP_RULES = ".agentmesh-semgrep.yml"
+RULES = Path(__file__).with_name("semgrep.yml")
+# semgrep's severities, in bandit's words.
+SEMGREP_SEVERITY = {"ERROR": "HIGH", "WARNING": "MEDIUM", "INFO": "LOW"}
 
 
 @dataclass(frozen=True)
@@ -19,9 +26,13 @@ class Command:
     argv: list[str]
     # Parses the workspace after the run into `output_json`; None: no structured output.
     parse: str | None = None
+    # Files the tool itself needs in the workspace (semgrep's rules), beside the action's own.
+    files: dict[str, bytes] = field(default_factory=dict)
 
 
-def command_for(tool: str, args: dict[str, Any], python: str, available: set[str]) -> Command:
+def command_for(
+    tool: str, args: dict[str, Any], python: str, available: set[str], semgrep: bool = False
+) -> Command:
     if tool not in available:
         raise FailedPrecondition(
             f"tool {tool!r} is not available on this executor (has: {', '.join(sorted(available))})",
@@ -46,8 +57,25 @@ def command_for(tool: str, args: dict[str, Any], python: str, available: set[str
             parse="junit",
         )
     if tool == "scan":
+        bandit = [python, "-m", "bandit", "-r", ".", "-f", "json", "-o", BANDIT_FILE, "-q"]
+        if not semgrep:
+            return Command(bandit, parse="scan")
+        # semgrep too, offline: our rules, no metrics, no version check (it hangs on a closed
+        # network otherwise). The action's status stays bandit's.
+        semgrep_argv = [
+            str(Path(python).with_name("semgrep")), "scan", "--config", SEMGREP_RULES, "--json",
+            "-o", SEMGREP_FILE, "--metrics=off", "--disable-version-check", "--quiet",
+            "--exclude", SEMGREP_RULES, ".",
+        ]  # fmt: skip
+        # Both at once; the exit status is bandit's (1 when it found something).
+        script = (
+            f"{shlex.join(semgrep_argv)} > /dev/null 2>&1 & s=$!; "
+            f"{shlex.join(bandit)}; b=$?; wait $s; exit $b"
+        )
         return Command(
-            [python, "-m", "bandit", "-r", ".", "-f", "json", "-o", BANDIT_FILE, "-q"], parse="bandit"
+            ["/bin/sh", "-c", script],
+            parse="scan",
+            files={SEMGREP_RULES: RULES.read_bytes()},
         )
     raise InvalidArgument(f"unknown tool {tool!r}", reason="UNKNOWN_TOOL")
 
@@ -56,8 +84,19 @@ def parse_output(kind: str | None, read: Callable[[str], bytes | None]) -> str:
     """`read(name)` gives a workspace file's bytes, or None (missing, too big, not a regular file)."""
     if kind == "junit":
         return json.dumps(parse_junit(read(JUNIT_FILE)))
-    if kind == "bandit":
-        return json.dumps(parse_bandit(read(BANDIT_FILE)))
+    if kind == "scan":
+        report = parse_bandit(read(BANDIT_FILE))
+        semgrep = read(SEMGREP_FILE)
+        if semgrep is not None:
+            extra = parse_semgrep(semgrep)
+            report["findings"] += extra["findings"]
+            report["high"] = sum(1 for f in report["findings"] if f["severity"] == "HIGH")
+            report["scanners"] = ["bandit", "semgrep"]
+            if extra["errors"]:
+                report["semgrep_errors"] = extra["errors"]
+        else:
+            report["scanners"] = ["bandit"]
+        return json.dumps(report)
     return ""
 
 
@@ -97,7 +136,36 @@ def parse_bandit(data: bytes | None) -> dict[str, Any]:
             "file": r.get("filename"),
             "line": r.get("line_number"),
             "message": r.get("issue_text"),
+            "tool": "bandit",
         }
         for r in report.get("results", [])
     ]
     return {"findings": findings, "high": sum(1 for f in findings if f["severity"] == "HIGH")}
+
+
+def parse_semgrep(data: bytes) -> dict[str, Any]:
+    report = json.loads(data)
+    findings = []
+    for r in report.get("results", []):
+        extra = r.get("extra", {})
+        metadata = extra.get("metadata", {})
+        cwe = metadata.get("cwe")
+        cwe = cwe[0] if isinstance(cwe, list) and cwe else cwe
+        number = None
+        if isinstance(cwe, str) and cwe.startswith("CWE-"):
+            digits = cwe[4:].split(":")[0]
+            number = int(digits) if digits.isdigit() else None
+        findings.append(
+            {
+                "severity": SEMGREP_SEVERITY.get(extra.get("severity", ""), "LOW"),
+                "confidence": metadata.get("confidence", "MEDIUM"),
+                "cwe": number,
+                "test_id": r.get("check_id"),
+                "file": r.get("path"),
+                "line": r.get("start", {}).get("line"),
+                "message": extra.get("message"),
+                "tool": "semgrep",
+            }
+        )
+    errors = [e.get("message", "")[:300] for e in report.get("errors", [])]
+    return {"findings": findings, "errors": errors}

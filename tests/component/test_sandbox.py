@@ -316,10 +316,20 @@ def test_scan_finds_the_classic_mistakes(executor: Executor) -> None:
         b"subprocess.call(value, shell=True)\n"
     )
     result = run(executor, "scan", {}, files={"app.py": code}, timeout_s=60)
-    findings = json.loads(result.output_json)["findings"]
+    report = json.loads(result.output_json)
+    findings = report["findings"]
     tests = {f["test_id"] for f in findings}
     assert {"B105", "B307", "B602"} <= tests, findings
     assert all(f["file"].endswith("app.py") and f["line"] and f["cwe"] for f in findings)
+    if executor.semgrep:  # the toolchain has it: our rules find the same mistakes
+        assert report["scanners"] == ["bandit", "semgrep"] and not report.get("semgrep_errors"), report
+        by_semgrep = {f["test_id"] for f in findings if f["tool"] == "semgrep"}
+        assert {
+            "agentmesh.python.eval-of-input",
+            "agentmesh.python.subprocess-shell-true",
+            "agentmesh.python.hardcoded-password",
+        } <= by_semgrep, findings
+        assert report["high"] >= 3  # shell=True from both scanners, eval from semgrep
 
 
 def test_an_action_the_host_cannot_isolate_is_refused_unless_permissive(tmp_path: Path) -> None:

@@ -99,19 +99,23 @@ async def wait_for_action_processes(mesh: Mesh, name: str, count: int, timeout_s
         await asyncio.sleep(0.02)
 
 
+def inference_running(mesh: Mesh) -> float:
+    """How many sequences the inference worker's batch holds now (its metrics)."""
+    import httpx
+
+    body = httpx.get(f"http://127.0.0.1:{mesh.metrics_ports['inference']}/metrics", timeout=10).text
+    values = [line for line in body.splitlines() if line.startswith("agentmesh_inference_running ")]
+    return float(values[0].split()[1]) if values else float("nan")
+
+
 def wait_inference_idle(mesh: Mesh, timeout_s: float = 10.0) -> float:
     """Poll the inference worker's metrics until no sequence runs; the last `running` value seen."""
     import time
 
-    import httpx
-
-    port = mesh.metrics_ports["inference"]
     deadline = time.monotonic() + timeout_s
     running = float("nan")
     while time.monotonic() < deadline:
-        body = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-        values = [line for line in body.splitlines() if line.startswith("agentmesh_inference_running ")]
-        running = float(values[0].split()[1]) if values else float("nan")
+        running = inference_running(mesh)
         if running == 0:
             break
         time.sleep(0.05)

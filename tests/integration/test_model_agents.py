@@ -5,11 +5,12 @@ max_tokens keep each run to seconds on the CPU."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
-from tests.conftest import cancel_once_streaming, client_for, run, wait_inference_idle
+from tests.conftest import client_for, inference_running, run, wait_inference_idle
 
 ADD = {
     "spec": "Write a Python function add(a, b) that returns the sum of a and b.",
@@ -91,8 +92,17 @@ def test_cancelling_codegen_mid_generation_stops_every_candidate(model_mesh: Mes
     async def go() -> None:
         async with client_for(model_mesh) as client:
             task = await client.submit("codegen", {**ADD, "candidates": 4, "max_tokens": 1000})
-            done = await cancel_once_streaming(client, task.id)
+            # The candidates generate in child tasks: cancel the parent once generations run.
+            for _ in range(600):
+                if inference_running(model_mesh) >= 1:
+                    break
+                await asyncio.sleep(0.01)
+            await client.cancel(task.id)
+            done = await client.wait(task.id)
             assert done.state == pb.TASK_STATE_CANCELLED
+            page = await client.list(limit=50)
+            kids = [t for t in page.tasks if t.parent_id == task.id]
+            assert len(kids) == 4 and all(k.state == pb.TASK_STATE_CANCELLED for k in kids), kids
 
     run(go())
     assert wait_inference_idle(model_mesh) == 0

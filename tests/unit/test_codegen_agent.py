@@ -119,29 +119,70 @@ def scan_result(key: str, high: int) -> pb.ActionResult:
     return pb.ActionResult(key=key, status=pb.ACTION_STATUS_OK, output_json=json.dumps(report))
 
 
-def test_candidates_are_generated_together_then_tested_with_first_success() -> None:
+def test_candidates_fan_out_as_child_tasks_joined_as_any() -> None:
     run = Driver(candidates=3)
-    assert run.keys() == ["gen.1.0", "gen.1.1", "gen.1.2"]
-    infers = [a.infer for a in run.decision.actions]
-    assert infers[0].temperature == 0.0 and infers[1].temperature > 0 and infers[1].seed != infers[2].seed
-    run.step([gen_result("gen.1.0", f"```python\n{ADD}```"), gen_result("gen.1.1", "no idea"),
-              gen_result("gen.1.2", f"```python\n{ADD}```")])  # fmt: skip
-    assert run.keys() == ["test.1.0", "test.1.2"] and run.decision.first_success
-    files = run.decision.actions[0].exec.files
-    assert files["solution.py"].decode() == ADD and "test_solution.py" in files
+    assert run.keys() == ["fan.1"]
+    spawn = run.decision.actions[0].spawn
+    assert spawn.join == pb.JOIN_MODE_ANY and len(spawn.children) == 3
+    kids = [json.loads(c.input_json) for c in spawn.children]
+    assert all(c.agent == "codegen" for c in spawn.children)
+    for kid in kids:
+        AGENT.validate(kid)  # each child is a valid one-candidate, one-attempt codegen task
+        assert (kid["candidates"], kid["max_attempts"], kid["scan"]) == (1, 1, False)
+    assert kids[0]["temperature"] == 0.0 and kids[1]["temperature"] > 0
+    assert len({k["seed"] for k in kids}) == 3
 
 
-def test_a_pass_is_scanned_and_a_clean_scan_finishes() -> None:
+def _child(state: str, outcome: str = "", code: str = ADD, passed: int = 0) -> dict:
+    tried = {"index": 0, "outcome": outcome, "code": code, "tests": {"passed": passed, "failed": 1 - passed,
+             "tests": [{"name": "t::test_add", "outcome": outcome, "message": "assert 4 == 5"}]}}  # fmt: skip
+    result = {"reports": [{"attempt": 1, "candidates": [tried]}]} if outcome else None
+    error = None if state in ("SUCCEEDED", "CANCELLED") else "TESTS_FAILED"
+    return {"id": f"kid-{state}", "state": state, "result": result, "error": error}
+
+
+def _fanned(key: str, *children: dict) -> pb.ActionResult:
+    status = (
+        pb.ACTION_STATUS_OK if any(c["state"] == "SUCCEEDED" for c in children) else pb.ACTION_STATUS_FAILED
+    )
+    return pb.ActionResult(
+        key=key,
+        status=status,
+        output_json=json.dumps({"children": list(children)}),
+        cost=pb.Cost(tokens_out=40),
+    )
+
+
+def test_the_first_child_to_pass_wins_and_is_scanned() -> None:
     run = Driver(candidates=2)
-    run.step([gen_result("gen.1.0", f"```python\n{ADD}```"), gen_result("gen.1.1", f"```python\n{ADD}```")])
-    skipped = pb.ActionResult(key="test.1.0", status=pb.ACTION_STATUS_SKIPPED)
-    run.step([skipped, junit_result("test.1.1", True)])
+    run.step([_fanned("fan.1", _child("CANCELLED"), _child("SUCCEEDED", "passed", passed=1))])
     assert run.keys() == ["scan.0"]
     final = run.step([scan_result("scan.0", 0)]).final
     result = json.loads(final.result_json)
     assert final.state == pb.TASK_STATE_SUCCEEDED and result["code"] == ADD and result["attempts"] == 1
     assert [c["outcome"] for c in result["reports"][0]["candidates"]] == ["cancelled", "passed"]
-    assert result["tokens"] == {"in": 100, "out": 40}
+    assert result["tokens"]["out"] == 40  # the children's tokens, rolled up into the spawn's cost
+
+
+def test_when_no_child_passes_the_best_failure_goes_to_the_next_fan_out() -> None:
+    run = Driver(candidates=2, max_attempts=2)
+    wrong = "def add(a, b):\n    return a - b\n"
+    run.step([_fanned("fan.1", _child("FAILED", "failed", code=wrong), _child("FAILED", "failed"))])
+    assert run.keys() == ["fan.2"]
+    kids = [json.loads(c.input_json) for c in run.decision.actions[0].spawn.children]
+    assert all(k["feedback"]["code"] == wrong and "assert 4 == 5" in k["feedback"]["failures"] for k in kids)
+    assert all(k["temperature"] > 0 for k in kids)  # no greedy candidate after the first attempt
+    final = run.step([_fanned("fan.2", _child("FAILED", "failed"), _child("FAILED", "failed"))]).final
+    assert final.state == pb.TASK_STATE_FAILED and final.error.reason == "TESTS_FAILED"
+    assert len(json.loads(final.result_json)["reports"]) == 2
+
+
+def test_a_child_samples_with_its_seed_and_starts_from_its_feedback() -> None:
+    feedback = {"code": "def add(a, b):\n    return 0\n", "failures": "assert 0 == 5"}
+    run = Driver(candidates=1, seed=7, temperature=0.5, feedback=feedback)
+    infer = run.decision.actions[0].infer
+    assert (infer.temperature, infer.seed) == (0.5, 7)
+    assert "assert 0 == 5" in infer.messages[-1].content
 
 
 def test_failures_are_fed_back_and_the_task_fails_after_max_attempts() -> None:
@@ -199,11 +240,9 @@ def test_a_fix_that_breaks_the_tests_is_dropped() -> None:
 
 
 def test_a_generation_failure_fails_the_task_clearly() -> None:
-    run = Driver(candidates=2)
+    run = Driver(candidates=1)
     error = pb.TaskError(reason="UNAVAILABLE", message="no model loaded")
-    final = run.step(
-        [pb.ActionResult(key=f"gen.1.{i}", status=pb.ACTION_STATUS_FAILED, error=error) for i in range(2)]
-    ).final
+    final = run.step([pb.ActionResult(key="gen.1.0", status=pb.ACTION_STATUS_FAILED, error=error)]).final
     assert final.state == pb.TASK_STATE_FAILED and final.error.reason == "GENERATION_FAILED"
     assert "no model loaded" in final.error.message
 

@@ -1,15 +1,17 @@
 """The `codegen` agent: the seed's case study. Generate code with a model, test it in the sandbox, feed
 failures back, scan the winner for vulnerabilities, ask for a fix of what the scan finds.
 
-One attempt = `candidates` generations at once (they batch together on the inference worker), then
-each candidate's tests in its own sandbox, concurrently; the first candidate to pass wins and the
-others are cancelled (the decision's `first_success`). When none passes, the failing tests of the
-best candidate go back into the next prompt, up to `max_attempts`. The winner is scanned (bandit);
+One attempt = `candidates` child tasks at once, each generating one candidate (the generations
+batch together on the inference worker) and testing it in its own sandbox as soon as it is written;
+the first child to pass wins and the others are cancelled, mid-generation or mid-test (an any-join
+of a `spawn`). With one candidate the task does it itself: generate, then test. When none passes,
+the failing tests of the best candidate go back into the next prompt, up to `max_attempts`. The
+winner is scanned (bandit, and semgrep where installed);
 high-severity findings get `max_fixes` rounds of "fix these issues", each re-tested, and a fix is
 kept only if it still passes.
 
 Phases, kept in the memo between decisions (the planner holds no state):
-  generate -> test -> (scan -> [fix -> retest -> scan]...) -> done
+  (generate -> test | fan out) -> (scan -> [fix -> retest -> scan]...) -> done
 The result: {passed, code, attempts, reports (every candidate of every attempt: its code, its test
 outcome), scan, fixes, tokens}.
 """
@@ -65,7 +67,10 @@ class CodegenAgent:
                 "codegen input must be an object", field_violations=[("input", "an object")]
             )
         violations: list[tuple[str, str]] = []
-        known = {"spec", "tests", "language", "entrypoint", "model", "scan", "temperature", *LIMITS}
+        known = {
+            "spec", "tests", "language", "entrypoint", "model", "scan", "temperature", "seed", "feedback",
+            *LIMITS,
+        }  # fmt: skip
         for name in sorted(set(input) - known):
             violations.append((f"input.{name}", "unknown field"))
         for name in ("spec", "tests"):
@@ -89,6 +94,14 @@ class CodegenAgent:
             violations.append(("input.temperature", "number from 0 to 2"))
         for name in LIMITS:
             _int_field(input, name, violations)
+        seed = input.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**62:
+            violations.append(("input.seed", "a non-negative integer"))
+        feedback = input.get("feedback")
+        if feedback is not None and not (
+            isinstance(feedback, dict) and all(isinstance(feedback.get(k), str) for k in ("code", "failures"))
+        ):
+            violations.append(("input.feedback", "{code, failures}: a previous attempt to improve on"))
         if violations:
             raise InvalidArgument(
                 "invalid codegen input: " + "; ".join(f"{f}: {d}" for f, d in violations),
@@ -105,6 +118,7 @@ class CodegenAgent:
             memo["tokens"]["out"] += result.cost.tokens_out
         step = {
             "start": _next_attempt,
+            "fanout": _after_fanout,
             "generate": _after_generate,
             "test": _after_test,
             "scan": _after_scan,
@@ -126,6 +140,10 @@ class _Options:
         self.candidates: int = input.get("candidates", LIMITS["candidates"][2])
         self.max_tokens: int = input.get("max_tokens", LIMITS["max_tokens"][2])
         self.max_fixes: int = input.get("max_fixes", LIMITS["max_fixes"][2])
+        # Set by a parent codegen task for each of its candidates: sample with exactly this seed and
+        # temperature (no greedy first candidate), starting from the parent's feedback.
+        self.seed: int | None = input.get("seed")
+        self.feedback: dict[str, str] | None = input.get("feedback")
 
     def request(self) -> str:
         named = f"\nThe function must be named `{self.entrypoint}`." if self.entrypoint else ""
@@ -140,8 +158,10 @@ def _next_attempt(opts: _Options, memo: dict[str, Any], _: dict[str, pb.ActionRe
         return _finish(memo, passed=False)
     memo["attempt"] += 1
     attempt = memo["attempt"]
+    if opts.candidates > 1:
+        return _fan_out(opts, memo, attempt)
     messages = [("system", SYSTEM), ("user", opts.request())]
-    feedback = memo.get("feedback")
+    feedback = memo.get("feedback") or opts.feedback
     if feedback:
         messages += [
             ("assistant", f"```python\n{feedback['code']}```"),
@@ -150,18 +170,82 @@ def _next_attempt(opts: _Options, memo: dict[str, Any], _: dict[str, pb.ActionRe
     actions = []
     for index in range(opts.candidates):
         # The first candidate of the first attempt is greedy (the model's best guess); the rest sample.
-        greedy = attempt == 1 and index == 0
+        greedy = attempt == 1 and index == 0 and opts.seed is None
+        seed = opts.seed if opts.seed is not None else attempt * 1000 + index
         actions.append(
             _infer(
                 f"gen.{attempt}.{index}",
                 opts,
                 messages,
                 temperature=0.0 if greedy else opts.temperature,
-                seed=attempt * 1000 + index,
+                seed=seed,
             )
         )
     memo["phase"] = "generate"
     return pb.Decision(memo_json=json.dumps(memo), actions=actions)
+
+
+def _fan_out(opts: _Options, memo: dict[str, Any], attempt: int) -> pb.Decision:
+    """One child codegen task per candidate, joined as any: the first to pass cancels the rest."""
+    base = {"spec": opts.spec, "tests": opts.tests, "model": opts.model, "max_tokens": opts.max_tokens}
+    if opts.entrypoint:
+        base["entrypoint"] = opts.entrypoint
+    feedback = memo.get("feedback") or opts.feedback
+    if feedback:
+        base["feedback"] = feedback
+    children = []
+    for index in range(opts.candidates):
+        greedy = attempt == 1 and index == 0
+        child = {
+            **base,
+            "candidates": 1,
+            "max_attempts": 1,
+            "scan": False,
+            "max_fixes": 0,
+            "temperature": 0.0 if greedy else opts.temperature,
+            "seed": attempt * 1000 + index,
+        }
+        children.append(pb.ChildSpec(agent="codegen", input_json=json.dumps(child)))
+    action = pb.Action(key=f"fan.{attempt}")
+    action.spawn.CopyFrom(pb.SpawnAction(children=children, join=pb.JOIN_MODE_ANY))
+    memo["phase"] = "fanout"
+    return pb.Decision(memo_json=json.dumps(memo), actions=[action])
+
+
+def _after_fanout(opts: _Options, memo: dict[str, Any], results: dict[str, pb.ActionResult]) -> pb.Decision:
+    attempt = memo["attempt"]
+    result = results.get(f"fan.{attempt}")
+    children = json.loads(result.output_json)["children"] if result is not None and result.output_json else []
+    report: dict[str, Any] = {"attempt": attempt, "candidates": []}
+    memo["reports"].append(report)
+    winner = None
+    reasons = []
+    for index, child in enumerate(children):
+        outcome = child.get("result") or {}
+        tried = (outcome.get("reports") or [{}])[-1].get("candidates") or [{}]
+        entry = {**tried[0], "index": index, "task_id": child["id"]}
+        if child["state"] == "CANCELLED":
+            entry["outcome"] = "cancelled"  # another candidate passed first
+        elif child["state"] == "SUCCEEDED" and winner is None:
+            winner = entry
+        elif "outcome" not in entry:
+            entry["outcome"] = "failed"
+        reasons.append(child.get("error"))
+        report["candidates"].append(entry)
+    if winner is not None:
+        memo["code"] = winner["code"]
+        memo["winner"] = {"attempt": attempt, "index": winner["index"]}
+        return _scan_or_finish(opts, memo)
+    if children and all(r == "GENERATION_FAILED" for r in reasons):
+        return _fail(memo, "GENERATION_FAILED", "the model could not generate (see each candidate's task)")
+    if children and all(r == "SANDBOX_FAILED" for r in reasons):
+        return _fail(memo, "SANDBOX_FAILED", "the tests could not run (see each candidate's task)")
+    tested = [c for c in report["candidates"] if "tests" in c and "code" in c]
+    if tested:
+        best = max(tested, key=lambda c: c["tests"].get("passed", 0))
+        memo["feedback"] = {"code": best["code"], "failures": _failures(best)}
+    memo["phase"] = "start"
+    return _next_attempt(opts, memo, {})
 
 
 def _after_generate(opts: _Options, memo: dict[str, Any], results: dict[str, pb.ActionResult]) -> pb.Decision:

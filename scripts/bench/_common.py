@@ -84,3 +84,29 @@ def report(name: str, title: str, rows: list[dict[str, Any]], extra: dict[str, A
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(payload, indent=2))
     console.print(f"wrote {path.relative_to(ROOT)}")
+
+
+async def submit_many(
+    client: Any, agent: str, spec: dict[str, Any], count: int, window: int = 256
+) -> list[str]:
+    """Submit `count` tasks with `window` submits in flight, waiting out 429s (Retry-After); their ids."""
+    import asyncio
+
+    from services.runtime.errors import ResourceExhausted
+
+    ids: list[str] = []
+    left = count
+
+    async def submitter() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            while True:
+                try:
+                    ids.append((await client.submit(agent, spec)).id)
+                    break
+                except ResourceExhausted as exc:
+                    await asyncio.sleep(exc.retry_after_s or 0.1)
+
+    await asyncio.gather(*[submitter() for _ in range(window)])
+    return ids

@@ -15,12 +15,11 @@ import argparse
 import asyncio
 import time
 
-from _common import report, rss_kb, start_mesh
+from _common import report, rss_kb, start_mesh, submit_many
 
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.runtime.errors import ResourceExhausted
 
 WINDOW = 256
 
@@ -54,24 +53,10 @@ async def measure(address: str, coordinator_pid: int, tasks: int, children: int,
             await asyncio.sleep(0.05)
 
     sampler = asyncio.ensure_future(sample())
-    ids: list[str] = []
     body = spec(children, echo)
     async with AgentMeshClient(address, TENANT_KEYS["alpha"]) as client:
         started = time.perf_counter()
-        left = tasks
-
-        async def submitter() -> None:
-            nonlocal left
-            while left > 0:
-                left -= 1
-                while True:
-                    try:
-                        ids.append((await client.submit("pipeline", body)).id)
-                        break
-                    except ResourceExhausted as exc:
-                        await asyncio.sleep(exc.retry_after_s or 0.1)
-
-        await asyncio.gather(*[submitter() for _ in range(WINDOW)])
+        ids = await submit_many(client, "pipeline", body, tasks, WINDOW)
         submitted = time.perf_counter() - started
         watchers = asyncio.Semaphore(WINDOW)  # tasks all run at once; we follow 256 at a time
 

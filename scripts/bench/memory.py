@@ -14,32 +14,18 @@ import asyncio
 import gc
 import time
 
-from _common import report, rss_kb, start_mesh
+from _common import report, rss_kb, start_mesh, submit_many
 
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.runtime.errors import ResourceExhausted
 
 SPEC = {"steps": [{"id": "ask", "tool": "approval", "args": {"prompt": "approve?"}}]}
 WINDOW = 256
 
 
 async def park(client: AgentMeshClient, count: int) -> None:
-    left = count
-
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            while True:
-                try:
-                    await client.submit("pipeline", SPEC)
-                    break
-                except ResourceExhausted as exc:
-                    await asyncio.sleep(exc.retry_after_s or 0.1)
-
-    await asyncio.gather(*[worker() for _ in range(WINDOW)])
+    await submit_many(client, "pipeline", SPEC, count, WINDOW)
 
 
 async def waiting_count(client: AgentMeshClient) -> int:

@@ -865,15 +865,7 @@ class TaskManager:
                             run.task_id, action, timeout, sink, attempt, only_if_known=known_only
                         )
                         if result.error.reason == "UNKNOWN_ACTION":
-                            name = action.key or action.id
-                            result.error.CopyFrom(
-                                pb.TaskError(
-                                    reason="AMBIGUOUS_FAILURE",
-                                    message=f"{name} was running when the coordinator stopped and the "
-                                    "executor no longer has it: it may have done part of its work and is "
-                                    "not safe to repeat, so it was not run again",
-                                )
-                            )
+                            _mark_ambiguous(result, action, "it was running when the coordinator stopped")
                     elif kind == "infer":
                         result = await self.workers.run_infer(run.task_id, action, timeout, sink)
                     else:
@@ -885,15 +877,7 @@ class TaskManager:
                 )
             result.action_id, result.key, result.attempts = action.id, action.key, attempt
             if result.status != OK and _ambiguous(action, result):
-                name = action.key or action.id
-                result.error.CopyFrom(
-                    pb.TaskError(
-                        reason="AMBIGUOUS_FAILURE",
-                        message=f"the worker was lost ({result.error.reason}) while {name} ran: it may have "
-                        "done part of its work and is not safe to repeat, so it was not run again "
-                        "(retry.on_ambiguous: rerun allows it)",
-                    )
-                )
+                _mark_ambiguous(result, action, f"its worker was lost ({result.error.reason}) while it ran")
                 break
             if result.status != OK and result.error.reason in WORKER_LOST and lost < MAX_WORKER_LOST:
                 # The worker went away (restart, crash, unreachable): not the action's failure, so it
@@ -1106,6 +1090,17 @@ def _safe_to_repeat(action: pb.Action) -> bool:
     if action.WhichOneof("kind") != "exec":
         return True
     return action.exec.tool == "echo" or not action.exec.network
+
+
+def _mark_ambiguous(result: pb.ActionResult, action: pb.Action, what: str) -> None:
+    result.status = FAILED_A
+    result.error.CopyFrom(
+        pb.TaskError(
+            reason="AMBIGUOUS_FAILURE",
+            message=f"{action.key or action.id}: {what}, so it may have done part of its work; it is not "
+            "safe to repeat and was not run again (retry.on_ambiguous: rerun allows it)",
+        )
+    )
 
 
 def _may_rerun(action: pb.Action) -> bool:

@@ -19,10 +19,7 @@ class GPT2Model(LlamaModel):
     def __init__(
         self, backend: Backend, config: LlamaConfig, weights: dict[str, np.ndarray], dtype: Any = None
     ) -> None:
-        self.backend = backend
-        self.config = config
-        xp = backend.xp
-        self.dtype = dtype or (xp.float16 if backend.is_gpu else xp.float32)
+        self._place(backend, config, dtype)
         put = self._put
         self.embed = put(weights["wte.weight"])
         self.positions = put(weights["wpe.weight"])

@@ -127,10 +127,8 @@ class LlamaModel:
     def __init__(
         self, backend: Backend, config: LlamaConfig, weights: dict[str, np.ndarray], dtype: Any = None
     ) -> None:
-        self.backend = backend
-        self.config = config
+        self._place(backend, config, dtype)
         xp = backend.xp
-        self.dtype = dtype or (xp.float16 if backend.is_gpu else xp.float32)
         put = self._put
         self.embed = put(weights["token_embd.weight"])
         if "output.weight" in weights:
@@ -160,6 +158,12 @@ class LlamaModel:
         self.inv_freq = xp.asarray(
             1.0 / (config.rope_theta ** (np.arange(half, dtype=np.float64) / half)), dtype=xp.float32
         )
+
+    def _place(self, backend: Backend, config: LlamaConfig, dtype: Any) -> None:
+        """Where and in what precision the weights live: float16 on a GPU, float32 on the CPU."""
+        self.backend = backend
+        self.config = config
+        self.dtype = dtype or (backend.xp.float16 if backend.is_gpu else backend.xp.float32)
 
     def _put(self, array: np.ndarray, transpose: bool = False) -> Any:
         """A weight on the device in the model's dtype (transposed: x @ w_t is x @ w.T)."""

@@ -142,7 +142,14 @@ def _region_child(dataset: str, region: str) -> dict:
 
 
 CODEGEN_PROBLEMS = ("is_even", "count_vowels", "factorial", "fizzbuzz")
-PHASES = {"gen": "generating", "test": "testing", "scan": "scanning", "fix": "fixing", "retest": "re-testing"}
+PHASES = {
+    "fan": "candidates writing and testing",
+    "gen": "generating",
+    "test": "testing",
+    "scan": "scanning",
+    "fix": "fixing",
+    "retest": "re-testing",
+}
 
 
 async def run_codegen(address: str, key: str) -> int:

@@ -17,6 +17,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from services.runtime.errors import InvalidArgument
+
 log = logging.getLogger(__name__)
 
 MS_NOSUID, MS_NODEV = 2, 4
@@ -53,8 +55,6 @@ def unmount(target: Path) -> None:
 
 
 def check_names(names: list[str], what: str) -> None:
-    from services.runtime.errors import InvalidArgument
-
     for name in names:
         parts = name.split("/")
         if not name or name.startswith("/") or "\x00" in name or any(p in ("", ".", "..") for p in parts):

@@ -14,6 +14,22 @@ import numpy as np
 from services.inference.llama import LlamaConfig, LlamaModel
 from services.inference.xp import Backend
 
+# Our name for each per-layer tensor (the x @ w_t + w_b layout LlamaModel's hooks use) -> GPT-2's.
+LAYER = {
+    "attn_norm": "ln_1.weight",
+    "attn_norm_b": "ln_1.bias",
+    "qkv_t": "attn.c_attn.weight",
+    "qkv_b": "attn.c_attn.bias",
+    "o_t": "attn.c_proj.weight",
+    "o_b": "attn.c_proj.bias",
+    "ffn_norm": "ln_2.weight",
+    "ffn_norm_b": "ln_2.bias",
+    "fc_t": "mlp.c_fc.weight",
+    "fc_b": "mlp.c_fc.bias",
+    "proj_t": "mlp.c_proj.weight",
+    "proj_b": "mlp.c_proj.bias",
+}
+
 
 class GPT2Model(LlamaModel):
     def __init__(
@@ -29,22 +45,7 @@ class GPT2Model(LlamaModel):
         for i in range(config.n_layers):
             p = f"h.{i}."
             # Conv1D weights are stored (in, out): already the layout x @ w wants.
-            self.layers.append(
-                {
-                    "attn_norm": put(weights[p + "ln_1.weight"]),
-                    "attn_norm_b": put(weights[p + "ln_1.bias"]),
-                    "qkv_t": put(weights[p + "attn.c_attn.weight"]),
-                    "qkv_b": put(weights[p + "attn.c_attn.bias"]),
-                    "o_t": put(weights[p + "attn.c_proj.weight"]),
-                    "o_b": put(weights[p + "attn.c_proj.bias"]),
-                    "ffn_norm": put(weights[p + "ln_2.weight"]),
-                    "ffn_norm_b": put(weights[p + "ln_2.bias"]),
-                    "fc_t": put(weights[p + "mlp.c_fc.weight"]),
-                    "fc_b": put(weights[p + "mlp.c_fc.bias"]),
-                    "proj_t": put(weights[p + "mlp.c_proj.weight"]),
-                    "proj_b": put(weights[p + "mlp.c_proj.bias"]),
-                }
-            )
+            self.layers.append({ours: put(weights[p + theirs]) for ours, theirs in LAYER.items()})
 
     def _embed(self, tokens: Any, positions: Any) -> Any:
         return self.embed[tokens] + self.positions[positions]

@@ -276,7 +276,7 @@ def _after_generate(opts: _Options, memo: dict[str, Any], results: dict[str, pb.
         memo["phase"] = "start"
         return _next_attempt(opts, memo, {})
     memo["phase"] = "test"
-    return pb.Decision(memo_json=json.dumps(memo), actions=actions, first_success=True)
+    return pb.Decision(memo_json=json.dumps(memo), actions=actions)
 
 
 def _after_test(opts: _Options, memo: dict[str, Any], results: dict[str, pb.ActionResult]) -> pb.Decision:

@@ -201,7 +201,8 @@ class LlamaModel:
         masked = np.arange(width * cache.block_size)[None, :] >= lengths[:, None]
         return {
             "rows": xp.asarray(offsets[decoding]),
-            "table": xp.asarray(table),
+            "table": xp.asarray(table)[:, None, :],  # (B, 1, blocks), broadcast against heads
+            "heads": xp.arange(self.config.n_kv_heads)[None, :, None],  # (1, kv, 1)
             "masked": xp.asarray(masked)[:, None, None, :],
         }
 
@@ -212,10 +213,13 @@ class LlamaModel:
         cfg = self.config
         hd, n_kv = cfg.head_dim, cfg.n_kv_heads
         group = cfg.n_heads // n_kv
-        rows, table = plan["rows"], plan["table"]
+        rows, table, heads = plan["rows"], plan["table"], plan["heads"]
         count = table.shape[0]
-        keys = kc[table].transpose(0, 2, 1, 3, 4).reshape(count, n_kv, -1, hd)  # (B, kv, L, hd)
-        values = vc[table].transpose(0, 2, 1, 3, 4).reshape(count, n_kv, -1, hd)
+        # One advanced-indexing gather straight into (B, kv, blocks, slot, hd), so the reshape to
+        # (B, kv, L, hd) is a view. Gathering (B, blocks, kv, ...) and transposing after costs a
+        # strided copy that took most of the attention time.
+        keys = kc[table, heads].reshape(count, n_kv, -1, hd)
+        values = vc[table, heads].reshape(count, n_kv, -1, hd)
         queries = q[rows].reshape(count, n_kv, group, hd)
         scores = (queries @ keys.transpose(0, 1, 3, 2)).astype(xp.float32) * scale  # (B, kv, g, L)
         scores = xp.where(plan["masked"], -xp.inf, scores)
@@ -264,8 +268,10 @@ class LlamaModel:
                 total = seq.start + len(seq.tokens)
                 used = seq.blocks[: cache.blocks_for(total)]
                 # (blocks, kv, bs, hd) -> (kv, blocks*bs, hd), cut to the live length
-                keys = kc[used].transpose(1, 0, 2, 3).reshape(n_kv, -1, hd)[:, :total]
-                values = vc[used].transpose(1, 0, 2, 3).reshape(n_kv, -1, hd)[:, :total]
+                used_x = xp.asarray(used)[None, :]
+                heads = xp.arange(n_kv)[:, None]
+                keys = kc[used_x, heads].reshape(n_kv, -1, hd)[:, :total]
+                values = vc[used_x, heads].reshape(n_kv, -1, hd)[:, :total]
                 qs = q[lo:hi].reshape(hi - lo, n_kv, group, hd).transpose(1, 2, 0, 3)  # (kv, g, t, hd)
                 scores = (qs @ keys[:, None].transpose(0, 1, 3, 2)).astype(
                     xp.float32

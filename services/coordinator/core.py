@@ -166,7 +166,9 @@ class TaskManager:
         """Run `fn(conn) -> (value, events)` in the store; publish the events after the commit."""
         future = self.store.run(fn)
         future.add_done_callback(self._emit_done)
-        value, _ = await future
+        # Shielded: a caller interrupted while waiting (a cancel, a deadline) must not cancel the
+        # future, or the committed transaction's events would never be published.
+        value, _ = await asyncio.shield(future)
         return value
 
     def _tx_nowait(self, fn: Callable[[Any], tuple[Any, list[EventRow] | None]]) -> None:
@@ -358,7 +360,15 @@ class TaskManager:
         return agents
 
     async def cancel(self, tenant: str | None, task_id: str, reason: str = "") -> pb.Task:
-        """Idempotent. FailedPrecondition if the task already finished otherwise than cancelled."""
+        """Idempotent. FailedPrecondition if the task already finished otherwise than cancelled.
+
+        The reply waits for the cancel intent to be durable, so an acknowledged cancel survives a
+        crash. The kill does not wait for it: a task running here has its actions stopped while the
+        intent's fsync is under way. Killing before the intent is durable is safe because nothing is
+        acknowledged yet: if the coordinator dies in between, the client has no answer and retries,
+        and the task resumes like any task whose action died with its worker (the action runs again
+        if it is safe to repeat, else it is marked ambiguous).
+        """
         reason = reason or "cancelled by request"
 
         def op(conn: Any) -> tuple[tuple[pb.Task, bool, list[str]], list[EventRow]]:
@@ -367,27 +377,48 @@ class TaskManager:
             children = records.unfinished_children(conn, task_id)
             return (task, new, children), events
 
-        task, new, children = await self._tx(op)
+        run = self._running.get(task_id)
+        # Only a run this caller may cancel and that is not already ending on its own; anything else
+        # (another tenant's task, unknown id, a task finishing) is decided by the durable write.
+        early = run is not None and not run.finishing and tenant in (None, run.tenant)
+        # Queued before the interrupted run writes its end, so that end reads the intent and reason.
+        intent = self.store.run(op)
+        intent.add_done_callback(self._emit_done)
+        if early:
+            self._stop_running(task_id, run, reason)  # type: ignore[arg-type]
+        (task, new, children), _ = await intent
         if task.state in TERMINAL_STATES:
             return task
-        self._publish(
-            f"cancel.{task_id}", bus_pb2.CancelNotice(task_id=task_id, reason=reason).SerializeToString()
-        )
         run = self._running.get(task_id)
-        if run is not None:
-            self._interrupt(run, _Interrupt.CANCEL)
-        else:
+        if not early and run is not None:
+            self._stop_running(task_id, run, reason)
+        elif not early:
             # QUEUED or WAITING: nothing is in flight, so it ends now. If it starts running meanwhile,
             # its loop reads the durable intent and ends CANCELLED itself; finishing twice is a no-op.
+            self._publish_cancel(task_id, reason)
             self.scheduler.discard(task_id)
             await self._finish(task_id, records.CANCELLED, parent_id=None)
         await self._cancel_children(task_id, children, f"parent {task_id} cancelled")
         return await self.store.run(lambda c: records.get_task(c, task_id))
 
+    def _publish_cancel(self, task_id: str, reason: str) -> None:
+        self._publish(
+            f"cancel.{task_id}", bus_pb2.CancelNotice(task_id=task_id, reason=reason).SerializeToString()
+        )
+
+    def _stop_running(self, task_id: str, run: TaskRun, reason: str) -> None:
+        """Tell the workers (bus) and stop our own in-flight calls for a task running here."""
+        self._publish_cancel(task_id, reason)
+        self._interrupt(run, _Interrupt.CANCEL)
+
     async def _cancel_children(self, parent_id: str, children: list[str], reason: str) -> None:
-        for child in children:
+        """All at once: each child's kill need not wait for its siblings' durable writes."""
+
+        async def one(child: str) -> None:
             with contextlib.suppress(AgentMeshError):
                 await self.cancel(None, child, reason)
+
+        await asyncio.gather(*(one(child) for child in children))
 
     async def send_input(self, tenant: str, task_id: str, data_json: str) -> tuple[bool, pb.Task]:
         """Queue an input for the task's current or next `await_input`. Refused for finished tasks."""
@@ -620,6 +651,7 @@ class TaskManager:
                     conn, run.task_id, state, result_json=final.result_json, error=error
                 )
 
+            run.finishing = True  # from here an interrupt has nothing left to stop
             await self._tx(final_op)
             self._count_finish(state)
             if run.parent_id:

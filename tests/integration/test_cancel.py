@@ -14,7 +14,7 @@ from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.executor.cgroups import kill_base
 from services.executor.workspace import mounts_under
-from services.runtime.errors import FailedPrecondition
+from services.runtime.errors import FailedPrecondition, NotFound
 from services.runtime.procs import pid_alive
 from tests.conftest import client_for, run, wait_for_action_processes
 
@@ -47,6 +47,24 @@ def test_cancel_kills_the_whole_process_tree(mesh: Mesh) -> None:
 
     run(go())
     assert mesh.all_alive()
+
+
+def test_another_tenants_cancel_stops_nothing(mesh: Mesh) -> None:
+    # The coordinator kills a running task's actions before the cancel intent is durable; that early
+    # kill must be as strict about who may cancel as the durable write is.
+    async def go() -> None:
+        async with client_for(mesh) as owner, client_for(mesh, "beta") as stranger:
+            task = await owner.submit("pipeline", _tree_spec())
+            pids = await wait_for_action_processes(mesh, "sleep", 3)
+            with pytest.raises(NotFound):
+                await stranger.cancel(task.id)
+            await asyncio.sleep(0.3)
+            assert all(pid_alive(p) for p in pids)
+            assert (await owner.get(task.id)).state == pb.TASK_STATE_RUNNING
+            await owner.cancel(task.id)
+            assert (await owner.wait(task.id)).state == pb.TASK_STATE_CANCELLED
+
+    run(go())
 
 
 def test_cancelling_a_finished_task_is_a_failed_precondition(mesh: Mesh) -> None:

@@ -3,19 +3,32 @@
 and inter-token latency under 32 streams, embeddings/s, and the memory-bandwidth roofline.
 
 In-process (no gRPC): the engine's own throughput. Streams generate exactly --tokens tokens each
-(end-of-text ignored) from different prompts, greedy. The roofline for one stream is the measured
+(end-of-text ignored) from different prompts, greedy. "tokens/s" is end to end: all streams arrive
+at once, so it includes prefilling every prompt; "decode tokens/s" is the steady state, streams
+over the median inter-token time. The roofline for one stream is the measured
 copy bandwidth over the bytes of weights one decode step reads.
 
     .venv/bin/python scripts/bench/inference.py [--streams 1,4,16,32,64 --tokens 32]
+        [--peer-python /path/to/venv/bin/python]
+
+The peer, Hugging Face transformers on torch (CPU), runs in the same run on the same GGUF file and
+prompt token ids with as many threads as our BLAS has (`peer_transformers.py`). It needs an
+interpreter with torch, transformers, accelerate and gguf: this one if `pip install .[peer]` was
+run, else the one `--peer-python` names; without one it is skipped and says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
+import threadpoolctl
 from _common import percentile, report
 
 from services.inference import models
@@ -44,8 +57,11 @@ def run_streams(engine: Engine, generator, count: int, tokens: int) -> dict[str,
     stamps: list[list[float]] = [[] for _ in range(count)]
     submitted = [0.0] * count
 
+    texts = [""] * count
+
     def sink_for(index: int):  # type: ignore[no-untyped-def]
         def sink(text: str, final: bool, reason: str, usage: dict) -> None:
+            texts[index] += text
             if final:
                 left[0] -= 1
                 if left[0] == 0:
@@ -57,7 +73,7 @@ def run_streams(engine: Engine, generator, count: int, tokens: int) -> dict[str,
 
     started = time.perf_counter()
     for i in range(count):
-        prompt = generator.prompt_ids(f"Write a story about a robot named Unit {i}.", [])
+        prompt = stream_prompt(generator, i)
         submitted[i] = time.perf_counter()
         engine.submit(GenRequest(prompt_ids=prompt, max_tokens=tokens, on_event=sink_for(i), ignore_eos=True))
     if not done.wait(600):
@@ -65,7 +81,35 @@ def run_streams(engine: Engine, generator, count: int, tokens: int) -> dict[str,
     elapsed = time.perf_counter() - started
     ttft = [(s[0] - t0) * 1000 for s, t0 in zip(stamps, submitted, strict=True) if s]
     itl = [(b - a) * 1000 for s in stamps for a, b in zip(s, s[1:], strict=False)]
-    return {"elapsed": elapsed, "tokens": count * tokens, "ttft": ttft, "itl": itl}  # type: ignore[dict-item]
+    return {"elapsed": elapsed, "tokens": count * tokens, "ttft": ttft, "itl": itl, "text0": texts[0]}  # type: ignore[dict-item]
+
+
+def stream_prompt(generator, index: int) -> list[int]:  # type: ignore[no-untyped-def]
+    return generator.prompt_ids(f"Write a story about a robot named Unit {index}.", [])
+
+
+def run_peer(
+    python: str, gguf: Path, prompts: list[list[int]], counts: list[int], tokens: int, pad_id: int
+) -> dict | str:
+    """The transformers figures, or why there are none."""
+    threads = max((info["num_threads"] for info in threadpoolctl.threadpool_info()), default=1)
+    job = {
+        "gguf": str(gguf),
+        "prompts": prompts,
+        "counts": counts,
+        "tokens": tokens,
+        "threads": threads,
+        "pad_id": pad_id,
+    }
+    peer = Path(__file__).with_name("peer_transformers.py")
+    done = subprocess.run(  # noqa: S603 - our own script, in an interpreter the user named
+        [python, str(peer)], input=json.dumps(job), capture_output=True, text=True, timeout=3600, check=False
+    )
+    if done.returncode == 3:
+        return done.stderr.strip() or "torch or transformers is missing"
+    if done.returncode != 0:
+        return f"the peer failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
+    return json.loads(done.stdout)
 
 
 def main() -> None:
@@ -73,6 +117,9 @@ def main() -> None:
     parser.add_argument("--streams", default="1,4,16,32,64")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--peer-python", default=sys.executable, help="an interpreter with torch and transformers"
+    )
     opts = parser.parse_args()
     counts = [int(c) for c in opts.streams.split(",")]
     backend = select_backend(opts.device)
@@ -100,7 +147,7 @@ def main() -> None:
         max_context=2048,
     )
     engine.start()
-    rows, under_32 = [], None
+    rows, under_32, batch1_text = [], None, ""
     try:
         run_streams(engine, generator, 2, 4)  # warm up
         for count in counts:
@@ -113,21 +160,42 @@ def main() -> None:
                     "x batch 1": 0.0,
                     "ttft p50 ms": percentile(result["ttft"], 50),
                     "itl p50 ms": percentile(result["itl"], 50),
+                    # Steady-state decode: every stream makes a token per step of this length.
+                    "decode tokens/s": count * 1000 / percentile(result["itl"], 50),
+                    "decode x batch 1": 0.0,
                 }
             )
             if count == 32:
                 under_32 = result
+            if count == 1:
+                batch1_text = result["text0"]
     finally:
         engine.stop()
     for row in rows:
         row["x batch 1"] = row["tokens/s"] / rows[0]["tokens/s"]
+        row["decode x batch 1"] = row["decode tokens/s"] / rows[0]["decode tokens/s"]
+    prompts = [stream_prompt(generator, i) for i in range(max(counts))]
+    pad_id = min(generator.stop_ids) if generator.stop_ids else 0
+    peer = run_peer(opts.peer_python, path, prompts, counts, opts.tokens, pad_id)
+    if isinstance(peer, dict):
+        for row in rows:
+            theirs = peer["tokens_per_s"][str(row["streams"])]
+            row["transformers tokens/s"] = theirs
+            row["x transformers"] = row["tokens/s"] / theirs
     extra = {
         "device": backend.name,
         "copy_bandwidth_gbs": bandwidth,
         "decode_step_bytes": step_bytes,
         "roofline_tokens_s_batch1": roofline,
         "batch1_of_roofline": rows[0]["tokens/s"] / roofline,
+        "batch1_decode_of_roofline": rows[0]["decode tokens/s"] / roofline,
     }
+    if isinstance(peer, dict):
+        same = generator.tokenizer.decode(peer["batch1_tokens"], skip_special_tokens=True) == batch1_text
+        extra["peer"] = {k: peer[k] for k in ("torch", "transformers", "threads", "tokens_per_s")}
+        extra["peer"]["batch1_text_matches"] = same
+    else:
+        extra["peer"] = {"skipped": peer}
     if under_32 is not None:
         extra |= {
             "ttft_ms_32": {"p50": percentile(under_32["ttft"], 50), "p99": percentile(under_32["ttft"], 99)},
@@ -148,10 +216,20 @@ def main() -> None:
     )
     print(
         f"copy bandwidth {bandwidth:.1f} GB/s; a decode step reads {step_bytes / 1e6:.0f} MB -> roofline "
-        f"{roofline:.1f} tokens/s at batch 1; measured {rows[0]['tokens/s'] / roofline:.0%} of it"
+        f"{roofline:.1f} tokens/s at batch 1; measured {rows[0]['tokens/s'] / roofline:.0%} of it "
+        "end to end, "
+        f"{rows[0]['decode tokens/s'] / roofline:.0%} in decode steps"
     )
     one, many = extra["embeddings_per_s_batch1"], extra["embeddings_per_s_batch32"]
     print(f"embeddings/s: batch 1 {one:.0f}, batch 32 {many:.0f}")
+    if isinstance(peer, dict):
+        agree = "the same text" if extra["peer"]["batch1_text_matches"] else "DIFFERENT text"
+        print(
+            f"peer: transformers {peer['transformers']} on torch {peer['torch']}, {peer['threads']} threads; "
+            f"batch 1 greedy gave {agree} to ours"
+        )
+    else:
+        print(f"peer skipped: {peer}")
     if under_32 is not None:
         print(f"under 32 streams: ttft {extra['ttft_ms_32']}, itl {extra['itl_ms_32']}")
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from services.inference.llama import LlamaModel, SeqSlice
+from services.inference.prefix_cache import PrefixCache
 from services.inference.requests import EmbedJob, GenRequest
 from services.inference.sampling import sample
 
@@ -51,6 +52,7 @@ class Engine:
         block_size: int = 32,
         max_prefill_tokens: int = 512,
         max_context: int = 2048,
+        prefix_caching: bool = True,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -61,6 +63,7 @@ class Engine:
         if max_batch < 1 or kv_blocks < 1 or block_size < 1:
             raise ValueError("max_batch, kv_blocks and block_size must be positive")
         self.cache = model.new_cache(kv_blocks, block_size)
+        self.prefix = PrefixCache(self.cache, enabled=prefix_caching)
         self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ids = itertools.count(1)
         self._waiting: list[GenRequest] = []
@@ -100,7 +103,7 @@ class Engine:
 
     def stats(self) -> EngineStats:
         return EngineStats(
-            len(self._running), len(self._waiting), self.cache.used_fraction, self.steps, self.tokens
+            len(self._running), len(self._waiting), self.prefix.used_fraction, self.steps, self.tokens
         )
 
     # ---------------------------------------------------------------- the engine thread
@@ -167,13 +170,30 @@ class Engine:
                 )
                 continue
             total = min(total, self.max_context)
-            need = self.cache.blocks_for(total)
-            if need > len(self.cache.free):
+            if self._prefix_in_flight(request):
+                return  # its first blocks are being computed right now: share them from next step
+            shared = self.prefix.match(request.prompt_ids)
+            need = self.cache.blocks_for(total) - len(shared)
+            if need > self.prefix.available:
+                self.prefix.release(shared)
                 return  # wait for blocks to free up
             self._waiting.pop(0)
-            request.blocks = self.cache.allocate(need)
+            request.blocks = shared + self.prefix.allocate(need)
+            request.prefill_pos = request.cached_tokens = len(shared) * self.cache.block_size
             request.max_tokens = total - len(request.prompt_ids)
             self._running.append(request)
+
+    def _prefix_in_flight(self, request: GenRequest) -> bool:
+        """Whether a running request is still prefilling the same first block as `request`. Waiting
+        a step for it to finish is cheaper than computing the same prefix twice (the candidates of
+        a codegen attempt arrive together with one prompt)."""
+        if not self.prefix.shareable_blocks(request.prompt_ids):
+            return False
+        head = request.prompt_ids[: self.cache.block_size]
+        return any(
+            r.prefill_pos < len(r.prompt_ids) and r.prompt_ids[: self.cache.block_size] == head
+            for r in self._running
+        )
 
     def _step(self) -> None:
         """One forward pass: the next token of every decoding sequence, plus chunks of the prompts
@@ -204,6 +224,7 @@ class Engine:
             request.engine_ms += share_ms
             if request.prefill_pos < len(request.prompt_ids):
                 request.prefill_pos += len(piece.tokens)
+                self.prefix.register(request.prompt_ids, request.blocks, request.prefill_pos)
             if not samples:
                 continue  # a prompt chunk short of the end: nothing to sample yet
             token = sample(row, request.temperature, request.top_k, request.top_p, request.rng)  # type: ignore[arg-type]
@@ -244,9 +265,10 @@ class Engine:
             self._running.remove(request)
         elif request in self._waiting:
             self._waiting.remove(request)
-        self.cache.release(request.blocks)
+        self.prefix.release(request.blocks)
         usage = {
             "prompt_tokens": len(request.prompt_ids),
+            "cached_prompt_tokens": request.cached_tokens,
             "completion_tokens": len(request.generated),
             "engine_ms": request.engine_ms,
             "ttft_ms": (request.first_token_at - request.submitted_at) * 1000

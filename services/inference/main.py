@@ -36,6 +36,7 @@ class InferenceConfig(CommonConfig):
     kv_blocks: int = setting(128, "KV cache blocks (each holds block_size positions of every layer)")
     block_size: int = setting(32, "positions per KV cache block")
     max_context: int = setting(2048, "longest prompt + completion, in tokens")
+    prefix_caching: bool = setting(True, "reuse the KV blocks of prompt prefixes seen before")
     blas_threads: int = setting(0, "BLAS threads on the CPU (0: all cores but one, at least one)")
     openai_base_url: str = setting(
         "", "an OpenAI-compatible server to forward to, e.g. http://127.0.0.1:8000/v1"
@@ -104,6 +105,7 @@ class InferenceService(Service):
                 kv_blocks=cfg.kv_blocks,
                 block_size=cfg.block_size,
                 max_context=cfg.max_context,
+                prefix_caching=cfg.prefix_caching,
             )
             engine.start()
         self.engine = engine

@@ -29,6 +29,7 @@ class GenRequest:
     generated: list[int] = field(default_factory=list)
     emitted: int = 0
     prefill_pos: int = 0  # prompt tokens already in the KV cache
+    cached_tokens: int = 0  # of those, how many came from the prefix cache
     engine_ms: float = 0.0
     submitted_at: float = 0.0
     first_token_at: float = 0.0

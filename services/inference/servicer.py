@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_CHARS = 100_000
 
-TOKENS = Counter("agentmesh_inference_tokens_total", "tokens", ["model", "kind"])
+TOKENS = Counter(
+    "agentmesh_inference_tokens_total", "tokens (kind: prompt, prompt_cached, completion)", ["model", "kind"]
+)
 TTFT = Histogram(
     "agentmesh_inference_ttft_seconds",
     "time to first token",
@@ -125,6 +127,8 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                         )
                     TOKENS.labels(name, "prompt").inc(usage["prompt_tokens"])
                     TOKENS.labels(name, "completion").inc(usage["completion_tokens"])
+                    # prompt tokens whose K/V came from the prefix cache (a part of "prompt")
+                    TOKENS.labels(name, "prompt_cached").inc(usage.get("cached_prompt_tokens", 0))
                     if usage.get("ttft_ms"):
                         TTFT.labels(name).observe(usage["ttft_ms"] / 1000)
                     engine_ms = float(usage["engine_ms"])

@@ -138,17 +138,17 @@ def test_max_tokens_and_stop_strings(engine: Engine, generator: Generator) -> No
     limited = generate(engine, generator, "Write a long story about a dragon.", max_tokens=5)
     wait(limited)
     assert limited.final[0] == "length" and limited.final[1]["completion_tokens"] == 5  # type: ignore[index]
-    free_before = len(engine.cache.free)
+    free_before = engine.prefix.available
     stopped = generate(
         engine, generator, "Count from 1 to 10, separated by commas.", max_tokens=40, stop=["4"]
     )
     wait(stopped)
     assert stopped.final[0] == "stop" and "4" not in stopped.text and "3" in stopped.text  # type: ignore[index]
-    assert len(engine.cache.free) == free_before
+    assert engine.prefix.available == free_before
 
 
 def test_cancel_frees_the_sequence_before_the_next_step(engine: Engine, generator: Generator) -> None:
-    free_before = len(engine.cache.free)
+    free_before = engine.prefix.available
     sink = Collector()
     request_id = engine.submit(
         GenRequest(
@@ -160,7 +160,7 @@ def test_cancel_frees_the_sequence_before_the_next_step(engine: Engine, generato
     wait(sink)
     assert sink.final[0] == "cancelled"  # type: ignore[index]
     assert sink.final[1]["completion_tokens"] < 400  # type: ignore[index]
-    assert len(engine.cache.free) == free_before
+    assert engine.prefix.available == free_before
     engine.cancel(request_id)  # idempotent
 
 
@@ -234,3 +234,90 @@ def test_chunked_prefill_gives_the_same_tokens_as_one_pass(engine: Engine, gener
     finally:
         whole_engine.stop()
     assert chunked.text == whole.text and chunked.text
+
+
+# --- prefix caching ------------------------------------------------------------------------------
+
+
+def _story_prompt(generator: Generator, n: int) -> list[int]:
+    spec = "Here is a specification. " + " ".join(f"Rule {i}: keep item {i} in order." for i in range(n))
+    return generator.prompt_ids(spec + " Now write the first line of the program.", [])
+
+
+def _run(engine: Engine, prompts: list[list[int]], max_tokens: int = 8) -> list[Collector]:
+    sinks = []
+    for prompt in prompts:
+        sink = Collector()
+        engine.submit(GenRequest(prompt_ids=prompt, max_tokens=max_tokens, on_event=sink))
+        sinks.append(sink)
+    wait(*sinks)
+    return sinks
+
+
+def test_a_repeated_prompt_reuses_its_blocks_and_decodes_the_same(generator: Generator) -> None:
+    prompt = _story_prompt(generator, 12)
+    cached = make_engine(generator, max_batch=4)
+    plain = make_engine(generator, max_batch=4, prefix_caching=False)
+    for e in (cached, plain):
+        e.start()
+    try:
+        first, second = _run(cached, [prompt]), _run(cached, [prompt])
+        (reference,) = _run(plain, [prompt])
+    finally:
+        cached.stop()
+        plain.stop()
+    size = cached.cache.block_size
+    assert first[0].final[1]["cached_prompt_tokens"] == 0  # type: ignore[index]
+    # every full block but the one holding the last prompt token, which is always computed
+    assert second[0].final[1]["cached_prompt_tokens"] == (len(prompt) - 1) // size * size  # type: ignore[index]
+    assert first[0].text == second[0].text == reference.text and reference.text
+
+
+def test_candidates_sent_together_compute_their_shared_prompt_once(generator: Generator) -> None:
+    """Four requests with one prompt arrive at once: one computes it, three wait a step and share."""
+    prompt = _story_prompt(generator, 10)
+    engine = make_engine(generator, max_batch=4)
+    engine.start()
+    try:
+        sinks = _run(engine, [prompt] * 4)
+    finally:
+        engine.stop()
+    cached = sorted(s.final[1]["cached_prompt_tokens"] for s in sinks)  # type: ignore[index]
+    size = engine.cache.block_size
+    assert cached == [0] + [(len(prompt) - 1) // size * size] * 3
+    assert len({s.text for s in sinks}) == 1  # greedy: the same answer four times
+
+
+def test_a_shared_prefix_with_different_tails_gives_each_its_own_answer(generator: Generator) -> None:
+    base = "Here is a specification. " + " ".join(f"Rule {i}: keep item {i} in order." for i in range(10))
+    prompts = [generator.prompt_ids(base + tail, []) for tail in (" What is 2 + 2?", " Name a colour.")]
+    engine = make_engine(generator, max_batch=4)
+    plain = make_engine(generator, max_batch=4, prefix_caching=False)
+    for e in (engine, plain):
+        e.start()
+    try:
+        _run(engine, [prompts[0]])
+        shared = _run(engine, [prompts[1]])
+        (alone,) = _run(plain, [prompts[1]])
+    finally:
+        engine.stop()
+        plain.stop()
+    assert shared[0].final[1]["cached_prompt_tokens"] > 0  # type: ignore[index]
+    assert shared[0].text == alone.text
+
+
+def test_idle_cached_blocks_are_reused_when_the_cache_runs_dry(generator: Generator) -> None:
+    """Cached blocks nobody uses never make a request wait: they are the first to go when the free
+    list is empty, and the engine serves prompts that need the whole cache."""
+    engine = make_engine(generator, max_batch=2, kv_blocks=24, block_size=16, max_context=384)
+    engine.start()
+    try:
+        for n in range(6):  # 6 prompts of ~10 blocks, different from their first block: > 24 blocks
+            text = f"Task {n}. " + " ".join(f"Step {i} of {n}." for i in range(25))
+            prompt = generator.prompt_ids(text, [])
+            (sink,) = _run(engine, [prompt], max_tokens=4)
+            assert sink.final[0] == "length", sink.final  # type: ignore[index]
+        assert engine.prefix.available == engine.cache.n_blocks  # nothing held by finished requests
+        assert engine.prefix.cached_blocks > 0
+    finally:
+        engine.stop()

@@ -10,6 +10,7 @@ Two measurements, one problem at a time so the wall times are the problem's own:
   sandboxes; 4x would mean no batching at all).
 
     .venv/bin/python scripts/bench/codegen.py [--problems add,factorial] [--max-tokens 256]
+        [--no-prefix-caching]
 """
 
 from __future__ import annotations
@@ -81,12 +82,18 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--problems", default="", help="comma-separated names (default: all)")
     parser.add_argument("--max-tokens", type=int, default=256)
+    parser.add_argument(
+        "--no-prefix-caching", action="store_true", help="the inference worker computes every prompt in full"
+    )
     opts = parser.parse_args()
     problems = json.loads((ROOT / "examples" / "codegen" / "problems.json").read_text())
     if opts.problems:
         wanted = set(opts.problems.split(","))
         problems = [p for p in problems if p["name"] in wanted]
-    mesh = start_mesh(AGENTMESH_GENERATE_MODEL="default")
+    mesh = start_mesh(
+        AGENTMESH_GENERATE_MODEL="default",
+        AGENTMESH_PREFIX_CACHING="false" if opts.no_prefix_caching else "true",
+    )
     try:
         outcomes, batching = asyncio.run(measure(mesh.coordinator_addr, problems, opts.max_tokens))
     finally:
@@ -96,7 +103,12 @@ def main() -> None:
         "codegen",
         f"codegen on {len(problems)} problems: {passed} passed (4 candidates, up to 3 attempts)",
         outcomes,
-        {"passed": passed, "problems": len(problems), "batching": batching},
+        {
+            "passed": passed,
+            "problems": len(problems),
+            "batching": batching,
+            "prefix_caching": not opts.no_prefix_caching,
+        },
     )
     report("codegen_batching", "one attempt: 1 vs 4 candidates (wall time of the task)", batching)
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from prometheus_client import Gauge
-
 from protos.agentmesh.v1 import agent_service_pb2, agent_service_pb2_grpc
 from services.coordinator.auth import load_keyring
 from services.coordinator.config import CoordinatorConfig
@@ -16,7 +14,7 @@ from services.coordinator.servicer import AgentServicer
 from services.coordinator.store import Store
 from services.coordinator.workers import Workers
 from services.runtime import config as config_mod
-from services.runtime import server
+from services.runtime import metrics, server
 from services.runtime.server import Runtime, Service
 
 log = logging.getLogger(__name__)
@@ -63,11 +61,13 @@ class CoordinatorService(Service):
         resumed = await manager.start()
         log.info("store %s; %d keys; resumed %d unfinished tasks", self.store.path, self._keys, resumed)
         rt.spawn(manager.sweep_forever(), "wake-sweeper")
-        Gauge("agentmesh_tasks_running", "tasks running now").set_function(lambda: len(manager._running))
-        Gauge("agentmesh_tasks_queued", "tasks waiting to start").set_function(lambda: len(manager.scheduler))
-        Gauge("agentmesh_watchers", "tasks with live watchers").set_function(
-            lambda: manager.hub.watched_tasks
-        )
+        gauges = {
+            "agentmesh_tasks_running": ("tasks running now", lambda: len(manager._running)),
+            "agentmesh_tasks_queued": ("tasks waiting to start", lambda: len(manager.scheduler)),
+            "agentmesh_watchers": ("tasks with live watchers", lambda: manager.hub.watched_tasks),
+        }
+        for name, (documentation, read) in gauges.items():
+            metrics.Gauge(name, documentation).set_function(read)
 
     async def drain(self) -> None:
         if self.manager is not None:

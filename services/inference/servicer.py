@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from prometheus_client import Counter, Gauge, Histogram
 
 from protos.agentmesh.v1 import inference_pb2, inference_pb2_grpc
 from services.inference.requests import EmbedJob, GenRequest
+from services.runtime import metrics
 from services.runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
 
 if TYPE_CHECKING:
@@ -23,24 +23,24 @@ if TYPE_CHECKING:
 MAX_EMBED_TEXTS = 256
 MAX_EMBED_CHARS = 100_000
 
-TOKENS = Counter(
+TOKENS = metrics.Counter(
     "agentmesh_inference_tokens_total", "tokens (kind: prompt, prompt_cached, completion)", ["model", "kind"]
 )
-TTFT = Histogram(
+TTFT = metrics.Histogram(
     "agentmesh_inference_ttft_seconds",
     "time to first token",
     ["model"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-ITL = Histogram(
+ITL = metrics.Histogram(
     "agentmesh_inference_inter_token_seconds",
     "time between tokens of a sequence",
     ["model"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
-RUNNING = Gauge("agentmesh_inference_running", "sequences in the running batch")
-WAITING = Gauge("agentmesh_inference_waiting", "sequences waiting for a slot")
-CACHE = Gauge("agentmesh_inference_kv_cache_used", "fraction of KV blocks in use")
+RUNNING = metrics.Gauge("agentmesh_inference_running", "sequences in the running batch")
+WAITING = metrics.Gauge("agentmesh_inference_waiting", "sequences waiting for a slot")
+CACHE = metrics.Gauge("agentmesh_inference_kv_cache_used", "fraction of KV blocks in use")
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):

@@ -19,8 +19,8 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from prometheus_client import Counter, Histogram
 
+from services.runtime import metrics
 from services.runtime.errors import AgentMeshError, InvalidArgument, internal_error, trailing_metadata_for
 
 log = logging.getLogger(__name__)
@@ -28,8 +28,8 @@ log = logging.getLogger(__name__)
 # Monotonic time by which the current inbound call must be answered; None when the caller set none.
 call_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("call_deadline", default=None)
 
-RPC_TOTAL = Counter("agentmesh_rpc_total", "RPCs handled", ["method", "code"])
-RPC_SECONDS = Histogram(
+RPC_TOTAL = metrics.Counter("agentmesh_rpc_total", "RPCs handled", ["method", "code"])
+RPC_SECONDS = metrics.Histogram(
     "agentmesh_rpc_seconds",
     "RPC handling time (streams: until the last message)",
     ["method"],

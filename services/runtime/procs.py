@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +88,10 @@ def grpc_ready(address: str) -> Callable[[], bool]:
 
 def http_ready(url: str) -> Callable[[], bool]:
     def probe() -> bool:
+        # Imported here: the executor imports this module, and urllib.request brings http.client and
+        # email, a few MB of RSS it would never use.
+        import urllib.request  # noqa: PLC0415
+
         try:
             with urllib.request.urlopen(url, timeout=0.5) as reply:  # noqa: S310 - loopback URL we built
                 return reply.status == 200

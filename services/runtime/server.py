@@ -15,20 +15,21 @@ import logging
 import os
 import signal
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
-from prometheus_client import start_http_server
 
-from services.runtime.bus import Bus
+from services.runtime import metrics
 from services.runtime.channels import SERVER_OPTIONS
 from services.runtime.config import CommonConfig
 from services.runtime.interceptors import ServiceInterceptor
 from services.runtime.logs import setup_logging
+
+if TYPE_CHECKING:
+    from services.runtime.bus import Bus
 
 log = logging.getLogger(__name__)
 
@@ -41,17 +42,31 @@ class Runtime:
         name: str,
         config: CommonConfig,
         server: grpc.aio.Server,
-        bus: Bus,
         health: health_aio.HealthServicer,
     ) -> None:
         self.name = name
         self.config = config
         self.server = server
-        self.bus = bus
         self.health = health
+        self._bus: Bus | None = None
         self.service_names: list[str] = []
         self._owned: set[asyncio.Task[Any]] = set()
         self.crashed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+
+    @property
+    def bus(self) -> Bus:
+        """This service's bus connection, made on first use: a service that never publishes or
+        subscribes (the planner) never loads ZeroMQ, its two I/O threads or its 2 MB."""
+        if self._bus is None:
+            from services.runtime.bus import Bus  # noqa: PLC0415 - see above
+
+            self._bus = Bus(self.config.bus_pub_addr, self.config.bus_sub_addr)
+        return self._bus
+
+    def close_bus(self) -> None:
+        if self._bus is not None:
+            self._bus.close()
+            self._bus = None
 
     def add_service_name(self, full_name: str) -> None:
         self.service_names.append(full_name)
@@ -103,11 +118,11 @@ class Service(abc.ABC):
 
 
 async def _serve(service: Service, config: CommonConfig, listen: str) -> int:
+    metrics.configure(enabled=bool(config.metrics_port))
     server = grpc.aio.server(interceptors=[ServiceInterceptor()], options=SERVER_OPTIONS)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    bus = Bus(config.bus_pub_addr, config.bus_sub_addr)
-    rt = Runtime(service.name, config, server, bus, health)
+    rt = Runtime(service.name, config, server, health)
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
 
     stop = asyncio.Event()
@@ -130,7 +145,7 @@ async def _serve(service: Service, config: CommonConfig, listen: str) -> int:
         server.add_insecure_port(listen)
     except RuntimeError as exc:
         log.error("cannot listen on %s: %s", listen, exc)
-        bus.close()
+        rt.close_bus()
         return 2
     # Handlers must be registered before the server starts; slow work goes in `warm`.
     await service.setup(rt)
@@ -148,7 +163,7 @@ async def _serve(service: Service, config: CommonConfig, listen: str) -> int:
     for name in ("", *rt.service_names):
         await health.set(name, health_pb2.HealthCheckResponse.SERVING)
     if config.metrics_port:
-        start_http_server(config.metrics_port, addr="127.0.0.1")
+        metrics.serve(config.metrics_port)
     log.info("%s serving on %s (pid %d)", service.name, listen, os.getpid())
 
     stop_waiter = asyncio.ensure_future(stop.wait())
@@ -164,7 +179,7 @@ async def _serve(service: Service, config: CommonConfig, listen: str) -> int:
     await server.stop(config.shutdown_grace_s)
     await rt.cancel_owned()
     await service.close()
-    bus.close()
+    rt.close_bus()
     log.info("%s stopped (exit %d)", service.name, exit_code)
     return exit_code
 
@@ -184,4 +199,6 @@ def run(service: Service, config: CommonConfig, listen: str) -> int:
     setup_logging(service.name, config.log_level, config.log_format)
     if service.event_loop == "asyncio":
         return asyncio.run(_serve(service, config, listen))
+    import uvloop  # noqa: PLC0415 - only where it runs: 1 MB of RSS the executor would not use
+
     return uvloop.run(_serve(service, config, listen))

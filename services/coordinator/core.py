@@ -164,21 +164,17 @@ class TaskManager:
 
     async def _tx(self, fn: Callable[[Any], tuple[Any, list[EventRow] | None]]) -> Any:
         """Run `fn(conn) -> (value, events)` in the store; publish the events after the commit."""
-        future = self.store.run(fn)
-        future.add_done_callback(self._emit_done)
-        # Shielded: a caller interrupted while waiting (a cancel, a deadline) must not cancel the
-        # future, or the committed transaction's events would never be published.
-        value, _ = await asyncio.shield(future)
+        # The events go out when the transaction commits, even if this caller is interrupted while
+        # waiting for it (a cancel, a deadline): the store calls `_emit_committed` regardless.
+        value, _ = await self.store.run(fn, on_commit=self._emit_committed)
         return value
 
     def _tx_nowait(self, fn: Callable[[Any], tuple[Any, list[EventRow] | None]]) -> None:
         """As `_tx`, for writes nobody waits on (output chunks): order is kept by the store queue."""
-        self.store.run(fn).add_done_callback(self._emit_done)
+        self.store.run(fn, on_commit=self._emit_committed)
 
-    def _emit_done(self, future: asyncio.Future[Any]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
-        self._emit(future.result()[1])
+    def _emit_committed(self, value: tuple[Any, list[EventRow] | None]) -> None:
+        self._emit(value[1])
 
     def _spawn_bg(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -382,8 +378,7 @@ class TaskManager:
         # (another tenant's task, unknown id, a task finishing) is decided by the durable write.
         early = run is not None and not run.finishing and tenant in (None, run.tenant)
         # Queued before the interrupted run writes its end, so that end reads the intent and reason.
-        intent = self.store.run(op)
-        intent.add_done_callback(self._emit_done)
+        intent = self.store.run(op, on_commit=self._emit_committed)
         if early:
             self._stop_running(task_id, run, reason)  # type: ignore[arg-type]
         (task, new, children), _ = await intent

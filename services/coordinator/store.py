@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# (the caller's future, committed?, the value or the exception, what to call once committed)
+_Outcome = tuple[asyncio.Future[Any], bool, Any, Callable[[Any], None] | None]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -165,11 +167,16 @@ class Store:
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
 
-    def run(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """Queue `fn(conn)`; the future resolves after its transaction has committed."""
+    def run(
+        self, fn: Callable[[sqlite3.Connection], T], on_commit: Callable[[T], None] | None = None
+    ) -> asyncio.Future[T]:
+        """Queue `fn(conn)`; the future resolves after its transaction has committed.
+
+        `on_commit(value)` runs on the loop once it has committed, even if the future was cancelled
+        meanwhile (its waiter was interrupted): what was committed must still be announced."""
         assert self._loop is not None, "store not started"
         future: asyncio.Future[T] = self._loop.create_future()
-        self._queue.put((fn, future))
+        self._queue.put((fn, future, on_commit))
         return future
 
     def _main(self, conn: sqlite3.Connection) -> None:
@@ -199,35 +206,40 @@ class Store:
 
     def _execute(
         self, conn: sqlite3.Connection, batch: list[Any]
-    ) -> list[tuple[asyncio.Future[Any], bool, Any]]:
-        outcomes: list[tuple[asyncio.Future[Any], bool, Any]] = []
+    ) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for fn, future in batch:
+            for fn, future, on_commit in batch:
                 conn.execute("SAVEPOINT op")
                 try:
                     value = fn(conn)
                 except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
-                    outcomes.append((future, False, exc))
+                    outcomes.append((future, False, exc, None))
                 else:
                     conn.execute("RELEASE op")
-                    outcomes.append((future, True, value))
+                    outcomes.append((future, True, value, on_commit))
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             # The commit itself failed (disk full, I/O error): nothing of this batch is durable.
             log.error("store commit failed: %s", exc)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            return [(future, False, exc) for _, future in batch]
+            return [(future, False, exc, None) for _, future, _ in batch]
         self.commits += 1
         self.operations += len(batch)
         return outcomes
 
 
-def _deliver(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
-    for future, ok, value in outcomes:
+def _deliver(outcomes: list[_Outcome]) -> None:
+    for future, ok, value, on_commit in outcomes:
+        if on_commit is not None:
+            try:
+                on_commit(value)
+            except Exception:  # noqa: BLE001 - one listener's bug must not strand the other waiters
+                log.exception("store commit listener failed")
         if future.done():
             continue
         if ok:

@@ -71,11 +71,31 @@ class _Metric:
             self._made = getattr(prometheus_client, self._kind)(*self._args, **self._kwargs)
         return self._made
 
-    def __getattr__(self, name: str) -> Any:
+    def _target(self) -> Any:
         made = self._made
         if made is None:
             made = _NOTHING if _enabled is False else self.make()
-        return getattr(made, name)
+        return made
+
+    # Spelled out rather than one __getattr__: RPC_TOTAL.labels(...) runs on every RPC, and a
+    # failed attribute lookup before __getattr__ costs more than the call itself.
+    def labels(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target().labels(*args, **kwargs)
+
+    def inc(self, amount: float = 1) -> None:
+        self._target().inc(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        self._target().dec(amount)
+
+    def set(self, value: float) -> None:
+        self._target().set(value)
+
+    def observe(self, value: float) -> None:
+        self._target().observe(value)
+
+    def set_function(self, function: Any) -> None:
+        self._target().set_function(function)
 
 
 def Counter(name: str, documentation: str, labelnames: list[str] | tuple[str, ...] = ()) -> Any:  # noqa: N802

@@ -179,6 +179,29 @@ def test_an_sqlite_error_in_one_operation_does_not_spoil_its_batch(tmp_path):
     assert ids == ["t1", "t2"]
 
 
+def test_on_commit_runs_even_when_the_waiter_gave_up(tmp_path):
+    """A caller interrupted while its write is queued (a cancelled task) must not silence what the
+    write committed: `on_commit` still runs; a failed write never calls it."""
+
+    async def body(store: Store) -> tuple[list[Any], Any]:
+        seen: list[Any] = []
+        release = threading.Event()
+        # Hold the writer thread so the next write is still queued when its waiter is cancelled.
+        blocker = store.run(lambda c: release.wait(BOUND_S))
+        waiter = asyncio.ensure_future(store.run(lambda c: "committed", on_commit=seen.append))
+        failing = store.run(lambda c: 1 / 0, on_commit=seen.append)
+        await asyncio.sleep(0)
+        waiter.cancel()
+        release.set()
+        await blocker
+        with pytest.raises(ZeroDivisionError):
+            await failing
+        return seen, waiter.cancelled()
+
+    seen, cancelled = with_store(tmp_path, body)
+    assert cancelled and seen == ["committed"]
+
+
 def test_run_before_start_is_refused(tmp_path):
     store = Store(tmp_path / "s.db")
     with pytest.raises(AssertionError):

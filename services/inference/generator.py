@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.inference.gguf_file import load_gguf
 from services.inference.gpt2 import GPT2Model
 from services.inference.hf import load_hf_dir
-from services.inference.llama import LlamaModel, load_gguf
+from services.inference.llama import LlamaModel
 from services.inference.tokenizer import ChatTemplate, bpe_from_gguf, template_from_jinja
 from services.inference.xp import Backend
 
@@ -28,18 +29,16 @@ class Generator:
 
 
 def load_generator(backend: Backend, path: Path, name: str = "") -> Generator:
-    """A llama-family model from a .gguf file, or a llama or GPT-2 Hugging Face directory."""
+    """A llama-family or GPT-2 model from a .gguf file or a Hugging Face directory."""
     if path.is_dir():
         return _load_hf_dir(backend, path, name)
     if path.suffix != ".gguf":
-        raise ValueError(
-            f"{path}: generation models load from a llama-family .gguf file or Hugging Face directory"
-        )
-    config, weights, meta = load_gguf(path)
+        raise ValueError(f"{path}: generation models load from a .gguf file or a Hugging Face directory")
+    family, config, weights, meta = load_gguf(path)
     tokens = meta["tokenizer.ggml.tokens"]
     tokenizer = bpe_from_gguf(
         tokens,
-        meta["tokenizer.ggml.merges"],
+        meta.get("tokenizer.ggml.merges") or [],
         meta["tokenizer.ggml.token_type"],
         digits_split=meta.get("tokenizer.ggml.pre") in ("smollm", None),
     )
@@ -53,7 +52,7 @@ def load_generator(backend: Backend, path: Path, name: str = "") -> Generator:
         stop_ids.add(tokens.index("<|im_end|>"))
     if "<|endoftext|>" in tokens:
         stop_ids.add(tokens.index("<|endoftext|>"))
-    model = LlamaModel(backend, config, weights)
+    model = (GPT2Model if family == "gpt2" else LlamaModel)(backend, config, weights)
     return Generator(name or path.stem, model, tokenizer, template, stop_ids)
 
 

@@ -39,7 +39,10 @@ class GPT2Model(LlamaModel):
         put = self._put
         self.embed = put(weights["wte.weight"])
         self.positions = put(weights["wpe.weight"])
-        self.head_t = self.embed.T  # tied
+        if "lm_head.weight" in weights:  # a file that stores the head apart (GGUF's output.weight)
+            self.head_t = put(weights["lm_head.weight"], transpose=True)
+        else:
+            self.head_t = self.embed.T  # tied
         self.final = {"norm": put(weights["ln_f.weight"]), "norm_b": put(weights["ln_f.bias"])}
         self.layers = []
         for i in range(config.n_layers):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,53 +33,6 @@ class LlamaConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
-
-
-def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
-    """Undo llama.cpp's converter, which interleaves the rows of attn_q/attn_k for its RoPE layout;
-    we use rotate-half RoPE, as the original weights do."""
-    rows, cols = w.shape
-    return w.reshape(n_head, rows // n_head // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
-
-
-def load_gguf(path: Path) -> tuple[LlamaConfig, dict[str, np.ndarray], dict[str, Any]]:
-    """Config, float32 weights (dequantized) and the raw metadata fields of a llama GGUF file."""
-    import gguf  # noqa: PLC0415 - only the inference worker needs it
-    from gguf import quants
-
-    reader = gguf.GGUFReader(str(path))
-
-    def field(name: str, default: Any = None) -> Any:
-        value = reader.fields.get(name)
-        return default if value is None else value.contents()
-
-    arch = field("general.architecture")
-    if arch != "llama":
-        raise ValueError(f"{path.name}: architecture {arch!r} is not llama")
-    weights: dict[str, np.ndarray] = {}
-    for tensor in reader.tensors:
-        array = quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32, copy=False)
-        weights[tensor.name] = array
-    config = LlamaConfig(
-        vocab_size=int(field("llama.vocab_size", weights["token_embd.weight"].shape[0])),
-        dim=int(field("llama.embedding_length")),
-        n_layers=int(field("llama.block_count")),
-        n_heads=int(field("llama.attention.head_count")),
-        n_kv_heads=int(field("llama.attention.head_count_kv", field("llama.attention.head_count"))),
-        ffn_dim=int(field("llama.feed_forward_length")),
-        rope_theta=float(field("llama.rope.freq_base", 10000.0)),
-        norm_eps=float(field("llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        context_length=int(field("llama.context_length", 2048)),
-    )
-    for layer in range(config.n_layers):
-        weights[f"blk.{layer}.attn_q.weight"] = unpermute_qk(
-            weights[f"blk.{layer}.attn_q.weight"], config.n_heads
-        )
-        weights[f"blk.{layer}.attn_k.weight"] = unpermute_qk(
-            weights[f"blk.{layer}.attn_k.weight"], config.n_kv_heads
-        )
-    meta = {name: field(name) for name in reader.fields if name.startswith(("tokenizer.", "general."))}
-    return config, weights, meta
 
 
 class KVCache:

@@ -89,6 +89,31 @@ def test_a_hugging_face_directory_matches_transformers(request, family: str, ind
     assert np.max(np.abs(logits - expected)) <= LOGIT_TOLERANCE, np.max(np.abs(logits - expected))
 
 
+@pytest.mark.parametrize("index", range(len(TINY["gpt2"])))
+def test_a_gpt2_gguf_file_matches_transformers(tmp_path: Path, index: int) -> None:
+    """The tiny GPT-2 as llama.cpp's converter writes it (its names, (out, in) projections): the
+    same logits as transformers on the Hugging Face original."""
+    from tests.fixtures.tiny_models import write_tiny_gpt2_gguf
+
+    generator = load_generator(select_backend("cpu"), write_tiny_gpt2_gguf(tmp_path / "gpt2.gguf"))
+    case = TINY["gpt2"][index]
+    logits = _last_logits(generator, case["ids"])
+    expected = np.asarray(case["logits"], dtype=np.float32)
+    assert np.max(np.abs(logits - expected)) <= LOGIT_TOLERANCE, np.max(np.abs(logits - expected))
+    assert generator.tokenizer.decode(generator.tokenizer.encode("héllo").ids) == "héllo"
+    assert generator.stop_ids >= {257}
+
+
+def test_a_float16_gpt2_gguf_file_is_widened(tmp_path: Path) -> None:
+    """Matrices stored in float16 come back as float32: the logits move only by the rounding."""
+    from tests.fixtures.tiny_models import write_tiny_gpt2_gguf
+
+    generator = load_generator(select_backend("cpu"), write_tiny_gpt2_gguf(tmp_path / "gpt2.gguf", f16=True))
+    case = TINY["gpt2"][0]
+    difference = np.max(np.abs(_last_logits(generator, case["ids"]) - np.asarray(case["logits"])))
+    assert 0 < difference < 2e-2, difference
+
+
 def test_decoding_token_by_token_gives_the_prefill_logits(tiny_gpt2) -> None:  # type: ignore[no-untyped-def]
     """The KV cache path (one token per step) against one prefill of the whole prompt."""
     ids = TINY["gpt2"][1]["ids"]

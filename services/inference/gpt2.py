@@ -55,20 +55,23 @@ class GPT2Model(LlamaModel):
 
     def _norm(self, x: Any, params: dict[str, Any], name: str) -> Any:
         xp = self.backend.xp
-        x32 = x.astype(xp.float32)
+        x32 = x.astype(xp.float32, copy=False)
         centered = x32 - x32.mean(axis=-1, keepdims=True)
         scale = 1.0 / xp.sqrt((centered * centered).mean(axis=-1, keepdims=True) + self.config.norm_eps)
-        return (centered * scale).astype(self.dtype) * params[name] + params[name + "_b"]
+        return (centered * scale).astype(self.dtype, copy=False) * params[name] + params[name + "_b"]
 
     def _linear(self, x: Any, params: dict[str, Any], name: str) -> Any:
         return x @ params[name + "_t"] + params[name + "_b"]
 
-    def _position(self, q: Any, k: Any, positions: Any) -> tuple[Any, Any]:
+    def _position_state(self, positions: Any) -> Any:
+        return None
+
+    def _position(self, q: Any, k: Any, state: Any) -> tuple[Any, Any]:
         return q, k  # positions are in the embeddings
 
     def _mlp(self, h: Any, layer: dict[str, Any]) -> Any:
         xp = self.backend.xp
-        u = self._linear(h, layer, "fc").astype(xp.float32)
+        u = self._linear(h, layer, "fc").astype(xp.float32, copy=False)
         # GPT-2's "gelu_new": the tanh approximation.
         act = 0.5 * u * (1.0 + xp.tanh(math.sqrt(2.0 / math.pi) * (u + 0.044715 * u * u * u)))
-        return self._linear(act.astype(self.dtype), layer, "proj")
+        return self._linear(act.astype(self.dtype, copy=False), layer, "proj")

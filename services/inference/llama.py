@@ -127,19 +127,25 @@ class LlamaModel:
 
     def _rms(self, x: Any, weight: Any) -> Any:
         xp = self.backend.xp
-        x32 = x.astype(xp.float32)
+        x32 = x.astype(xp.float32, copy=False)
         scale = 1.0 / xp.sqrt((x32 * x32).mean(axis=-1, keepdims=True) + self.config.norm_eps)
-        return (x32 * scale).astype(self.dtype) * weight
+        return (x32 * scale).astype(self.dtype, copy=False) * weight
 
-    def _rope(self, x: Any, positions: Any) -> Any:
-        """Rotate-half rotary embedding; x is (tokens, heads, head_dim)."""
+    def _rope_tables(self, positions: Any) -> tuple[Any, Any]:
+        """cos and sin of every new token's rotary angles, (tokens, 1, head_dim/2): made once per
+        forward pass, since every layer rotates by the same angles."""
         xp = self.backend.xp
-        angles = positions[:, None].astype(xp.float32) * self.inv_freq[None, :]
-        cos = xp.cos(angles)[:, None, :].astype(self.dtype)
-        sin = xp.sin(angles)[:, None, :].astype(self.dtype)
+        angles = positions[:, None].astype(xp.float32, copy=False) * self.inv_freq[None, :]
+        cos = xp.cos(angles)[:, None, :].astype(self.dtype, copy=False)
+        sin = xp.sin(angles)[:, None, :].astype(self.dtype, copy=False)
+        return cos, sin
+
+    def _rope(self, x: Any, tables: tuple[Any, Any]) -> Any:
+        """Rotate-half rotary embedding; x is (tokens, heads, head_dim)."""
+        cos, sin = tables
         half = self.config.head_dim // 2
         x1, x2 = x[..., :half], x[..., half:]
-        return xp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+        return self.backend.xp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
     def _decode_plan(self, cache: KVCache, batch: list[SeqSlice], decoding: list[int], offsets: Any) -> dict:
         """Block tables and masks for attending all decoding sequences at once (one query each)."""
@@ -173,12 +179,13 @@ class LlamaModel:
         keys = kc[table, heads].reshape(count, n_kv, -1, hd)
         values = vc[table, heads].reshape(count, n_kv, -1, hd)
         queries = q[rows].reshape(count, n_kv, group, hd)
-        scores = (queries @ keys.transpose(0, 1, 3, 2)).astype(xp.float32) * scale  # (B, kv, g, L)
+        # (B, kv, g, L)
+        scores = (queries @ keys.transpose(0, 1, 3, 2)).astype(xp.float32, copy=False) * scale
         scores = xp.where(plan["masked"], -xp.inf, scores)
         scores -= scores.max(axis=-1, keepdims=True)
         weights = xp.exp(scores)
         weights /= weights.sum(axis=-1, keepdims=True)
-        out[rows] = (weights.astype(self.dtype) @ values).reshape(count, cfg.n_heads, hd)
+        out[rows] = (weights.astype(self.dtype, copy=False) @ values).reshape(count, cfg.n_heads, hd)
 
     def forward(self, cache: KVCache, batch: list[SeqSlice]) -> Any:
         """Logits (len(batch), vocab) of each sequence's last new token; K/V written to the cache."""
@@ -191,6 +198,7 @@ class LlamaModel:
         positions = xp.asarray(np.concatenate([np.arange(s.start, s.start + len(s.tokens)) for s in batch]))
         offsets = np.cumsum([0] + [len(s.tokens) for s in batch])
         x = self._embed(xp.asarray(all_tokens), positions)
+        position_state = self._position_state(positions)
         # Where each new token's K/V go: (block, slot) per token.
         slots = np.concatenate([np.arange(s.start, s.start + len(s.tokens)) for s in batch])
         block_ids = np.concatenate(
@@ -207,7 +215,7 @@ class LlamaModel:
             q = qkv[:, : n_h * hd].reshape(-1, n_h, hd)
             k = qkv[:, n_h * hd : (n_h + n_kv) * hd].reshape(-1, n_kv, hd)
             v = qkv[:, (n_h + n_kv) * hd :].reshape(-1, n_kv, hd)
-            q, k = self._position(q, k, positions)
+            q, k = self._position(q, k, position_state)
             kc, vc = cache.k[layer_index], cache.v[layer_index]
             kc[block_ids_x, :, slot_x, :] = k
             vc[block_ids_x, :, slot_x, :] = v
@@ -235,13 +243,13 @@ class LlamaModel:
                 scores -= scores.max(axis=-1, keepdims=True)
                 weights = xp.exp(scores)
                 weights /= weights.sum(axis=-1, keepdims=True)
-                attended = weights.astype(self.dtype) @ values[:, None]  # (kv, g, t, hd)
+                attended = weights.astype(self.dtype, copy=False) @ values[:, None]  # (kv, g, t, hd)
                 out[lo:hi] = attended.transpose(2, 0, 1, 3).reshape(hi - lo, n_h, hd)
             x = x + self._linear(out.reshape(-1, n_h * hd), layer, "o")
             x = x + self._mlp(self._norm(x, layer, "ffn_norm"), layer)
         last = xp.asarray(offsets[1:] - 1)
         h = self._norm(x[last], self.final, "norm")
-        return (h @ self.head_t).astype(xp.float32)
+        return (h @ self.head_t).astype(xp.float32, copy=False)
 
     # -- the parts a family changes (GPT-2 overrides them in gpt2.py) ---------------------------
 
@@ -254,14 +262,18 @@ class LlamaModel:
     def _linear(self, x: Any, params: dict[str, Any], name: str) -> Any:
         return x @ params[name + "_t"]
 
-    def _position(self, q: Any, k: Any, positions: Any) -> tuple[Any, Any]:
-        return self._rope(q, positions), self._rope(k, positions)
+    def _position_state(self, positions: Any) -> Any:
+        """What `_position` needs for this pass's tokens, computed once for all layers."""
+        return self._rope_tables(positions)
+
+    def _position(self, q: Any, k: Any, state: Any) -> tuple[Any, Any]:
+        return self._rope(q, state), self._rope(k, state)
 
     def _mlp(self, h: Any, layer: dict[str, Any]) -> Any:
         xp = self.backend.xp
         ffn = self.config.ffn_dim
         gate_up = h @ layer["gate_up_t"]
         gate, up = gate_up[:, :ffn], gate_up[:, ffn:]
-        gate32 = gate.astype(xp.float32)
-        act = (gate32 / (1.0 + xp.exp(-gate32))).astype(self.dtype) * up
+        gate32 = gate.astype(xp.float32, copy=False)
+        act = (gate32 / (1.0 + xp.exp(-gate32))).astype(self.dtype, copy=False) * up
         return act @ layer["down_t"]

@@ -124,6 +124,10 @@ class TaskRun:
     # must not cut that short, or the task would be left RUNNING with no terminal event.
     finishing: bool = False
     wake_pending: bool = False
+    # Set by the loop's first step. Cancelling an asyncio task that has not started yet throws into
+    # it before any of its try/except runs, so an interrupt before then is only recorded, and the
+    # loop acts on it when it starts.
+    started: bool = False
 
 
 class TaskManager:
@@ -171,7 +175,7 @@ class TaskManager:
 
     def _tx_nowait(self, fn: Callable[[Any], tuple[Any, list[EventRow] | None]]) -> None:
         """As `_tx`, for writes nobody waits on (output chunks): order is kept by the store queue."""
-        self.store.run(fn, on_commit=self._emit_committed)
+        self.store.run(fn, on_commit=self._emit_committed).add_done_callback(_log_failed_write)
 
     def _emit_committed(self, value: tuple[Any, list[EventRow] | None]) -> None:
         self._emit(value[1])
@@ -480,7 +484,7 @@ class TaskManager:
                 return
         run.interrupt = why
         run.fail_error = error
-        if run.task is not None:
+        if run.task is not None and run.started:
             run.task.cancel()
 
     # ------------------------------------------------------------------ the task loop
@@ -489,6 +493,9 @@ class TaskManager:
         token = current_task_id.set(run.task_id)
         requeue = False
         try:
+            run.started = True
+            if run.interrupt:  # interrupted before it started (see TaskRun.started)
+                raise asyncio.CancelledError
             requeue = await self._loop(run)
         except asyncio.CancelledError:
             run.finishing = True
@@ -559,6 +566,7 @@ class TaskManager:
         if loaded is None:
             return False
         if loaded == "cancel":
+            run.finishing = True  # a later interrupt must not cut this write short
             await self._finish(run.task_id, records.CANCELLED, parent_id=None)
             return False
         task, memo, decision, parent, run.maybe_started = loaded
@@ -1005,6 +1013,12 @@ class TaskManager:
 
 
 # ---------------------------------------------------------------------- pure helpers
+
+
+def _log_failed_write(future: asyncio.Future[Any]) -> None:
+    """For writes nobody awaits: a failure is logged, not left for the garbage collector to report."""
+    if not future.cancelled() and future.exception() is not None:
+        log.error("store write failed", exc_info=future.exception())
 
 
 def _parse_json(text: str, what: str) -> Any:

@@ -170,30 +170,40 @@ class Engine:
                 )
                 continue
             total = min(total, self.max_context)
-            if self._prefix_in_flight(request):
-                return  # its first blocks are being computed right now: share them from next step
             shared = self.prefix.match(request.prompt_ids)
             need = self.cache.blocks_for(total) - len(shared)
-            if need > self.prefix.available:
+            if need > self.prefix.available or self._prefix_in_flight(request, len(shared)):
                 self.prefix.release(shared)
-                return  # wait for blocks to free up
+                return  # wait for blocks to free up, or for a prefix being computed right now
             self._waiting.pop(0)
             request.blocks = shared + self.prefix.allocate(need)
             request.prefill_pos = request.cached_tokens = len(shared) * self.cache.block_size
             request.max_tokens = total - len(request.prompt_ids)
             self._running.append(request)
 
-    def _prefix_in_flight(self, request: GenRequest) -> bool:
-        """Whether a running request is still prefilling the same first block as `request`. Waiting
-        a step for it to finish is cheaper than computing the same prefix twice (the candidates of
-        a codegen attempt arrive together with one prompt)."""
-        if not self.prefix.shareable_blocks(request.prompt_ids):
+    def _prefix_in_flight(self, request: GenRequest, cached_blocks: int) -> bool:
+        """Whether a running request is still prefilling prompt blocks that `request` shares with
+        it beyond the `cached_blocks` the cache gives it now. Waiting a step for them is cheaper
+        than computing the same blocks twice (the candidates of a codegen attempt arrive together
+        with one prompt); a prefix that is already cached is no reason to wait."""
+        size = self.cache.block_size
+        limit = self.prefix.shareable_blocks(request.prompt_ids)
+        if limit <= cached_blocks:
             return False
-        head = request.prompt_ids[: self.cache.block_size]
-        return any(
-            r.prefill_pos < len(r.prompt_ids) and r.prompt_ids[: self.cache.block_size] == head
-            for r in self._running
-        )
+        mine = request.prompt_ids
+        for other in self._running:
+            if other.prefill_pos >= len(other.prompt_ids):
+                continue
+            theirs = other.prompt_ids
+            common = 0
+            while (
+                common < limit
+                and mine[common * size : (common + 1) * size] == theirs[common * size : (common + 1) * size]
+            ):
+                common += 1
+            if common > cached_blocks and other.prefill_pos < common * size:
+                return True
+        return False
 
     def _step(self) -> None:
         """One forward pass: the next token of every decoding sequence, plus chunks of the prompts

@@ -321,3 +321,24 @@ def test_idle_cached_blocks_are_reused_when_the_cache_runs_dry(generator: Genera
         assert engine.prefix.cached_blocks > 0
     finally:
         engine.stop()
+
+
+def test_a_prefix_already_cached_holds_nobody_back(generator: Generator) -> None:
+    """Requests that share a cached system prompt but differ after it are all admitted at once:
+    only a prefix someone is computing right now is worth waiting for."""
+    system = "You are a careful assistant. " + " ".join(f"Rule {i}: answer briefly." for i in range(8))
+    engine = make_engine(generator, max_batch=8, kv_blocks=128)
+    engine.start()
+    try:
+        def ask(question: str) -> list[int]:
+            return generator.prompt_ids("", [("system", system), ("user", question)])
+
+        _run(engine, [ask("Say hi.")], max_tokens=1)  # warms the cache
+        steps_before = engine.steps
+        prompts = [ask(f"What is {n} + {n}?") for n in range(4)]
+        sinks = _run(engine, prompts, max_tokens=1)
+        steps = engine.steps - steps_before
+    finally:
+        engine.stop()
+    assert all(s.final[1]["cached_prompt_tokens"] > 0 for s in sinks)  # type: ignore[index]
+    assert steps <= 2, f"{steps} steps for 4 one-token requests: some waited for others"

@@ -89,7 +89,14 @@ def stream_prompt(generator, index: int) -> list[int]:  # type: ignore[no-untype
 
 
 def run_peer(
-    python: str, gguf: Path, prompts: list[list[int]], counts: list[int], tokens: int, pad_id: int
+    python: str,
+    gguf: Path,
+    prompts: list[list[int]],
+    counts: list[int],
+    tokens: int,
+    pad_id: int,
+    embed_dir: Path,
+    texts: list[str],
 ) -> dict | str:
     """The transformers figures, or why there are none."""
     threads = max((info["num_threads"] for info in threadpoolctl.threadpool_info()), default=1)
@@ -100,6 +107,8 @@ def run_peer(
         "tokens": tokens,
         "threads": threads,
         "pad_id": pad_id,
+        "embed_dir": str(embed_dir),
+        "texts": texts,
     }
     peer = Path(__file__).with_name("peer_transformers.py")
     done = subprocess.run(  # noqa: S603 - our own script, in an interpreter the user named
@@ -176,7 +185,9 @@ def main() -> None:
         row["decode x batch 1"] = row["decode tokens/s"] / rows[0]["decode tokens/s"]
     prompts = [stream_prompt(generator, i) for i in range(max(counts))]
     pad_id = min(generator.stop_ids) if generator.stop_ids else 0
-    peer = run_peer(opts.peer_python, path, prompts, counts, opts.tokens, pad_id)
+    embed_path, embed_name = models.resolve("default", models.DEFAULT_EMBED)  # type: ignore[misc]
+    texts = [f"sentence number {i} about agents and tasks" for i in range(32)]
+    peer = run_peer(opts.peer_python, path, prompts, counts, opts.tokens, pad_id, embed_path, texts)
     if isinstance(peer, dict):
         for row in rows:
             theirs = peer["tokens_per_s"][str(row["streams"])]
@@ -201,9 +212,7 @@ def main() -> None:
             "ttft_ms_32": {"p50": percentile(under_32["ttft"], 50), "p99": percentile(under_32["ttft"], 99)},
             "itl_ms_32": {"p50": percentile(under_32["itl"], 50), "p99": percentile(under_32["itl"], 99)},
         }
-    embed_path, embed_name = models.resolve("default", models.DEFAULT_EMBED)  # type: ignore[misc]
     embedder = BertEmbedder(backend, embed_path, embed_name)
-    texts = [f"sentence number {i} about agents and tasks" for i in range(32)]
     for batch in (1, 32):
         embedder.embed(texts[:batch])
         started, calls = time.perf_counter(), 0
@@ -211,6 +220,16 @@ def main() -> None:
             embedder.embed(texts[:batch])
             calls += 1
         extra[f"embeddings_per_s_batch{batch}"] = calls * batch / (time.perf_counter() - started)
+    theirs = peer.get("embeddings", {}) if isinstance(peer, dict) else {}
+    if "per_s" in theirs:
+        vectors, _ = embedder.embed(texts[:1])
+        ours_first = np.asarray(vectors[0], dtype=np.float64)
+        cosine = float(ours_first @ np.asarray(theirs["first"]) / np.linalg.norm(theirs["first"]))
+        extra["peer_embeddings"] = {
+            "sentence_transformers": theirs["sentence_transformers"],
+            "per_s": theirs["per_s"],
+            "cosine_first_text": cosine,
+        }
     report(
         "inference", f"SmolLM2-135M on {backend.name}: {opts.tokens} tokens per stream, greedy", rows, extra
     )
@@ -222,6 +241,15 @@ def main() -> None:
     )
     one, many = extra["embeddings_per_s_batch1"], extra["embeddings_per_s_batch32"]
     print(f"embeddings/s: batch 1 {one:.0f}, batch 32 {many:.0f}")
+    if "peer_embeddings" in extra:
+        st = extra["peer_embeddings"]
+        print(
+            f"sentence-transformers {st['sentence_transformers']}: batch 1 {st['per_s']['1']:.0f}/s, "
+            f"batch 32 {st['per_s']['32']:.0f}/s; "
+            f"cosine of the first text's vectors {st['cosine_first_text']:.6f}"
+        )
+    elif theirs:
+        print(f"embeddings peer skipped: {theirs.get('skipped')}")
     if isinstance(peer, dict):
         agree = "the same text" if extra["peer"]["batch1_text_matches"] else "DIFFERENT text"
         print(

@@ -4,7 +4,8 @@ the same prompt token ids and the same greedy decoding.
 
 Run by `inference.py` in an interpreter that has torch, transformers, accelerate and gguf (the
 project's `peer` extra, or any venv: `--peer-python`). Reads a JSON job on stdin, writes JSON
-figures on stdout.
+figures on stdout. Embeddings/s are measured with sentence-transformers when that is installed
+too.
 Exits 3 when torch or transformers is missing, so the caller can skip it cleanly.
 
 transformers batches statically: a batch of N prompts is left-padded to the longest and decoded
@@ -48,6 +49,31 @@ def generate(model, prompts: list[list[int]], tokens: int, pad_id: int) -> tuple
     return time.perf_counter() - started, out[0, width:].tolist()
 
 
+def embeddings(directory: str, texts: list[str]) -> dict:
+    """Embeddings/s at batch 1 and 32 with sentence-transformers on the same MiniLM directory, and
+    the first text's vector (for the caller to compare with its own)."""
+    try:
+        import sentence_transformers
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        return {"skipped": f"sentence-transformers unavailable: {exc}"}
+    model = SentenceTransformer(directory, device="cpu")
+    rates = {}
+    for batch in (1, 32):
+        model.encode(texts[:batch], batch_size=batch)
+        started, calls = time.perf_counter(), 0
+        while time.perf_counter() - started < 2.0:
+            model.encode(texts[:batch], batch_size=batch)
+            calls += 1
+        rates[str(batch)] = calls * batch / (time.perf_counter() - started)
+    first = model.encode(texts[:1], normalize_embeddings=True)[0]
+    return {
+        "sentence_transformers": sentence_transformers.__version__,
+        "per_s": rates,
+        "first": [float(v) for v in first],
+    }
+
+
 def main() -> None:
     job = json.load(sys.stdin)
     torch.set_num_threads(job["threads"])
@@ -69,6 +95,7 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "tokens_per_s": rates,
             "batch1_tokens": first_tokens,
+            "embeddings": embeddings(job["embed_dir"], job["texts"]) if job.get("embed_dir") else {},
         },
         sys.stdout,
     )

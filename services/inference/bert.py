@@ -30,6 +30,10 @@ class BertEmbedder:
         xp = backend.xp
         # Checkpoints name their tensors with or without the `bert.` prefix.
         weights = {k.removeprefix("bert."): xp.asarray(v, dtype=xp.float32) for k, v in raw.items()}
+        # Linear weights transposed once to (in, out), contiguous, the layout x @ w reads best.
+        for name in [k for k, v in weights.items() if k.endswith(".weight") and v.ndim == 2]:
+            if not name.startswith("embeddings."):
+                weights[name + "_t"] = xp.ascontiguousarray(weights.pop(name).T)
         self.w = weights
         self.layers = int(config["num_hidden_layers"])
         self.tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
@@ -45,7 +49,10 @@ class BertEmbedder:
         return (x - mean) / xp.sqrt(var + self.eps) * self.w[prefix + ".weight"] + self.w[prefix + ".bias"]
 
     def _dense(self, x: Any, prefix: str) -> Any:
-        return x @ self.w[prefix + ".weight"].T + self.w[prefix + ".bias"]
+        # One (tokens of every text, in) @ (in, out) product. A 3-D x would make matmul loop over
+        # the texts, one small GEMM each, with OpenBLAS packing the weights every time.
+        flat = x.reshape(-1, x.shape[-1]) @ self.w[prefix + ".weight_t"] + self.w[prefix + ".bias"]
+        return flat.reshape(*x.shape[:-1], flat.shape[-1])
 
     def embed(self, texts: list[str]) -> tuple[np.ndarray, int]:
         """(vectors (n, dim) float32, prompt tokens counted)."""
@@ -86,34 +93,47 @@ class BertEmbedder:
                 x + self._dense(attended, p + "attention.output.dense"), p + "attention.output.LayerNorm"
             )
             inner = self._dense(x, p + "intermediate.dense")
-            inner = 0.5 * inner * (1.0 + _erf(inner / math.sqrt(2.0), xp))  # exact GELU
+            inner = _gelu(inner, xp)
             x = self._ln(x + self._dense(inner, p + "output.dense"), p + "output.LayerNorm")
         pooled = (x * mask_x[:, :, None]).sum(axis=1) / xp.maximum(mask_x.sum(axis=1, keepdims=True), 1.0)
         pooled /= xp.maximum(xp.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return self.backend.to_host(pooled).astype(np.float32), int(mask.sum())
 
 
+# Numerical Recipes' erfc Chebyshev fit: erfc(z) = t * exp(-z^2 + P(t)), t = 1 / (1 + z/2), with P's
+# coefficients from the highest power of t down to the constant term.
+_ERFC_POLY = (
+    0.17087277, -0.82215223, 1.48851587, -1.13520398, 0.27886807,
+    -0.18628806, 0.09678418, 0.37409196, 1.00002368, -1.26551223,
+)  # fmt: skip
+
+
 def _erf(x: Any, xp: Any) -> Any:
-    """erf to float32 precision (fractional error < 1.2e-7: Numerical Recipes' erfc Chebyshev fit),
-    in plain array operations, so NumPy and CuPy share it."""
+    """erf to float32 precision (fractional error < 1.2e-7), in plain array operations, so NumPy
+    and CuPy share it. Written in place: on a batch of texts the temporaries of a plain expression
+    cost more than the arithmetic."""
     z = xp.abs(x)
-    t = 1.0 / (1.0 + 0.5 * z)
-    poly = -1.26551223 + t * (
-        1.00002368
-        + t
-        * (
-            0.37409196
-            + t
-            * (
-                0.09678418
-                + t
-                * (
-                    -0.18628806
-                    + t
-                    * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))
-                )
-            )
-        )
-    )
-    erfc = t * xp.exp(-z * z + poly)
-    return xp.where(x >= 0, 1.0 - erfc, erfc - 1.0)
+    t = z * 0.5
+    t += 1.0
+    xp.reciprocal(t, out=t)
+    poly = t * _ERFC_POLY[0]
+    for coefficient in _ERFC_POLY[1:-1]:
+        poly += coefficient
+        poly *= t
+    poly += _ERFC_POLY[-1]
+    z *= z
+    poly -= z
+    xp.exp(poly, out=poly)
+    poly *= t  # erfc(|x|)
+    poly *= -1.0
+    poly += 1.0  # erf(|x|)
+    return xp.copysign(poly, x, out=poly)
+
+
+def _gelu(x: Any, xp: Any) -> Any:
+    """Exact GELU, x * (1 + erf(x / sqrt 2)) / 2, in place on a fresh array."""
+    out = _erf(x * (1.0 / math.sqrt(2.0)), xp)
+    out += 1.0
+    out *= x
+    out *= 0.5
+    return out

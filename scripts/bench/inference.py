@@ -111,9 +111,17 @@ def run_peer(
         "texts": texts,
     }
     peer = Path(__file__).with_name("peer_transformers.py")
-    done = subprocess.run(  # noqa: S603 - our own script, in an interpreter the user named
-        [python, str(peer)], input=json.dumps(job), capture_output=True, text=True, timeout=3600, check=False
-    )
+    try:
+        done = subprocess.run(  # noqa: S603 - our own script, in an interpreter the user named
+            [python, str(peer)],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=3600,
+            check=False,
+        )
+    except OSError as exc:
+        return f"cannot run {python}: {exc}"
     if done.returncode == 3:
         return done.stderr.strip() or "torch or transformers is missing"
     if done.returncode != 0:
@@ -126,6 +134,12 @@ def main() -> None:
     parser.add_argument("--streams", default="1,4,16,32,64")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="compute every prompt in full (the chat template's"
+        " system prompt is otherwise shared by every stream after the first)",
+    )
     parser.add_argument(
         "--peer-python", default=sys.executable, help="an interpreter with torch and transformers"
     )
@@ -154,6 +168,7 @@ def main() -> None:
         kv_blocks=max(64, max(counts) * 6),
         block_size=32,
         max_context=2048,
+        prefix_caching=not opts.no_prefix_caching,
     )
     engine.start()
     rows, under_32, batch1_text = [], None, ""
@@ -195,6 +210,7 @@ def main() -> None:
             row["x transformers"] = row["tokens/s"] / theirs
     extra = {
         "device": backend.name,
+        "prefix_caching": not opts.no_prefix_caching,
         "copy_bandwidth_gbs": bandwidth,
         "decode_step_bytes": step_bytes,
         "roofline_tokens_s_batch1": roofline,

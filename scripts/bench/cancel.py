@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import select
 import time
@@ -59,10 +60,8 @@ def _wait_dead(pidfds: list[int], started: float) -> float:
 def _open_pidfds(pids: list[int]) -> list[int]:
     fds = []
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone: nothing to wait for
             fds.append(os.pidfd_open(pid))
-        except ProcessLookupError:
-            pass  # already gone
     return fds
 
 

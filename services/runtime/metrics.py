@@ -2,8 +2,8 @@
 
 Loading the Prometheus client costs about 4 MB of every process's RSS. Most of that is the modules
 its exporter imports: http.server, wsgiref, urllib.request, email. A service whose metrics port is
-off (the default) never loads it. Its metrics are declared the same way, but each one becomes real
-on first use only when the bootstrap turned metrics on; otherwise it records nothing.
+off (the default) never loads it. Its metrics are declared the same way. Each one becomes the
+client's own once the bootstrap turns metrics on; otherwise it records nothing.
 
     RPC_TOTAL = metrics.Counter("agentmesh_rpc_total", "RPCs handled", ["method", "code"])
     RPC_TOTAL.labels("Submit", "OK").inc()
@@ -31,10 +31,6 @@ def configure(enabled: bool) -> None:
     if enabled:
         for metric in _declared:
             metric.make()
-
-
-def enabled() -> bool:
-    return _enabled is not False
 
 
 class _Nothing:

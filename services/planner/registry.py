@@ -45,6 +45,16 @@ class Agent(Protocol):
     def decide(self, ctx: DecideContext) -> pb.Decision: ...
 
 
+def refuse_input(what: str, violations: list[tuple[str, str]], shown: int = 10) -> None:
+    """Raise INVALID_ARGUMENT naming each bad field (the first `shown` in the message, all in the
+    details), if there are any."""
+    if violations:
+        raise InvalidArgument(
+            f"invalid {what}: " + "; ".join(f"{f}: {d}" for f, d in violations[:shown]),
+            field_violations=violations,
+        )
+
+
 def load_agents() -> dict[str, Agent]:
     agents: dict[str, Agent] = {}
     for ep in entry_points(group=GROUP):

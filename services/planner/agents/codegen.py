@@ -23,7 +23,7 @@ from typing import Any
 
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.agents import codeblocks
-from services.planner.registry import DecideContext
+from services.planner.registry import DecideContext, refuse_input
 from services.runtime.errors import InvalidArgument
 
 SOLUTION = "solution.py"
@@ -102,11 +102,7 @@ class CodegenAgent:
             isinstance(feedback, dict) and all(isinstance(feedback.get(k), str) for k in ("code", "failures"))
         ):
             violations.append(("input.feedback", "{code, failures}: a previous attempt to improve on"))
-        if violations:
-            raise InvalidArgument(
-                "invalid codegen input: " + "; ".join(f"{f}: {d}" for f, d in violations),
-                field_violations=violations,
-            )
+        refuse_input("codegen input", violations)
 
     def decide(self, ctx: DecideContext) -> pb.Decision:
         opts = _Options(ctx.input)

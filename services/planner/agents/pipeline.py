@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.planner.registry import DecideContext
+from services.planner.registry import DecideContext, refuse_input
 from services.runtime.errors import InvalidArgument
 from services.runtime.wire import cost_to_dict
 
@@ -240,11 +240,7 @@ class PipelineAgent:
                 cycle = _find_cycle(steps)
                 if cycle:
                     violations.append(("input.steps", f"dependency cycle through {cycle!r}"))
-        if violations:
-            raise InvalidArgument(
-                "invalid pipeline: " + "; ".join(f"{f}: {d}" for f, d in violations[:10]),
-                field_violations=violations,
-            )
+        refuse_input("pipeline", violations)
 
     def decide(self, ctx: DecideContext) -> pb.Decision:
         steps: list[dict[str, Any]] = ctx.input["steps"]

@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.planner.registry import DecideContext
+from services.planner.registry import DecideContext, refuse_input
 from services.runtime.errors import InvalidArgument
 
 TOOLS = {
@@ -74,11 +74,7 @@ class ReactAgent:
             violations.append(("input.model", "a model name"))
         if not isinstance(input.get("network", False), bool):
             violations.append(("input.network", "true or false"))
-        if violations:
-            raise InvalidArgument(
-                "invalid react input: " + "; ".join(f"{f}: {d}" for f, d in violations),
-                field_violations=violations,
-            )
+        refuse_input("react input", violations)
 
     def decide(self, ctx: DecideContext) -> pb.Decision:
         goal: str = ctx.input["goal"]

@@ -124,16 +124,19 @@ class Mesh:
         return "exec-" + self.env["AGENTMESH_EXECUTOR_ADDR"].rsplit(":", 1)[1]
 
     def action_processes(self) -> dict[int, str]:
-        """pid -> command name of every process in the executor's action cgroups: how tests and
-        benchmarks see into sandboxes, whose processes have their own pid namespace and cannot write
-        host files."""
+        """pid -> command name of every process in the executor's action cgroups (its ready warm
+        sandboxes left out): how tests and benchmarks see into sandboxes, whose processes have their
+        own pid namespace and cannot write host files."""
         from services.executor.cgroups import kill_base
+        from services.executor.warm import looks_idle
 
         base = kill_base(self.executor_instance)
         found: dict[int, str] = {}
         if base is None or not base.exists():
             return found
         for procs in base.glob("*/cgroup.procs"):
+            if looks_idle(procs.parent):
+                continue
             with contextlib.suppress(OSError, ValueError):
                 for pid in [int(p) for p in procs.read_text().split()]:
                     with contextlib.suppress(OSError):

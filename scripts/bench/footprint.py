@@ -34,10 +34,30 @@ def one_run() -> tuple[float, dict[str, tuple[int, int]]]:
             info = wait_ready_file(up, ready)
             time.sleep(2.0)  # idle
             pids = {**info["pids"], "agentmesh up (supervisor)": up.pid}
-            return info["ready_s"], {name: (rss_kb(pid), pss_kb(pid)) for name, pid in pids.items()}
+            found = {name: (rss_kb(pid), pss_kb(pid)) for name, pid in pids.items()}
+            # The executor's ready warm sandboxes: the only processes an idle executor has started.
+            warm = _descendants(info["pids"]["executor"])
+            found[f"warm sandboxes ({len(warm)} processes; not in the total)"] = (
+                sum(rss_kb(pid) for pid in warm),
+                sum(pss_kb(pid) for pid in warm),
+            )
+            return info["ready_s"], found
         finally:
             up.send_signal(signal.SIGTERM)
             up.wait(30)
+
+
+def _descendants(pid: int) -> list[int]:
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        try:
+            children = [int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
+        except OSError:
+            children = []
+        found += children
+        frontier += children
+    return found
 
 
 def inference_with_models() -> tuple[int, int, float]:
@@ -82,7 +102,7 @@ def main() -> None:
     for _ in range(opts.runs):
         ready_s, last = one_run()
         ready_times.append(ready_s)
-    services = {name: v for name, v in last.items() if not name.startswith("agentmesh up")}
+    services = {name: v for name, v in last.items() if not name.startswith(("agentmesh up", "warm"))}
     total_rss = sum(r for r, _ in services.values()) / 1024
     total_pss = sum(p for _, p in services.values()) / 1024
     rows = [{"measure": name, "RSS MB": r / 1024, "PSS MB": p / 1024} for name, (r, p) in last.items()]

@@ -206,6 +206,9 @@ class CgroupTree:
     def __init__(self, path: Path, limit_dirs: dict[str, tuple[Path, int]]) -> None:
         self.path = path
         self.limit_dirs = limit_dirs
+        # Usage before the action began (a warm sandbox's start-up), left out of its cost.
+        self._cpu_base_ms = 0.0
+        self._peak_fd: int | None = None
 
     def _dirs(self) -> list[Path]:
         extra = [d for d, version in self.limit_dirs.values() if version == 1]
@@ -244,16 +247,41 @@ class CgroupTree:
                 found.update(int(p) for p in (directory / "cgroup.procs").read_text().split())
         return sorted(found)
 
-    def usage(self) -> CgroupUsage:
-        cpu_ms = 0.0
+    def restart_accounting(self) -> None:
+        """Count CPU and peak memory from now on: a warm sandbox's tree spent some starting up,
+        which is not its action's. (A v2 peak resets per descriptor, since Linux 6.12; on older
+        kernels it keeps the start-up's, a few MB at most.)"""
+        self._cpu_base_ms = self._cpu_ms()
+        memory = self.limit_dirs.get("memory")
+        if memory is None:
+            return
+        directory, version = memory
+        if version == 1:
+            _write(directory / "memory.max_usage_in_bytes", 0, optional=True)
+            return
+        with contextlib.suppress(OSError):
+            fd = os.open(directory / "memory.peak", os.O_RDWR | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"reset")
+            except OSError:
+                os.close(fd)
+                raise
+            self._peak_fd = fd
+
+    def _cpu_ms(self) -> float:
         stats = _keyed(self.path / "cpu.stat")
-        if "usage_usec" in stats:
-            cpu_ms = stats["usage_usec"] / 1000.0
+        return stats["usage_usec"] / 1000.0 if "usage_usec" in stats else 0.0
+
+    def usage(self) -> CgroupUsage:
+        cpu_ms = max(0.0, self._cpu_ms() - self._cpu_base_ms)
         peak, oom, refused = 0, False, False
         memory = self.limit_dirs.get("memory")
         if memory is not None:
             directory, version = memory
-            if version == 2:
+            if version == 2 and self._peak_fd is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    peak = int(os.pread(self._peak_fd, 64, 0).split()[0])
+            elif version == 2:
                 peak = _read_int(directory / "memory.peak")
                 oom = _keyed(directory / "memory.events").get("oom_kill", 0) > 0
             else:
@@ -284,6 +312,9 @@ class CgroupTree:
         return victims
 
     def remove(self) -> None:
+        if self._peak_fd is not None:
+            os.close(self._peak_fd)
+            self._peak_fd = None
         for directory in reversed(self._dirs()):
             _rmdir(directory)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.executor import cgroups, proctree, seccomp, tools
+from services.executor import cgroups, proctree, seccomp, tools, warm
 from services.executor.sandbox import LEVELS, WORKSPACE, Protection, Sandbox, SandboxConfig
 from services.executor.workspace import Workspaces, check_names, read_inside
 from services.runtime.errors import AgentMeshError, FailedPrecondition, InvalidArgument
@@ -71,6 +71,9 @@ class ExecutorLimits:
     pids: int = 256
     cpu_millicores: int = 1000
     workspace_bytes: int = 256 << 20
+    # Full-isolation sandboxes kept started ahead of their actions (warm.py); 0: every action starts
+    # its sandbox itself.
+    warm_sandboxes: int = 2
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,24 @@ class Executor:
         self._roots: set[int] = set()
         self._zombies_seen: set[int] = set()
         self.draining = False
+        self.pool = self._start_pool()
+
+    def _start_pool(self) -> warm.WarmPool | None:
+        """Warm sandboxes, where actions can have full isolation here (a warm slot has all of it)."""
+        if self.limits.warm_sandboxes <= 0 or self.cgroups is None or self.sandbox.bwrap is None:
+            return None
+        if "full" not in self.isolation_levels():
+            return None
+        mine = self.limits
+        return warm.WarmPool(
+            mine.warm_sandboxes,
+            self.workspaces,
+            self.cgroups,
+            self.sandbox,
+            cgroups.CgroupLimits(mine.memory_bytes, mine.pids, mine.cpu_millicores),
+            mine.workspace_bytes,
+            self._base_env(sandboxed=True, workspace=Path(WORKSPACE)),
+        )
 
     @property
     def containment(self) -> str:
@@ -182,6 +203,7 @@ class Executor:
             "notes": notes,
             "protections": [{"name": p.name, "active": p.active, "detail": p.detail} for p in protections],
             "isolation_levels": self.isolation_levels(),
+            "warm_sandboxes": self.pool.size if self.pool is not None else 0,
         }
 
     async def run(
@@ -288,13 +310,19 @@ class Executor:
         check_names(list(action.output_files), "output file")
         self._check_isolation(level, action.network)
         limits = self._limits_for(action.limits, timeout_s)
+        files = {**action.files, **command.files}
+        slot = self._take_warm(level, action.network, limits)
+        if slot is not None:
+            result = await self._run_warm(run, slot, command, files, timeout_s, started, action, limits)
+            if result is not None:
+                return result
         workspace: Path | None = None
         tree: cgroups.CgroupTree | proctree.GroupTree | None = None
         seccomp_fd: int | None = None
         # The attempt is part of the name: two live attempts of one action never share a tree.
         mark = f"{run.action_id}#{run.attempt}#{os.getpid()}"
         try:
-            workspace = self.workspaces.make(mark, limits.workspace_bytes, {**action.files, **command.files})
+            workspace = self.workspaces.make(mark, limits.workspace_bytes, files)
             if self.cgroups is not None:
                 tree = self.cgroups.new(
                     mark, cgroups.CgroupLimits(limits.memory_bytes, limits.pids, limits.cpu_millicores)
@@ -304,15 +332,25 @@ class Executor:
             sandboxed = level == "full" and self.sandbox.bwrap is not None
             if sandboxed and self.sandbox.seccomp_program is not None:
                 seccomp_fd = seccomp.program_fd(self.sandbox.seccomp_program)
-            prefix = [
-                *self._rlimits(limits),
-                *self.sandbox.argv(level, action.network, workspace, seccomp_fd),
-            ]
+            rlimits = [] if self.prlimit is None else self._rlimits(limits).prlimit_argv(self.prlimit)
+            prefix = [*rlimits, *self.sandbox.argv(level, action.network, workspace, seccomp_fd)]
             fds = () if seccomp_fd is None else (seccomp_fd,)
-            return await self._spawn(
-                run, tree, [*prefix, *command.argv], workspace, sandboxed, fds, timeout_s,
-                command, started, action, limits,
-            )  # fmt: skip
+            env = {**self._base_env(sandboxed, workspace), **self._action_env(run, tree)}
+            proc = await asyncio.create_subprocess_exec(
+                *tree.wrap([*prefix, *command.argv]),
+                cwd=workspace,
+                env=env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=fds,
+            )
+            if isinstance(tree, proctree.GroupTree):
+                tree.root_pid = proc.pid
+            return await self._supervise(
+                run, tree, proc, workspace, timeout_s, command, started, action, limits
+            )
         except OSError as exc:
             # The workspace or the tree could not be made (disk full, a file name clash): the action
             # fails, clearly, and the executor goes on.
@@ -356,66 +394,98 @@ class Executor:
             workspace_bytes=lower(asked.workspace_bytes, mine.workspace_bytes),
         )
 
-    def _rlimits(self, limits: _Limits) -> list[str]:
-        """CPU seconds, file size, open files, address space, no core dumps; inherited by everything
-        the action starts."""
-        if self.prlimit is None:
-            return []
-        return [
-            self.prlimit,
-            # SIGXCPU at the soft limit (a process may catch it and save its work), SIGKILL a second on.
-            f"--cpu={limits.cpu_seconds}:{limits.cpu_seconds + 1}",
-            f"--fsize={self.limits.max_file_bytes}",
-            f"--nofile={self.limits.max_open_files}",
-            f"--as={self.limits.max_address_space}",
-            "--core=0",
-            "--",
-        ]
+    def _rlimits(self, limits: _Limits) -> warm.Rlimits:
+        """CPU seconds, file size, open files, address space (and no core dumps); inherited by
+        everything the action starts."""
+        mine = self.limits
+        return warm.Rlimits(
+            limits.cpu_seconds, mine.max_file_bytes, mine.max_open_files, mine.max_address_space
+        )
 
-    async def _spawn(
-        self,
-        run: _Run,
-        tree: Any,
-        argv: list[str],
-        workspace: Path,
-        sandboxed: bool,
-        pass_fds: tuple[int, ...],
-        timeout_s: float,
-        command: tools.Command,
-        started: float,
-        action: pb.ExecAction,
-        limits: _Limits,
-    ) -> pb.ActionResult:
-        tool_bin = os.path.dirname(self.python)
+    def _base_env(self, sandboxed: bool, workspace: Path) -> dict[str, str]:
+        """The environment every action gets: nothing of the executor's own."""
         env = {
-            "PATH": f"{tool_bin}:/usr/local/bin:/usr/bin:/bin",
+            "PATH": f"{os.path.dirname(self.python)}:/usr/local/bin:/usr/bin:/bin",
             "HOME": WORKSPACE if sandboxed else str(workspace),
             "TMPDIR": "/tmp",
             "LANG": "C.UTF-8",
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
+        }
+        shared = self.sandbox.shared_path("full" if sandboxed else "contained")
+        if shared:
+            env["AGENTMESH_SHARED_DIR"] = shared
+        return env
+
+    @staticmethod
+    def _action_env(run: _Run, tree: Any) -> dict[str, str]:
+        return {
             proctree.MARKER_ENV: tree_mark(tree, run),
             # Tools may behave differently on a retry (resume partial work, say so in their output).
             "AGENTMESH_ATTEMPT": str(run.attempt),
             "AGENTMESH_TASK_ID": run.task_id,
             "AGENTMESH_ACTION_ID": run.action_id,
         }
-        shared = self.sandbox.shared_path("full" if sandboxed else "contained")
-        if shared:
-            env["AGENTMESH_SHARED_DIR"] = shared
+
+    def _take_warm(self, level: str, network: bool, limits: _Limits) -> warm.WarmSlot | None:
+        """A warm slot, when this action is what they are made for: full isolation, no network, the
+        default workspace size (a tmpfs's size is fixed when it is mounted)."""
+        if self.pool is None or level != "full" or network:
+            return None
+        if limits.workspace_bytes != self.limits.workspace_bytes:
+            return None
+        return self.pool.take()
+
+    async def _run_warm(
+        self,
+        run: _Run,
+        slot: warm.WarmSlot,
+        command: tools.Command,
+        files: dict[str, bytes],
+        timeout_s: float,
+        started: float,
+        action: pb.ExecAction,
+        limits: _Limits,
+    ) -> pb.ActionResult | None:
+        """The action in a warm slot; None when the slot turned out unusable (its shell died, a
+        limit could not be lowered), and the caller starts the action cold instead."""
+        proc = warm.WarmProcess(slot)
+        self._roots.add(proc.pid)
+        try:
+            env = self._action_env(run, slot.tree)
+            if not warm.can_launch(command.argv, env):
+                return None
+            try:
+                self.workspaces.fill(slot.workspace, files)
+                slot.tree.apply(cgroups.CgroupLimits(limits.memory_bytes, limits.pids, limits.cpu_millicores))
+                slot.tree.restart_accounting()
+                await proc.start(warm.launch_script(command.argv, env, self._rlimits(limits)))
+            except OSError as exc:
+                log.warning("warm sandbox %s unusable (%s): starting this action cold", slot.name, exc)
+                return None
+            return await self._supervise(
+                run, slot.tree, proc, slot.workspace, timeout_s, command, started, action, limits
+            )
+        finally:
+            proc.close()
+            self._roots.discard(proc.pid)
+            warm.discard(slot, self.workspaces)
+
+    async def _supervise(
+        self,
+        run: _Run,
+        tree: Any,
+        proc: Any,
+        workspace: Path,
+        timeout_s: float,
+        command: tools.Command,
+        started: float,
+        action: pb.ExecAction,
+        limits: _Limits,
+    ) -> pb.ActionResult:
+        """Stream a started action's output, wait for it within its time, kill its whole tree, and
+        make its result. `proc` is asyncio's Process or a WarmProcess."""
         usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        proc = await asyncio.create_subprocess_exec(
-            *tree.wrap(argv),
-            cwd=workspace,
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            pass_fds=pass_fds,
-        )
-        if isinstance(tree, proctree.GroupTree):
-            tree.root_pid = proc.pid
         self._roots.add(proc.pid)
         budget = [self.limits.max_output_bytes]
         buffers: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
@@ -502,6 +572,8 @@ class Executor:
         )
 
     def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
         if self.cgroups is not None:
             self.cgroups.remove()
         self.workspaces.close()
@@ -509,7 +581,8 @@ class Executor:
     def reap_orphans(self) -> int:
         """Reap re-parented orphans. Only zombies already seen on the previous sweep: a root that
         exits while `create_subprocess_exec` is still registering it must stay for its watcher."""
-        reaped, self._zombies_seen = proctree.reap_orphans(self._roots, self._zombies_seen)
+        known = self._roots | (self.pool.pids() if self.pool is not None else set())
+        reaped, self._zombies_seen = proctree.reap_orphans(known, self._zombies_seen)
         return reaped
 
 

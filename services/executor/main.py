@@ -46,6 +46,9 @@ class ExecutorConfig(CommonConfig):
     max_file_bytes: int = setting(64 << 20, "largest file an action may write (RLIMIT_FSIZE)")
     max_open_files: int = setting(1024, "open files per action process (RLIMIT_NOFILE)")
     max_address_space: int = setting(8 << 30, "address space per action process (RLIMIT_AS)")
+    warm_sandboxes: int = setting(
+        2, "full-isolation sandboxes kept started ahead of their actions, to take start-up off them (0: none)"
+    )
 
 
 class ExecutorService(Service):
@@ -79,6 +82,7 @@ class ExecutorService(Service):
             max_file_bytes=cfg.max_file_bytes,
             max_open_files=cfg.max_open_files,
             max_address_space=cfg.max_address_space,
+            warm_sandboxes=cfg.warm_sandboxes,
         )
         executor = Executor(limits, cfg.instance or "exec-" + self.listen.rsplit(":", 1)[-1])
         self.executor = executor

@@ -95,19 +95,24 @@ class Workspaces:
                 _mount_tmpfs(path, size, self.uid, self.gid)
             else:
                 os.chown(path, self.uid, self.gid)
-            for rel, content in files.items():
-                target = path / rel
-                for parent in reversed(target.relative_to(path).parents[:-1]):
-                    directory = path / parent
-                    if not directory.exists():
-                        directory.mkdir()
-                        os.chown(directory, self.uid, self.gid)
-                target.write_bytes(content)
-                os.chown(target, self.uid, self.gid)
+            self.fill(path, files)
         except BaseException:
             self.remove(path)
             raise
         return path
+
+    def fill(self, path: Path, files: dict[str, bytes]) -> None:
+        """Write the declared files (names already checked) into a workspace, owned by the sandbox's
+        uid. A warm workspace is filled just before its action starts, while nothing runs in it."""
+        for rel, content in files.items():
+            target = path / rel
+            for parent in reversed(target.relative_to(path).parents[:-1]):
+                directory = path / parent
+                if not directory.exists():
+                    directory.mkdir()
+                    os.chown(directory, self.uid, self.gid)
+            target.write_bytes(content)
+            os.chown(target, self.uid, self.gid)
 
     def remove(self, path: Path) -> None:
         if os.path.ismount(path):

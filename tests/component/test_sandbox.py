@@ -20,17 +20,27 @@ from protos.agentmesh.v1 import common_pb2 as pb
 from services.executor.core import Executor, ExecutorLimits
 from services.executor.sandbox import SandboxConfig
 from services.runtime.errors import FailedPrecondition, InvalidArgument
+from services.runtime.procs import pid_alive
 
 SECRET = "agentmesh-test-secret-7f3a9c"
 MiB = 1 << 20
 
 
-@pytest.fixture(scope="module")
-def executor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executor]:
+# Every case runs twice: in a warm sandbox (started ahead by the pool, what most actions get) and
+# in one the action starts itself (actions the pool does not fit: network, contained, a smaller
+# workspace).
+@pytest.fixture(scope="module", params=["warm", "cold"])
+def executor(request: pytest.FixtureRequest) -> Iterator[Executor]:
     # A secret in the executor's own environment, which no action may read.
     os.environ["AGENTMESH_TEST_SECRET"] = SECRET
-    limits = ExecutorLimits(memory_bytes=256 * MiB, pids=64, workspace_bytes=32 * MiB, max_output_bytes=MiB)
-    ex = Executor(limits, f"hostile-{os.getpid()}")
+    limits = ExecutorLimits(
+        memory_bytes=256 * MiB,
+        pids=64,
+        workspace_bytes=32 * MiB,
+        max_output_bytes=MiB,
+        warm_sandboxes=2 if request.param == "warm" else 0,
+    )
+    ex = Executor(limits, f"hostile-{request.param}-{os.getpid()}")
     try:
         yield ex
     finally:
@@ -77,12 +87,16 @@ def survivors(token: str) -> list[int]:
 
 
 def assert_clean(executor: Executor, token: str = "") -> None:
-    """No survivor, no action cgroup, no workspace left; the executor still runs actions."""
+    """No survivor, no action cgroup, no workspace left (only the pool's ready sandboxes, which no
+    action has had); the executor still runs actions."""
     if token:
         assert not survivors(token), f"survivors: {survivors(token)}"
     assert executor.cgroups is not None
-    assert not [p for p in executor.cgroups.kill_base.iterdir() if p.is_dir()]
-    assert not list(executor.workspaces.base.iterdir())
+    cgroup_names = {p.name for p in executor.cgroups.kill_base.iterdir() if p.is_dir()}
+    workspace_names = {p.name for p in executor.workspaces.base.iterdir()}
+    # Asked after listing: a slot being made is in names() before its directories exist.
+    pool = executor.pool.names() if executor.pool is not None else set()
+    assert cgroup_names <= pool and workspace_names <= pool, (cgroup_names, workspace_names, pool)
     assert shell(executor, "echo still-serving").stdout == "still-serving\n"
 
 
@@ -395,3 +409,125 @@ def test_a_resent_action_joining_a_run_whose_caller_left_runs_anew(executor: Exe
     result = asyncio.run(asyncio.wait_for(go(), 60))
     assert result.status == pb.ACTION_STATUS_OK and result.stdout == "done\n", result
     assert_clean(executor)
+
+
+# -- warm sandboxes ------------------------------------------------------------------------------
+
+
+def _warm_executor(name: str, **limits: Any) -> Executor:
+    ex = Executor(ExecutorLimits(warm_sandboxes=2, **limits), f"{name}-{os.getpid()}")
+    if ex.pool is None:
+        ex.close()
+        pytest.skip("no warm sandboxes on this host (they need full isolation)")
+    return ex
+
+
+# Shell syntax in an action's code: the warm sandbox's launch script must pass it on untouched.
+TRICKY = "it's $HOME `x` \\ \" $(id) ; exit 9"
+
+
+def _wait_ready(ex: Executor, count: int) -> None:
+    assert ex.pool is not None
+    deadline = time.monotonic() + 20
+    while len(ex.pool.pids()) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(ex.pool.pids()) >= count
+
+
+def test_a_warm_sandbox_runs_the_action_with_its_own_limits_and_identity(executor: Executor) -> None:
+    if executor.pool is None:
+        pytest.skip("the cold executor")
+    _wait_ready(executor, 1)
+    taken = executor.pool.taken
+    code = (
+        "import os, resource\n"
+        "print(resource.getrlimit(resource.RLIMIT_CPU))\n"
+        "print(resource.getrlimit(resource.RLIMIT_NOFILE))\n"
+        "print(resource.getrlimit(resource.RLIMIT_FSIZE))\n"
+        "print(resource.getrlimit(resource.RLIMIT_CORE))\n"
+        "print(os.environ['AGENTMESH_TASK_ID'], os.environ['AGENTMESH_ATTEMPT'])\n"
+        "print(os.readlink('/proc/self/fd/0'))\n"
+        "print(open('data/in.txt').read())\n"
+        f"print({TRICKY!r})\n"
+    )
+    result = run(executor, "python", {"code": code}, timeout_s=7, files={"data/in.txt": b"declared"})
+    assert result.status == pb.ACTION_STATUS_OK, result.stderr
+    assert executor.pool.taken == taken + 1
+    lines = result.stdout.split("\n")
+    assert lines[:8] == [
+        "(7, 8)",  # CPU seconds: the timeout, SIGKILL a second later
+        "(1024, 1024)",
+        f"({64 * MiB}, {64 * MiB})",
+        "(0, 0)",
+        "t 1",
+        "/dev/null",
+        "declared",
+        TRICKY,  # quoting survived the shell
+    ], result.stdout
+    # The start-up of the sandbox is not the action's cost; a few MB of its own memory are.
+    assert 0 < result.cost.peak_memory_bytes < 64 * MiB
+    assert_clean(executor)
+
+
+def test_a_dead_warm_sandbox_is_passed_over_and_removed() -> None:
+    ex = _warm_executor("warm-dead")
+    try:
+        _wait_ready(ex, 2)
+        assert ex.pool is not None
+        dead = ex.pool.pids()
+        for pid in dead:
+            os.kill(pid, 9)
+        deadline = time.monotonic() + 10
+        while any(pid_alive(pid) for pid in dead) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        result = shell(ex, "echo fine")
+        assert result.status == pb.ACTION_STATUS_OK and result.stdout == "fine\n"
+        assert_clean(ex)
+    finally:
+        ex.close()
+
+
+def test_closing_the_executor_kills_its_warm_sandboxes() -> None:
+    ex = _warm_executor("warm-close")
+    try:
+        _wait_ready(ex, 2)
+        assert ex.pool is not None and ex.cgroups is not None
+        # Each slot, once it has started: bubblewrap outside and in, and the waiting shell.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            members = [pid for name in ex.pool.names() for pid in _cgroup_pids(ex.cgroups.kill_base / name)]
+            if len(members) >= 6:
+                break
+            time.sleep(0.01)
+        assert len(members) >= 6, members
+    finally:
+        ex.close()
+    deadline = time.monotonic() + 5  # SIGKILL is delivered, not waited for
+    while any(pid_alive(pid) for pid in members) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not [pid for pid in members if pid_alive(pid)]
+    assert not ex.workspaces.base.exists() and not ex.cgroups.kill_base.exists()
+
+
+def test_actions_the_pool_does_not_fit_start_cold() -> None:
+    ex = _warm_executor("warm-fit", workspace_bytes=32 * MiB)
+    try:
+        _wait_ready(ex, 2)
+        assert ex.pool is not None
+        taken = ex.pool.taken
+        smaller = shell(ex, "df -k . | tail -1", limits=pb.ResourceLimits(workspace_bytes=8 * MiB))
+        assert smaller.status == pb.ACTION_STATUS_OK and int(smaller.stdout.split()[1]) <= 8 * 1024
+        assert shell(ex, "echo net", network=True).stdout == "net\n"
+        assert shell(ex, "echo contained", isolation="contained").stdout == "contained\n"
+        assert ex.pool.taken == taken
+        assert shell(ex, "echo warm").stdout == "warm\n" and ex.pool.taken == taken + 1
+        assert_clean(ex)
+    finally:
+        ex.close()
+
+
+def _cgroup_pids(path: Path) -> list[int]:
+    try:
+        return [int(p) for p in (path / "cgroup.procs").read_text().split()]
+    except OSError:
+        return []

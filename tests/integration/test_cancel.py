@@ -13,6 +13,7 @@ import pytest
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.executor.cgroups import kill_base
+from services.executor.warm import looks_idle
 from services.executor.workspace import mounts_under
 from services.runtime.errors import FailedPrecondition, NotFound
 from services.runtime.procs import pid_alive
@@ -111,9 +112,15 @@ def test_no_workspace_or_cgroup_left_behind(mesh: Mesh) -> None:
     run(go())
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        left = list(workspaces.iterdir()) + [p for p in cgroups.iterdir() if p.is_dir()]
+        left = _not_idle_warm(list(workspaces.iterdir()), [p for p in cgroups.iterdir() if p.is_dir()])
         if not left:
             break
         time.sleep(0.05)
     assert not left
-    assert not mounts_under(workspaces)
+    assert {m.name for m in mounts_under(workspaces)} <= {p.name for p in workspaces.iterdir()}
+
+
+def _not_idle_warm(workspaces: list[Path], cgroups: list[Path]) -> list[Path]:
+    """What is left that is not one of the executor's ready warm sandboxes."""
+    idle = {cgroup.name for cgroup in cgroups if looks_idle(cgroup)}
+    return [p for p in [*workspaces, *cgroups] if p.name not in idle]

@@ -135,12 +135,15 @@ class Mesh:
         if base is None or not base.exists():
             return found
         for procs in base.glob("*/cgroup.procs"):
-            if looks_idle(procs.parent):
+            try:
+                pids = [int(p) for p in procs.read_text().split()]
+            except (OSError, ValueError):
                 continue
-            with contextlib.suppress(OSError, ValueError):
-                for pid in [int(p) for p in procs.read_text().split()]:
-                    with contextlib.suppress(OSError):
-                        found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+            if looks_idle(procs.parent, pids):
+                continue
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    found[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
         return found
 
     def dump_logs(self) -> None:

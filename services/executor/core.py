@@ -470,6 +470,8 @@ class Executor:
             proc.close()
             self._roots.discard(proc.pid)
             warm.discard(slot, self.workspaces)
+            if self.pool is not None:
+                self.pool.returned()
 
     async def _supervise(
         self,

@@ -8,6 +8,7 @@ every service answers SERVING.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import statistics
@@ -51,10 +52,11 @@ def _descendants(pid: int) -> list[int]:
     found, frontier = [], [pid]
     while frontier:
         parent = frontier.pop()
-        try:
-            children = [int(c) for c in Path(f"/proc/{parent}/task/{parent}/children").read_text().split()]
-        except OSError:
-            children = []
+        children = []
+        # A child is listed under the thread that started it (the executor's pool has its own).
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                children += [int(c) for c in (task / "children").read_text().split()]
         found += children
         frontier += children
     return found

@@ -203,3 +203,50 @@ def test_after_a_coordinator_crash_an_unsafe_action_that_may_have_run_is_not_run
     run(after())
     assert not mesh.action_processes()
     assert (shared_dir / "ran").exists()  # it ran once, and only once: no "second run" happened
+
+
+def test_an_executor_crash_leaves_no_process_and_its_successor_reaps_the_rest(own_mesh) -> None:  # type: ignore[no-untyped-def]
+    """kill -9 the executor while an action runs in a warm sandbox and two more wait ready: every
+    sandbox dies with it (bubblewrap's --die-with-parent), and the next executor removes the cgroups
+    and workspace mounts they left, then runs the action again."""
+    from services.executor.cgroups import kill_base
+    from services.executor.workspace import mounts_under
+
+    mesh = own_mesh()
+    spec = {"steps": [{"id": "s", "tool": "shell", "args": {"command": "sleep 2; echo done"}}]}
+    cgroups = kill_base(mesh.executor_instance)
+    workspaces = Path(os.environ.get("TMPDIR", "/tmp")) / f"agentmesh-ws-{mesh.executor_instance}"
+    assert cgroups is not None
+
+    def of(pid: int, name: str) -> bool:
+        """Made by executor `pid`: warm slots are warm-<pid>-<n>, cold ones <action>#<attempt>#<pid>."""
+        return name.startswith(f"warm-{pid}-") or name.endswith(f"#{pid}")
+
+    def everything() -> set[int]:
+        found: set[int] = set()
+        for procs in cgroups.glob("*/cgroup.procs"):
+            found |= {int(pid) for pid in procs.read_text().split()}
+        return found
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spec)
+            await wait_for_action_processes(mesh, "sleep", 1)
+            old = mesh.pid("executor")
+            victims = everything()
+            assert len(victims) >= 4  # the action's sandbox and at least one ready one
+            mesh.kill9("executor")
+            deadline = time.monotonic() + 5
+            while any(pid_alive(p) for p in victims) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert not [p for p in victims if pid_alive(p)]
+            left = {p.name for p in cgroups.iterdir() if p.is_dir()}
+            assert any(of(old, name) for name in left)  # the crash left them; nobody removed them
+            mesh.restart("executor")
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            names = {p.name for p in cgroups.iterdir() if p.is_dir()} | {p.name for p in workspaces.iterdir()}
+            assert not [name for name in names if of(old, name)], names
+            assert not [m for m in mounts_under(workspaces) if of(old, m.name)]
+
+    run(go())

@@ -182,6 +182,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         table.add_row(p.name, "[green]yes[/green]" if p.active else "[red]no[/red]", p.detail)
     console.print(table)
     console.print(f"tools: {', '.join(caps.tools)}")
+    console.print(f"warm sandboxes kept ready: {caps.warm_sandboxes}")
     return 0
 
 

@@ -229,9 +229,12 @@ class WarmPool:
             try:
                 slot = self._make(name)
                 retry_s = RETRY_S
-            except (OSError, subprocess.SubprocessError) as exc:
+            except Exception as exc:  # noqa: BLE001 - the thread must outlive any one failure
                 log.warning(
-                    "cannot make a warm sandbox (%s); actions start cold, next try in %gs", exc, retry_s
+                    "cannot make a warm sandbox (%s); actions start cold, next try in %gs",
+                    exc,
+                    retry_s,
+                    exc_info=not isinstance(exc, OSError | subprocess.SubprocessError),
                 )
                 slot = None
             with self._lock:

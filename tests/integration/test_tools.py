@@ -123,6 +123,9 @@ def test_the_sandbox_report_names_every_protection(mesh: Mesh) -> None:
     assert all(any(n.startswith(p) for n in report.get("notes", [])) for p in names - active)
     for level, required in REQUIRED.items():
         assert (level in report.get("isolation_levels", [])) == ({*required, "network-namespace"} <= active)
+    # Warm sandboxes are kept where full isolation is given (the default, two of them).
+    full = "full" in report.get("isolation_levels", [])
+    assert report.get("warm_sandboxes", 0) == (2 if full else 0)
 
 
 def test_an_exec_step_can_lower_its_limits_and_states_its_isolation(mesh: Mesh) -> None:

@@ -354,7 +354,7 @@ class Executor:
         except OSError as exc:
             # The workspace or the tree could not be made (disk full, a file name clash): the action
             # fails, clearly, and the executor goes on.
-            raise FailedPrecondition(f"cannot prepare the action: {exc}", reason="WORKSPACE_ERROR") from exc
+            raise _workspace_error(exc) from exc
         finally:
             if seccomp_fd is not None:
                 os.close(seccomp_fd)
@@ -457,6 +457,11 @@ class Executor:
                 return None
             try:
                 self.workspaces.fill(slot.workspace, files)
+            except OSError as exc:
+                # The action's own files do not fit or clash (a file where a directory must go):
+                # a cold start would fail the same way.
+                raise _workspace_error(exc) from exc
+            try:
                 slot.tree.apply(cgroups.CgroupLimits(limits.memory_bytes, limits.pids, limits.cpu_millicores))
                 slot.tree.restart_accounting()
                 await proc.start(warm.launch_script(command.argv, env, self._rlimits(limits)))
@@ -630,6 +635,10 @@ def _exit_error(exit_code: int, usage: cgroups.CgroupUsage, limits_cpu_s: int) -
     if usage.pids_refused:
         message += " (it hit its process limit: forks were refused)"
     return pb.TaskError(reason="EXIT_NONZERO", message=message)
+
+
+def _workspace_error(exc: OSError) -> FailedPrecondition:
+    return FailedPrecondition(f"cannot prepare the action: {exc}", reason="WORKSPACE_ERROR")
 
 
 def tree_mark(tree: Any, run: _Run) -> str:

@@ -257,6 +257,15 @@ def test_unsafe_declared_file_names_are_refused(executor: Executor, name: str) -
     assert_clean(executor)
 
 
+@pytest.mark.parametrize("files", [{"a": b"x", "a/b": b"y"}, {"big": b"x" * (40 * MiB)}])
+def test_declared_files_that_cannot_be_written_fail_clearly(executor: Executor, files: dict) -> None:
+    # A file where a directory must go; more than the 32 MiB workspace holds.
+    with pytest.raises(FailedPrecondition) as refused:
+        run(executor, "shell", {"command": "true"}, files=files)
+    assert refused.value.reason == "WORKSPACE_ERROR"
+    assert_clean(executor)
+
+
 def test_an_output_symlink_out_of_the_workspace_is_not_followed(executor: Executor) -> None:
     result = shell(
         executor,

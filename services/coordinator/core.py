@@ -153,6 +153,8 @@ class TaskManager:
             "infer": asyncio.Semaphore(limits.max_inflight_infer),
             "embed": asyncio.Semaphore(limits.max_inflight_infer),
         }
+        # share_identical actions running now, by _share_key: later identical ones join them.
+        self._shared: dict[tuple[str, bytes], asyncio.Future[pb.ActionResult]] = {}
         self._accepting = True
         self._background: set[asyncio.Task[Any]] = set()
         self._agents_cache: tuple[float, list[Any]] = (0.0, [])
@@ -872,6 +874,47 @@ class TaskManager:
         return True
 
     async def _dispatch(self, run: TaskRun, action: pb.Action) -> pb.ActionResult:
+        key = _share_key(run, action)
+        if key is None:
+            return await self._dispatch_own(run, action)
+        running = self._shared.get(key)
+        if running is not None:
+            try:
+                shared = await asyncio.shield(running)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are the ones being cancelled
+                shared = None  # the run we joined was cancelled with its task: run our own
+            if shared is not None:
+                return await self._take_shared(run, action, shared)
+        future: asyncio.Future[pb.ActionResult] = asyncio.get_running_loop().create_future()
+        self._shared[key] = future
+        try:
+            result = await self._dispatch_own(run, action)
+        except BaseException:
+            future.cancel()
+            raise
+        finally:
+            if self._shared.get(key) is future:
+                del self._shared[key]
+        future.set_result(result)
+        return result
+
+    async def _take_shared(self, run: TaskRun, action: pb.Action, shared: pb.ActionResult) -> pb.ActionResult:
+        """Another task's identical run, as this action's result: its outcome, none of its cost."""
+        result = pb.ActionResult()
+        result.CopyFrom(shared)
+        result.action_id, result.key, result.attempts = action.id, action.key, 1
+        result.ClearField("cost")
+        note = json.dumps(
+            {"message": f"shared the result of an identical run ({shared.action_id})", "action_id": action.id}
+        )
+        self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, [("log", note)])))
+        await self._record(run, result)
+        return result
+
+    async def _dispatch_own(self, run: TaskRun, action: pb.Action) -> pb.ActionResult:
         kind = action.WhichOneof("kind")
         timeout = action.timeout_s or self.limits.default_action_timeout_s
         if run.deadline:
@@ -1123,6 +1166,15 @@ def _join(mode: int, children: list[pb.Task]) -> tuple[int, pb.TaskError | None,
             [],
         )
     return OK, None, []
+
+
+def _share_key(run: TaskRun, action: pb.Action) -> tuple[str, bytes] | None:
+    """What identical runs of a `share_identical` action have in common: the tenant, and a digest of
+    the action's body and timeout. None when the action may not be shared."""
+    if not action.share_identical or action.WhichOneof("kind") != "exec" or action.exec.network:
+        return None
+    body = action.exec.SerializeToString(deterministic=True) + repr(action.timeout_s).encode()
+    return run.tenant, hashlib.sha256(body).digest()
 
 
 def _safe_to_repeat(action: pb.Action) -> bool:

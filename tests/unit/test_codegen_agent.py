@@ -188,7 +188,9 @@ def test_a_child_samples_with_its_seed_and_starts_from_its_feedback() -> None:
 def test_failures_are_fed_back_and_the_task_fails_after_max_attempts() -> None:
     run = Driver(candidates=1, max_attempts=2)
     wrong = "def add(a, b):\n    return a - b\n"
-    run.step([gen_result("gen.1.0", f"```python\n{wrong}```")])
+    test = run.step([gen_result("gen.1.0", f"```python\n{wrong}```")]).actions[0]
+    # Candidates that wrote the same code share one test run (the coordinator joins them).
+    assert test.key == "test.1.0" and test.share_identical
     run.step([junit_result("test.1.0", False, "AssertionError: assert -1 == 5")])
     assert run.keys() == ["gen.2.0"]
     messages = [(m.role, m.content) for m in run.decision.actions[0].infer.messages]

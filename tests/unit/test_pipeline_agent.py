@@ -292,7 +292,7 @@ def test_bad_timeout_is_refused(timeout):
     assert "steps[0].timeout_s" in violations(one_step(tool="echo", timeout_s=timeout))
 
 
-@pytest.mark.parametrize("flag", ["continue_on_error", "network"])
+@pytest.mark.parametrize("flag", ["continue_on_error", "network", "share_identical"])
 @pytest.mark.parametrize("value", ["yes", 1, None])
 def test_bad_boolean_flags_are_refused(flag, value):
     found = violations(one_step(tool="echo", **{flag: value}))
@@ -586,6 +586,12 @@ def test_exec_tools_become_exec_actions_with_files_as_bytes(tool, args):
     assert json.loads(action.exec.args_json) == args
     assert dict(action.exec.files) == {"data.csv": b"a,b\n", "dir/ü.txt": "é".encode()}
     assert action.exec.network is True
+
+
+def test_share_identical_passes_to_the_action_and_defaults_to_off():
+    step = {"id": "s", "tool": "shell", "args": {"command": "ls"}}
+    assert only_action({**step, "share_identical": True}).share_identical is True
+    assert only_action(step).share_identical is False
 
 
 def test_exec_network_defaults_to_off_and_args_to_empty():

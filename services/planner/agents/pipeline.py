@@ -25,7 +25,7 @@ MAX_CHILDREN = 256
 STEP_FIELDS = frozenset(
     {
         "id", "tool", "args", "files", "depends_on", "retry", "timeout_s", "continue_on_error", "network",
-        "isolation", "limits", "on_ambiguous",
+        "isolation", "limits", "on_ambiguous", "share_identical",
     }
 )  # fmt: skip
 # An exec step's sandbox: the isolation it requires, and limits lower than the executor's.
@@ -152,7 +152,7 @@ def _validate_step(index: int, step: Any, violations: list[tuple[str, str]]) -> 
     timeout = step.get("timeout_s", 0)
     if not isinstance(timeout, int | float) or isinstance(timeout, bool) or not 0 <= timeout <= MAX_TIMEOUT_S:
         violations.append((f"{where}.timeout_s", f"number from 0 to {MAX_TIMEOUT_S:g}"))
-    for flag in ("continue_on_error", "network"):
+    for flag in ("continue_on_error", "network", "share_identical"):
         if not isinstance(step.get(flag, False), bool):
             violations.append((f"{where}.{flag}", "must be true or false"))
     if step.get("on_ambiguous", "rerun") not in AMBIGUOUS:
@@ -361,6 +361,7 @@ def _action(step: dict[str, Any]) -> pb.Action:
     action = pb.Action(
         key=step["id"],
         timeout_s=float(step.get("timeout_s", 0)),
+        share_identical=step.get("share_identical", False),
         retry=pb.RetryPolicy(
             attempts=retry.get("attempts", 1),
             backoff_s=float(retry.get("backoff_s", 0)),

@@ -29,6 +29,7 @@ from typing import Any
 from _common import percentile, report
 
 from protos.agentmesh.v1 import common_pb2 as pb
+from services.executor.cgroups import CgroupTree
 from services.executor.core import Executor, ExecutorLimits
 from services.executor.warm import looks_idle
 
@@ -61,27 +62,21 @@ async def pool_full(executor: Executor) -> None:
     """Until every warm slot is made and its shell waits (bounded)."""
     pool, deadline = executor.pool, time.monotonic() + 10
     while pool is not None and time.monotonic() < deadline:
-        names = pool.names()
-        if len(pool.pids()) >= pool.size and all(looks_idle(executor.cgroups.kill_base / n) for n in names):  # type: ignore[union-attr]
-            if all(_waiting(executor, n) for n in names):
-                return
+        trees = pool.ready_trees()
+        if len(trees) >= pool.size and all(_waiting(tree) for tree in trees):
+            return
         await asyncio.sleep(0.002)
 
 
-def _waiting(executor: Executor, name: str) -> bool:
-    """The slot's shell is up (its third process: bubblewrap outside, inside, the shell)."""
-    procs = (executor.cgroups.kill_base / name / "cgroup.procs").read_text().split()  # type: ignore[union-attr]
-    return len(procs) >= 3
+def _waiting(tree: CgroupTree) -> bool:
+    """The slot's shell is up: bubblewrap outside and inside, and the shell, and nothing else."""
+    pids = tree.pids()
+    return len(pids) >= 3 and looks_idle(tree.path, pids)
 
 
 def startup_cpu_ms(executor: Executor) -> list[float]:
     """CPU each ready slot used to start (cgroup usage; nothing of an action's in it yet)."""
-    found = []
-    for name in executor.pool.names() if executor.pool is not None else ():
-        for line in (executor.cgroups.kill_base / name / "cpu.stat").read_text().splitlines():  # type: ignore[union-attr]
-            if line.startswith("usage_usec "):
-                found.append(int(line.split()[1]) / 1000)
-    return found
+    return [tree.usage().cpu_ms for tree in executor.pool.ready_trees()] if executor.pool else []
 
 
 async def measure(runs: int) -> tuple[list[dict[str, Any]], int, list[float]]:

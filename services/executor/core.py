@@ -450,6 +450,7 @@ class Executor:
         """The action in a warm slot; None when the slot turned out unusable (its shell died, a
         limit could not be lowered), and the caller starts the action cold instead."""
         proc = warm.WarmProcess(slot)
+        # Ours from the take on, not an orphan for reap_orphans (_supervise adds it again, harmlessly).
         self._roots.add(proc.pid)
         try:
             env = self._action_env(run, slot.tree)

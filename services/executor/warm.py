@@ -74,7 +74,7 @@ def _starting_or_waiting(argv: list[bytes]) -> bool:
         return True  # none: in the middle of an exec, or exiting
     if argv[:3] == [b"/bin/sh", b"-c", JOIN.encode()]:
         return True
-    return bool(argv) and os.path.basename(argv[0]) in (b"bwrap", b"setpriv")
+    return os.path.basename(argv[0]) in (b"bwrap", b"setpriv")
 
 
 @dataclass(frozen=True)
@@ -179,7 +179,7 @@ class WarmPool:
                     self._last_take = time.monotonic()
                     return slot
                 log.warning("warm sandbox %s died before its action came; removed", slot.name)
-                self._discard(slot)
+                discard(slot, self.workspaces)
         return None
 
     def returned(self) -> None:
@@ -192,6 +192,11 @@ class WarmPool:
         """Cgroup and workspace names the pool holds (ready or being made); a taken slot's is not."""
         with self._lock:
             return {slot.name for slot in self._ready} | self._making
+
+    def ready_trees(self) -> list[CgroupTree]:
+        """The cgroups of the ready slots, for tests and benchmarks that look inside them."""
+        with self._lock:
+            return [slot.tree for slot in self._ready]
 
     def pids(self) -> set[int]:
         """Root processes of the ready slots: the executor's own children, not orphans to reap."""
@@ -206,7 +211,7 @@ class WarmPool:
         with self._lock:
             ready, self._ready = self._ready, []
         for slot in ready:
-            self._discard(slot)
+            discard(slot, self.workspaces)
 
     # -- the filling thread --------------------------------------------------------------------
 
@@ -244,7 +249,7 @@ class WarmPool:
                     continue
                 closed = self._closed
             if slot is not None:
-                self._discard(slot)
+                discard(slot, self.workspaces)
             if closed:
                 return
             with self._lock:
@@ -280,9 +285,6 @@ class WarmPool:
             if program_fd is not None:
                 os.close(program_fd)
         return WarmSlot(name, workspace, tree, proc)
-
-    def _discard(self, slot: WarmSlot) -> None:
-        discard(slot, self.workspaces)
 
 
 def discard(slot: WarmSlot, workspaces: Workspaces) -> None:

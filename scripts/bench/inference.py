@@ -152,7 +152,7 @@ def main() -> None:
         int(a.nbytes)
         for a in [
             generator.model.embed,
-            generator.model.head_t,
+            generator.model.head,
             *[w for layer in generator.model.layers for w in layer.values()],
         ]
     )

@@ -14,21 +14,22 @@ import numpy as np
 from services.inference.llama import LlamaConfig, LlamaModel
 from services.inference.xp import Backend
 
-# Our name for each per-layer tensor (the x @ w_t + w_b layout LlamaModel's hooks use) -> GPT-2's.
+# Our name for each per-layer tensor (LlamaModel's hooks take w (out, in) and bias w_b) -> GPT-2's.
 LAYER = {
     "attn_norm": "ln_1.weight",
     "attn_norm_b": "ln_1.bias",
-    "qkv_t": "attn.c_attn.weight",
+    "qkv": "attn.c_attn.weight",
     "qkv_b": "attn.c_attn.bias",
-    "o_t": "attn.c_proj.weight",
+    "o": "attn.c_proj.weight",
     "o_b": "attn.c_proj.bias",
     "ffn_norm": "ln_2.weight",
     "ffn_norm_b": "ln_2.bias",
-    "fc_t": "mlp.c_fc.weight",
+    "fc": "mlp.c_fc.weight",
     "fc_b": "mlp.c_fc.bias",
-    "proj_t": "mlp.c_proj.weight",
+    "proj": "mlp.c_proj.weight",
     "proj_b": "mlp.c_proj.bias",
 }
+TRANSPOSED = {"qkv", "o", "fc", "proj"}
 
 
 class GPT2Model(LlamaModel):
@@ -40,15 +41,20 @@ class GPT2Model(LlamaModel):
         self.embed = put(weights["wte.weight"])
         self.positions = put(weights["wpe.weight"])
         if "lm_head.weight" in weights:  # a file that stores the head apart (GGUF's output.weight)
-            self.head_t = put(weights["lm_head.weight"], transpose=True)
+            self.head = put(weights["lm_head.weight"])
         else:
-            self.head_t = self.embed.T  # tied
+            self.head = self.embed  # tied
         self.final = {"norm": put(weights["ln_f.weight"]), "norm_b": put(weights["ln_f.bias"])}
         self.layers = []
         for i in range(config.n_layers):
             p = f"h.{i}."
-            # Conv1D weights are stored (in, out): already the layout x @ w wants.
-            self.layers.append({ours: put(weights[p + theirs]) for ours, theirs in LAYER.items()})
+            # Conv1D weights are stored (in, out): transposed once to the (out, in) the products take.
+            self.layers.append(
+                {
+                    ours: put(weights[p + theirs], transpose=ours in TRANSPOSED)
+                    for ours, theirs in LAYER.items()
+                }
+            )
 
     def _embed(self, tokens: Any, positions: Any) -> Any:
         return self.embed[tokens] + self.positions[positions]
@@ -61,7 +67,7 @@ class GPT2Model(LlamaModel):
         return (centered * scale).astype(self.dtype, copy=False) * params[name] + params[name + "_b"]
 
     def _linear(self, x: Any, params: dict[str, Any], name: str) -> Any:
-        return x @ params[name + "_t"] + params[name + "_b"]
+        return self.product(x, params[name]) + params[name + "_b"]
 
     def _position_state(self, positions: Any) -> Any:
         return None

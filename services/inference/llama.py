@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from services.inference.products import product_for
 from services.inference.xp import Backend
 
 
@@ -83,10 +84,8 @@ class LlamaModel:
         xp = backend.xp
         put = self._put
         self.embed = put(weights["token_embd.weight"])
-        if "output.weight" in weights:
-            self.head_t = put(weights["output.weight"], transpose=True)
-        else:  # tied: the transposed view of the embedding; BLAS reads it in place, no second copy
-            self.head_t = self.embed.T
+        # Linear weights stay in (out, in), the layout products.py reads; a tied head is the embedding.
+        self.head = put(weights["output.weight"]) if "output.weight" in weights else self.embed
         self.final = {"norm": put(weights["output_norm.weight"])}
         self.layers = []
         for i in range(config.n_layers):
@@ -99,11 +98,11 @@ class LlamaModel:
             self.layers.append(
                 {
                     "attn_norm": put(weights[p + "attn_norm.weight"]),
-                    "qkv_t": put(qkv, transpose=True),
-                    "o_t": put(weights[p + "attn_output.weight"], transpose=True),
+                    "qkv": put(qkv),
+                    "o": put(weights[p + "attn_output.weight"]),
                     "ffn_norm": put(weights[p + "ffn_norm.weight"]),
-                    "gate_up_t": put(gate_up, transpose=True),
-                    "down_t": put(weights[p + "ffn_down.weight"], transpose=True),
+                    "gate_up": put(gate_up),
+                    "down": put(weights[p + "ffn_down.weight"]),
                 }
             )
         half = config.head_dim // 2
@@ -116,14 +115,24 @@ class LlamaModel:
         self.backend = backend
         self.config = config
         self.dtype = dtype or (backend.xp.float16 if backend.is_gpu else backend.xp.float32)
+        self.product = product_for(backend)
 
     def _put(self, array: np.ndarray, transpose: bool = False) -> Any:
-        """A weight on the device in the model's dtype (transposed: x @ w_t is x @ w.T)."""
+        """A weight on the device in the model's dtype, transposed if the file stores it (in, out)."""
         array = np.ascontiguousarray(array.T if transpose else array)
         return self.backend.xp.asarray(array, dtype=self.dtype)
 
     def new_cache(self, n_blocks: int, block_size: int) -> KVCache:
         return KVCache(self.backend, self.config, n_blocks, block_size, self.dtype)
+
+    def warm_up(self) -> None:
+        """A prefill of two tokens and a decode of one on a scratch cache, so the first request does
+        not pay for first use: the CPU kernel's compile (or its load from Numba's cache), BLAS's
+        buffers, CuPy's kernel builds."""
+        cache = self.new_cache(1, 4)
+        self.forward(cache, [SeqSlice([0], 0, [0, 0])])
+        self.forward(cache, [SeqSlice([0], 2, [0])])
+        self.backend.synchronize()
 
     def _rms(self, x: Any, weight: Any) -> Any:
         xp = self.backend.xp
@@ -249,7 +258,7 @@ class LlamaModel:
             x = x + self._mlp(self._norm(x, layer, "ffn_norm"), layer)
         last = xp.asarray(offsets[1:] - 1)
         h = self._norm(x[last], self.final, "norm")
-        return (h @ self.head_t).astype(xp.float32, copy=False)
+        return self.product(h, self.head).astype(xp.float32, copy=False)
 
     # -- the parts a family changes (GPT-2 overrides them in gpt2.py) ---------------------------
 
@@ -260,7 +269,7 @@ class LlamaModel:
         return self._rms(x, params[name])
 
     def _linear(self, x: Any, params: dict[str, Any], name: str) -> Any:
-        return x @ params[name + "_t"]
+        return self.product(x, params[name])
 
     def _position_state(self, positions: Any) -> Any:
         """What `_position` needs for this pass's tokens, computed once for all layers."""
@@ -272,8 +281,8 @@ class LlamaModel:
     def _mlp(self, h: Any, layer: dict[str, Any]) -> Any:
         xp = self.backend.xp
         ffn = self.config.ffn_dim
-        gate_up = h @ layer["gate_up_t"]
+        gate_up = self.product(h, layer["gate_up"])
         gate, up = gate_up[:, :ffn], gate_up[:, ffn:]
         gate32 = gate.astype(xp.float32, copy=False)
         act = (gate32 / (1.0 + xp.exp(-gate32))).astype(self.dtype, copy=False) * up
-        return act @ layer["down_t"]
+        return self.product(act, layer["down"])

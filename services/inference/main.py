@@ -131,6 +131,7 @@ class InferenceService(Service):
         generate = models.resolve(cfg.generate_model, models.DEFAULT_GENERATE)
         if generate is not None:
             generator = load_generator(backend, *generate)
+            generator.model.warm_up()
         embed = models.resolve(cfg.embed_model, models.DEFAULT_EMBED)
         if embed is not None:
             embedder = BertEmbedder(backend, *embed)

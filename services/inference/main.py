@@ -37,7 +37,9 @@ class InferenceConfig(CommonConfig):
     block_size: int = setting(32, "positions per KV cache block")
     max_context: int = setting(2048, "longest prompt + completion, in tokens")
     prefix_caching: bool = setting(True, "reuse the KV blocks of prompt prefixes seen before")
-    blas_threads: int = setting(0, "BLAS threads on the CPU (0: all cores but one, at least one)")
+    blas_threads: int = setting(
+        0, "BLAS and small-batch kernel threads on the CPU (0: all cores but one, at least one)"
+    )
     openai_base_url: str = setting(
         "", "an OpenAI-compatible server to forward to, e.g. http://127.0.0.1:8000/v1"
     )

@@ -2,10 +2,10 @@
 
 Every method computes the same `x @ w.T` over all 30 layers' four weights and the head (what one
 decode step multiplies), on the real weights:
-- `kernel`: products.py's Numba kernel over (out, in) weights, on every thread and on one;
+- `kernel`: cpu_kernels.py's Numba kernel over (out, in) weights, on as many threads as BLAS;
 - `x @ w_t`: OpenBLAS over (in, out) copies, the engine's layout before the kernel;
 - `(w @ x.T).T` and `x @ w.T`: OpenBLAS over the (out, in) weights, the two ways it can be asked;
-- `engine`: what products.py picks for that row count.
+- `engine`: what products.py picks for a pass of that many rows.
 Methods are interleaved, best of `--repeats`, so the machine's noise hits all of them alike.
 
     .venv/bin/python scripts/bench/products.py [--rows 1,2,3,4,6,8,16,32,64 --threads 0 --repeats 7]
@@ -21,7 +21,7 @@ import numpy as np
 import threadpoolctl
 from _common import report
 
-from services.inference import models, products
+from services.inference import cpu_kernels, models, products
 from services.inference.generator import load_generator
 from services.inference.xp import select_backend
 
@@ -53,27 +53,24 @@ def main() -> None:
     path, name = models.resolve("default", models.DEFAULT_GENERATE)  # type: ignore[misc]
     weights = step_weights(load_generator(backend, path, name).model)
     transposed = [np.ascontiguousarray(w.T) for w in weights]  # the old (in, out) copies
-    engine = products.product_for(backend)
-    if threads > 1:
-        products._thread_setter(threads)()
+    engine = products.products_for(backend, np.float32)
+    assert engine.kernel is not None
 
-    def kernel_product(parallel: bool) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-        kernel = products._kernel(parallel)
+    def engine_product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return (engine.kernel if engine.kernel_pass(x.shape[0]) else engine.blas)(x, w)  # type: ignore[misc]
 
-        def run(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-            out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-            kernel(x, w, out)
-            return out
-
-        return run
+    def kernel(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        cpu_kernels.use_threads(threads)
+        out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+        cpu_kernels.dot_rows(x, w, out)
+        return out
 
     methods: dict[str, tuple[Callable, list]] = {
-        "kernel": (kernel_product(threads > 1), weights),
-        "kernel 1 thread": (kernel_product(False), weights),
+        "kernel": (kernel, weights),
         "x @ w_t": (lambda x, wt: x @ wt, transposed),
         "(w @ x.T).T": (lambda x, w: (w @ x.T).T, weights),
         "x @ w.T": (lambda x, w: x @ w.T, weights),
-        "engine": (engine, weights),
+        "engine": (engine_product, weights),
     }
     rng = np.random.default_rng(0)
     rows_out = []

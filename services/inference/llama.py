@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from services.inference.products import product_for
+from services.inference.products import products_for
 from services.inference.xp import Backend
 
 
@@ -115,7 +115,14 @@ class LlamaModel:
         self.backend = backend
         self.config = config
         self.dtype = dtype or (backend.xp.float16 if backend.is_gpu else backend.xp.float32)
-        self.product = product_for(backend)
+        self.products = products_for(backend, self.dtype)
+        # The product the layers use in the current forward pass (forward sets it, once per pass).
+        self.product = self.products.blas
+        self.attention_kernel = None
+        if self.products.kernel is not None:
+            from services.inference.cpu_kernels import decode_attention  # noqa: PLC0415
+
+            self.attention_kernel = decode_attention
 
     def _put(self, array: np.ndarray, transpose: bool = False) -> Any:
         """A weight on the device in the model's dtype, transposed if the file stores it (in, out)."""
@@ -156,7 +163,9 @@ class LlamaModel:
         x1, x2 = x[..., :half], x[..., half:]
         return self.backend.xp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
-    def _decode_plan(self, cache: KVCache, batch: list[SeqSlice], decoding: list[int], offsets: Any) -> dict:
+    def _decode_plan(
+        self, cache: KVCache, batch: list[SeqSlice], decoding: list[int], offsets: Any, kernel: bool
+    ) -> dict:
         """Block tables and masks for attending all decoding sequences at once (one query each)."""
         xp = self.backend.xp
         lengths = np.array([batch[i].start + 1 for i in decoding])
@@ -165,6 +174,9 @@ class LlamaModel:
         for row, i in enumerate(decoding):
             used = batch[i].blocks[: cache.blocks_for(int(lengths[row]))]
             table[row, : len(used)] = used
+        if kernel:  # the kernel reads the blocks in place, each to its own length
+            scratch = np.empty((len(decoding), int(lengths.max()) + self.config.head_dim), np.float32)
+            return {"rows": offsets[decoding], "table": table, "lengths": lengths, "scratch": scratch}
         masked = np.arange(width * cache.block_size)[None, :] >= lengths[:, None]
         return {
             "rows": xp.asarray(offsets[decoding]),
@@ -174,8 +186,23 @@ class LlamaModel:
         }
 
     def _decode_attention(self, plan: dict, q: Any, kc: Any, vc: Any, out: Any, scale: float) -> None:
-        """Attention of every decoding sequence in a handful of array operations: gather each one's
-        blocks (padded to the longest), mask the padding, softmax, weigh the values."""
+        """Attention of every decoding sequence: in a kernel pass, cpu_kernels.py's kernel over the
+        paged cache in place; otherwise a handful of array operations: gather each one's blocks
+        (padded to the longest), mask the padding, softmax, weigh the values."""
+        if "scratch" in plan:
+            assert self.attention_kernel is not None
+            self.attention_kernel(
+                q,
+                plan["rows"],
+                plan["table"],
+                plan["lengths"],
+                kc,
+                vc,
+                np.float32(scale),
+                out,
+                plan["scratch"],
+            )
+            return
         xp = self.backend.xp
         cfg = self.config
         hd, n_kv = cfg.head_dim, cfg.n_kv_heads
@@ -217,7 +244,10 @@ class LlamaModel:
         scale = 1.0 / math.sqrt(hd)
         decoding = [i for i, s in enumerate(batch) if len(s.tokens) == 1]
         prefilling = [i for i, s in enumerate(batch) if len(s.tokens) > 1]
-        plan = self._decode_plan(cache, batch, decoding, offsets) if decoding else None
+        # One way of multiplying for the whole pass, head included (products.py says why).
+        kernel_pass = self.products.kernel_pass(len(all_tokens))
+        self.product = self.products.kernel if kernel_pass else self.products.blas  # type: ignore[assignment]
+        plan = self._decode_plan(cache, batch, decoding, offsets, kernel_pass) if decoding else None
         for layer_index, layer in enumerate(self.layers):
             h = self._norm(x, layer, "attn_norm")
             qkv = self._linear(h, layer, "qkv")

@@ -6,84 +6,76 @@ costs more than the product, so a decode step at batch 4 took 2-3x a step at bat
 reads the same weights (docs/benchmarks.md). Agents that sample a few candidates at once live at
 exactly those batch sizes.
 
-So small batches on the CPU go to a Numba kernel that walks the weight's rows once, taking each
-row's dot product with every row of x while the row is in cache: no packing, and the weights are
-read from memory once per call whatever the row count. At more rows the arithmetic dominates and
-OpenBLAS's blocked kernels win; those go to BLAS.
+So small passes on the CPU go to a Numba kernel (cpu_kernels.py) that walks the weight's rows once,
+taking each row's dot product with every row of x while the row is in cache: no packing, and the
+weights are read from memory once per call whatever the row count. At more rows the arithmetic
+dominates and OpenBLAS's blocked kernels win; those go to BLAS.
 
-The kernel runs on as many threads as BLAS is limited to (threadpoolctl), so the service's
-`blas_threads` setting governs both.
+The choice is made once per forward pass, for all of its products, head included: a pass that used
+both would have Numba's threads and OpenBLAS's spinning against each other (cpu_kernels.py).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from services.inference.xp import Backend
 
-log = logging.getLogger(__name__)
-
-# Up to this many rows, the kernel. On 2 Haswell cores with SmolLM2's shapes it takes a decode step's
-# products in 17 ms at 1 to 4 rows and 52 ms at 12, where OpenBLAS takes 19-23 ms at 1 row, 40-48 ms
-# at 2 to 8, and 56 ms at 12 (scripts/bench/products.py).
+# Passes of up to this many new tokens use the kernel. On 2 Haswell cores with SmolLM2's shapes the
+# kernel takes a decode step's products in 17-19 ms at 1 to 4 rows and 50 ms at 12, where OpenBLAS
+# takes 19 ms at 1 row, 41-50 ms at 2 to 8, and 60 ms at 12 (scripts/bench/products.py).
 KERNEL_MAX_ROWS = 12
 
 Product = Callable[[Any, Any], Any]
 
 
-def product_for(backend: Backend) -> Product:
-    """The function a model calls for `x @ w.T`, chosen once for its backend."""
+@dataclass(frozen=True)
+class Products:
+    """How a model multiplies by its weights on one backend."""
+
+    blas: Product
+    kernel: Product | None  # the CPU kernel, where the model computes in float32 on the CPU
+
+    def kernel_pass(self, rows: int) -> bool:
+        """Whether a forward pass of `rows` new tokens runs on the CPU kernels."""
+        return self.kernel is not None and rows <= KERNEL_MAX_ROWS
+
+
+def products_for(backend: Backend, dtype: Any) -> Products:
     if backend.is_gpu:
-        return _matmul_t
+        return Products(_matmul_t, None)
+    if dtype != np.float32:
+        return Products(_blas_product, None)
+    from services.inference import cpu_kernels  # noqa: PLC0415 - Numba only for a CPU model
+
     threads = _blas_threads()
-    kernel = _kernel(parallel=threads > 1)
-    set_threads = _thread_setter(threads) if threads > 1 else None
 
-    def cpu_product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-        rows = x.shape[0]
-        if rows <= KERNEL_MAX_ROWS and x.dtype == np.float32 and w.dtype == np.float32:
-            if set_threads is not None:
-                set_threads()
-            out = np.empty((rows, w.shape[0]), dtype=np.float32)
-            kernel(np.ascontiguousarray(x), w, out)
-            return out
-        # Asked this way round, OpenBLAS packs x, the small operand, and not the weight: 5-15% faster
-        # than x @ w.T from 16 to 256 rows. The result is a transposed view; NumPy takes it as it is.
-        return (w @ x.T).T
+    def kernel_product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        cpu_kernels.use_threads(threads)
+        out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
+        cpu_kernels.dot_rows(np.ascontiguousarray(x), w, out)
+        return out
 
-    return cpu_product
+    return Products(_blas_product, kernel_product)
 
 
 def _matmul_t(x: Any, w: Any) -> Any:
     return x @ w.T
 
 
+def _blas_product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    # Asked this way round, OpenBLAS packs x, the small operand, and not the weight: 5-15% faster than
+    # x @ w.T from 16 to 256 rows. The result is copied to C order, which what follows reads fastest.
+    return np.ascontiguousarray((w @ x.T).T)
+
+
 def _blas_threads() -> int:
+    """The kernels run on as many threads as BLAS is limited to: one setting governs both."""
     from threadpoolctl import threadpool_info  # noqa: PLC0415
 
     blas = [pool["num_threads"] for pool in threadpool_info() if pool.get("user_api") == "blas"]
     return max(blas, default=1)
-
-
-def _thread_setter(threads: int) -> Callable[[], None]:
-    """Numba's thread count belongs to the calling thread, so it is checked on every call: the
-    engine's thread sets it on its first."""
-    import numba  # noqa: PLC0415
-
-    wanted = min(threads, numba.config.NUMBA_NUM_THREADS)
-
-    def set_threads() -> None:
-        if numba.get_num_threads() != wanted:
-            numba.set_num_threads(wanted)
-
-    return set_threads
-
-
-def _kernel(parallel: bool) -> Callable[[np.ndarray, np.ndarray, np.ndarray], None]:
-    from services.inference import small_batch_kernel  # noqa: PLC0415 - Numba only for a CPU model
-
-    return small_batch_kernel.dot_rows_parallel if parallel else small_batch_kernel.dot_rows_serial

@@ -10,7 +10,7 @@ Two measurements, one problem at a time so the wall times are the problem's own:
   sandboxes; 4x would mean no batching at all).
 
     .venv/bin/python scripts/bench/codegen.py [--problems add,factorial] [--max-tokens 256]
-        [--no-prefix-caching]
+        [--no-prefix-caching] [--blas-threads N]
 """
 
 from __future__ import annotations
@@ -85,6 +85,12 @@ def main() -> None:
     parser.add_argument(
         "--no-prefix-caching", action="store_true", help="the inference worker computes every prompt in full"
     )
+    parser.add_argument(
+        "--blas-threads",
+        type=int,
+        default=0,
+        help="the inference worker's BLAS and kernel threads (0: its default)",
+    )
     opts = parser.parse_args()
     problems = json.loads((ROOT / "examples" / "codegen" / "problems.json").read_text())
     if opts.problems:
@@ -93,6 +99,7 @@ def main() -> None:
     mesh = start_mesh(
         AGENTMESH_GENERATE_MODEL="default",
         AGENTMESH_PREFIX_CACHING="false" if opts.no_prefix_caching else "true",
+        AGENTMESH_BLAS_THREADS=str(opts.blas_threads),
     )
     try:
         outcomes, batching = asyncio.run(measure(mesh.coordinator_addr, problems, opts.max_tokens))
@@ -108,6 +115,7 @@ def main() -> None:
             "problems": len(problems),
             "batching": batching,
             "prefix_caching": not opts.no_prefix_caching,
+            "blas_threads": opts.blas_threads,
         },
     )
     report("codegen_batching", "one attempt: 1 vs 4 candidates (wall time of the task)", batching)

@@ -69,8 +69,9 @@ def _matmul_t(x: Any, w: Any) -> Any:
 
 def _blas_product(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     # Asked this way round, OpenBLAS packs x, the small operand, and not the weight: 5-15% faster than
-    # x @ w.T from 16 to 256 rows. The result is copied to C order, which what follows reads fastest.
-    return np.ascontiguousarray((w @ x.T).T)
+    # x @ w.T from 16 to 256 rows. The result is a transposed view; the array code after it takes it
+    # as it is (copying it to C order cost up to a third more at 256 rows).
+    return (w @ x.T).T
 
 
 def _blas_threads() -> int:

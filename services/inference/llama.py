@@ -134,8 +134,8 @@ class LlamaModel:
 
     def warm_up(self) -> None:
         """A prefill of two tokens and a decode of one on a scratch cache, so the first request does
-        not pay for first use: the CPU kernel's compile (or its load from Numba's cache), BLAS's
-        buffers, CuPy's kernel builds."""
+        not pay for first use: the CPU kernels' compile (or their load from Numba's cache), BLAS's
+        buffers, CuPy's kernel builds. The engine runs it on its own thread (Engine.start)."""
         cache = self.new_cache(1, 4)
         self.forward(cache, [SeqSlice([0], 0, [0, 0])])
         self.forward(cache, [SeqSlice([0], 2, [0])])

@@ -109,7 +109,8 @@ class InferenceService(Service):
                 max_context=cfg.max_context,
                 prefix_caching=cfg.prefix_caching,
             )
-            engine.start()
+            # Starting warms the model up on the engine's own thread (Engine.start says why).
+            await asyncio.get_running_loop().run_in_executor(None, engine.start)
         self.engine = engine
         assert self.servicer is not None
         self.servicer.attach(engine, generator, embedder, backend.name)
@@ -133,7 +134,6 @@ class InferenceService(Service):
         generate = models.resolve(cfg.generate_model, models.DEFAULT_GENERATE)
         if generate is not None:
             generator = load_generator(backend, *generate)
-            generator.model.warm_up()
         embed = models.resolve(cfg.embed_model, models.DEFAULT_EMBED)
         if embed is not None:
             embedder = BertEmbedder(backend, *embed)

@@ -30,7 +30,7 @@ from protos.agentmesh.v1 import bus_pb2, planner_pb2
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.coordinator import records
 from services.coordinator.events import EventHub, row_to_event
-from services.coordinator.pricing import PriceTable, add_cost
+from services.coordinator.pricing import BUDGET_EXCEEDED, PriceTable, add_cost, count_spend
 from services.coordinator.scheduler import Scheduler
 from services.coordinator.store import EventRow, Store
 from services.coordinator.workers import Workers
@@ -699,6 +699,9 @@ class TaskManager:
         waits = [a for a in pending if a.WhichOneof("kind") in WAIT_KINDS]
         dispatched = [a for a in pending if a.WhichOneof("kind") in DISPATCHED_KINDS]
         assert run.decision is not None
+        # Cleared before each look at the waits, not just before parking: a child that ends after
+        # _try_resolve read its siblings wakes us through this flag, and parking returns it.
+        run.wake_pending = False
         waits = [a for a in waits if not await self._try_resolve(run, a)]
         if dispatched:
             loop = asyncio.get_running_loop()
@@ -712,6 +715,7 @@ class TaskManager:
             await self._await_dispatches(run, {loop.create_task(self._dispatch(run, a)) for a in dispatched})
             if _group_settled(run.decision, run.results):
                 return None
+            run.wake_pending = False
             waits = [a for a in waits if not await self._try_resolve(run, a)]
         if not waits:
             return None
@@ -770,7 +774,6 @@ class TaskManager:
             return None
         prompts = [a.await_input.prompt for a in waits if a.WhichOneof("kind") == "await_input"]
         waiting_for_input = bool(prompts)
-        run.wake_pending = False
 
         def op(conn: Any) -> tuple[bool | None, list[EventRow] | None]:
             events = records.park(
@@ -852,6 +855,14 @@ class TaskManager:
         if outcome is None:
             return False
         status, error, losers = outcome
+        if losers:
+            # The join is decided, but settles only once the losers have ended: each one's end wakes
+            # this parent again, and then the output shows them CANCELLED and the spend includes what
+            # they used. A crash in between replays to the same join, with the losers cancelled.
+            for loser in losers:
+                with contextlib.suppress(AgentMeshError):
+                    await self.cancel(None, loser, "join settled")
+            return False
         output = {
             "children": [
                 {
@@ -859,6 +870,7 @@ class TaskManager:
                     "state": STATE_NAMES[c.state],
                     "result": json.loads(c.result_json) if c.result_json else None,
                     "error": c.error.reason or None,
+                    "message": c.error.message or None,
                 }
                 for c in children
             ]
@@ -868,9 +880,6 @@ class TaskManager:
         for child in children:
             add_cost(spent, child.cost)
         await self._settle(run, action, status, output_json=json.dumps(output), error=error, cost=spent)
-        for loser in losers:
-            with contextlib.suppress(AgentMeshError):
-                await self.cancel(None, loser, "join settled")
         return True
 
     async def _dispatch(self, run: TaskRun, action: pb.Action) -> pb.ActionResult:
@@ -1013,10 +1022,12 @@ class TaskManager:
             return None, records.save_result(conn, run.task_id, decision_seq, result, total, events)
 
         await self._tx(op)
+        count_spend(run.agent, result.cost)
         run.results[result.action_id] = result
         run.cost = total
         over = _over_budget(total, run.budget)
         if over:
+            BUDGET_EXCEEDED.labels(run.agent).inc()
             self._interrupt(run, _Interrupt.FAIL, pb.TaskError(reason="BUDGET_EXCEEDED", message=over))
 
     async def _stop_inflight(self, run: TaskRun) -> None:
@@ -1152,11 +1163,9 @@ def _join(mode: int, children: list[pb.Task]) -> tuple[int, pb.TaskError | None,
             return FAILED_A, pb.TaskError(reason="CHILDREN_FAILED", message="no child succeeded"), []
         return None
     if mode == pb.JOIN_MODE_FAIL_FAST and failed:
-        return (
-            FAILED_A,
-            pb.TaskError(reason="CHILD_FAILED", message=f"child {failed[0].id} failed"),
-            unfinished,
-        )
+        # The failure that decided it, not a sibling the join itself cancelled.
+        first = next((c for c in failed if c.state != records.CANCELLED), failed[0])
+        return FAILED_A, _child_failed(first), unfinished
     if unfinished:
         return None
     if failed:
@@ -1166,6 +1175,14 @@ def _join(mode: int, children: list[pb.Task]) -> tuple[int, pb.TaskError | None,
             [],
         )
     return OK, None, []
+
+
+def _child_failed(child: pb.Task) -> pb.TaskError:
+    """A fail-fast join's error: the first failed child's own, named."""
+    why = child.error.reason or STATE_NAMES[child.state]
+    message = f"child {child.id} failed: {why}" + (f": {child.error.message}" if child.error.message else "")
+    details = {"child": child.id, "reason": child.error.reason, "message": child.error.message}
+    return pb.TaskError(reason="CHILD_FAILED", message=message, details_json=json.dumps(details))
 
 
 def _share_key(run: TaskRun, action: pb.Action) -> tuple[str, bytes] | None:

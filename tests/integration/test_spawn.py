@@ -64,13 +64,15 @@ def test_fail_fast_cancels_the_siblings(mesh: Mesh) -> None:
             assert done.state == pb.TASK_STATE_FAILED
             fan = json.loads(done.result_json)["steps"]["fan"]
             assert fan["status"] == "failed" and fan["error"]["reason"] == "CHILD_FAILED"
+            # The parent's error carries the failed child's own.
+            assert "STEP_FAILED" in fan["error"]["message"], fan["error"]
             assert json.loads(done.result_json)["steps"]["after"]["status"] == "skipped"
             deadline = time.monotonic() + 5
             while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             assert not any(pid_alive(p) for p in pids), "a fail-fast sibling's process outlived the join"
-            states = {c["state"] for c in fan["output"]["children"]}
-            assert "CANCELLED" in states or "FAILED" in states
+            states = [c["state"] for c in fan["output"]["children"]]
+            assert states == ["CANCELLED", "FAILED"], fan["output"]
 
     run(go())
 
@@ -87,9 +89,9 @@ def test_any_takes_the_first_success_and_cancels_the_rest(mesh: Mesh) -> None:
             deadline = time.monotonic() + 5
             while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
-            assert not any(pid_alive(p) for p in pids)
+            assert not any(pid_alive(p) for p in pids), "the losing sibling's process outlived the join"
             children = json.loads(done.result_json)["steps"]["fan"]["output"]["children"]
-            assert "SUCCEEDED" in {c["state"] for c in children}
+            assert [c["state"] for c in children] == ["CANCELLED", "SUCCEEDED"], children
 
     run(go())
 
@@ -142,5 +144,31 @@ def test_children_spend_a_share_of_the_parent_budget_and_the_parent_pays_for_the
             children_cpu = sum(k.cost.cpu_ms for k in kids)
             assert children_cpu > 0 and done.cost.cpu_ms >= children_cpu
             assert done.cost.usd >= sum(k.cost.usd for k in kids) - 1e-12  # float sums
+
+    run(go())
+
+
+def test_a_spawn_over_shards_runs_one_child_per_shard_and_joins_their_results(mesh: Mesh) -> None:
+    code = "import json; print(sum(json.load(open('shard.json'))))"
+    spec = {
+        "steps": [
+            {
+                "id": "fan",
+                "tool": "spawn",
+                "args": {
+                    "shard": {"items": list(range(1, 11)), "count": 3},
+                    "template": {"steps": [{"id": "sum", "tool": "python", "args": {"code": code}}]},
+                },
+            }
+        ]
+    }
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            done = await client.wait((await client.submit("pipeline", spec)).id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            children = json.loads(done.result_json)["steps"]["fan"]["output"]["children"]
+            sums = [int(c["result"]["steps"]["sum"]["stdout"]) for c in children]
+            assert sums == [sum([1, 2, 3]), sum([4, 5, 6]), sum([7, 8, 9, 10])]
 
     run(go())

@@ -6,11 +6,26 @@ import math
 from dataclasses import dataclass
 
 from protos.agentmesh.v1 import common_pb2 as pb
+from services.runtime import metrics
+
+# What actions spent, by agent: the same figures as each task's cost, summed over the process.
+SPEND_USD = metrics.Counter("agentmesh_spend_usd_total", "money actions spent, by the price table", ["agent"])
+SPEND = metrics.Counter(
+    "agentmesh_spend_total",
+    "resources actions used: tokens_in, tokens_out (count), cpu_ms, gpu_ms, wall_ms (milliseconds)",
+    ["agent", "resource"],
+)
+BUDGET_EXCEEDED = metrics.Counter(
+    "agentmesh_budget_exceeded_total", "tasks stopped because their spend passed their budget", ["agent"]
+)
+RESOURCES = ("tokens_in", "tokens_out", "cpu_ms", "gpu_ms", "wall_ms")
 
 # USD per unit. Every resource is priced above zero so a budget works out of the box; operators
 # replace the table with AGENTMESH_PRICES. Rough public figures: a small hosted model's tokens, an
-# H100 hour (~$3.6 -> 1e-6 per GPU ms), a CPU core hour (~$0.04 -> 1.1e-8 per CPU ms).
-DEFAULT_PRICES = "tokens_in=2e-7,tokens_out=8e-7,gpu_ms=1e-6,cpu_ms=1.1e-8,wall_ms=0"
+# H100 hour (~$3.6 -> 1e-6 per GPU ms), a CPU core hour (~$0.04 -> 1.1e-8 per CPU ms). Wall time
+# is the slot an action holds (its memory, a sandbox, a worker's attention) even while it sleeps or
+# waits on the network: priced at a tenth of a core (~$0.004 an hour -> 1.1e-9 per ms).
+DEFAULT_PRICES = "tokens_in=2e-7,tokens_out=8e-7,gpu_ms=1e-6,cpu_ms=1.1e-8,wall_ms=1.1e-9"
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,15 @@ class PriceTable:
             + cost.cpu_ms * self.cpu_ms
             + cost.wall_ms * self.wall_ms
         )
+
+
+def count_spend(agent: str, cost: pb.Cost) -> None:
+    """One action's cost into the spend metrics."""
+    SPEND_USD.labels(agent).inc(cost.usd)
+    for resource in RESOURCES:
+        amount = getattr(cost, resource)
+        if amount:
+            SPEND.labels(agent, resource).inc(amount)
 
 
 def add_cost(total: pb.Cost, part: pb.Cost) -> None:

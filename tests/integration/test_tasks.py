@@ -248,3 +248,32 @@ def test_every_grpc_service_serves_metrics_health_and_reflection(mesh: Mesh) -> 
         )
         names = {s.name for reply in replies for s in reply.list_services_response.service}
     assert {"agentmesh.v1.AgentService", "grpc.health.v1.Health"} <= names
+
+
+def _metric(body: str, name: str, labels: str) -> float:
+    """The value of one sample of the Prometheus text format, 0 when absent."""
+    prefix = f"{name}{{{labels}}} "
+    return sum(float(line[len(prefix) :]) for line in body.splitlines() if line.startswith(prefix))
+
+
+def test_spend_is_counted_in_the_coordinators_metrics(mesh: Mesh) -> None:
+    url = f"http://127.0.0.1:{mesh.metrics_ports['coordinator']}/metrics"
+    before = httpx.get(url, timeout=10).text
+    spec = {"steps": [{"id": "work", "tool": "python", "args": {"code": "sum(range(300000))"}}]}
+
+    async def go() -> pb.Task:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spec)
+            return await client.wait(task.id)
+
+    done = run(go())
+    assert done.state == pb.TASK_STATE_SUCCEEDED and done.cost.usd > 0
+    after = httpx.get(url, timeout=10).text
+    for name, labels in (
+        ("agentmesh_spend_usd_total", 'agent="pipeline"'),
+        ("agentmesh_spend_total", 'agent="pipeline",resource="cpu_ms"'),
+        ("agentmesh_spend_total", 'agent="pipeline",resource="wall_ms"'),
+    ):
+        grew = _metric(after, name, labels) - _metric(before, name, labels)
+        assert grew > 0, (name, labels, grew)
+    assert "agentmesh_budget_exceeded_total" in after

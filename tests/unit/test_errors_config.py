@@ -311,7 +311,8 @@ def test_coordinator_config_inherits_the_common_fields():
 
 def test_default_prices_parse():
     table = PriceTable.parse(DEFAULT_PRICES)
-    assert table == PriceTable(tokens_in=2e-7, tokens_out=8e-7, gpu_ms=1e-6, cpu_ms=1.1e-8, wall_ms=0.0)
+    assert table == PriceTable(tokens_in=2e-7, tokens_out=8e-7, gpu_ms=1e-6, cpu_ms=1.1e-8, wall_ms=1.1e-9)
+    assert all(price > 0 for price in vars(table).values()), "every resource is priced above zero"
 
 
 def test_parse_tolerates_spaces_and_empty_entries_and_defaults_to_zero():

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.planner.agents.pipeline import MAX_STEPS, PipelineAgent, check_file_name
+from services.planner.agents.pipeline import MAX_STEPS, PipelineAgent, _action, check_file_name
 from services.runtime.errors import InvalidArgument
 from services.runtime.wire import cost_to_dict
 from tests.unit.agent_driver import AgentDriver
@@ -761,3 +761,75 @@ def test_ask_fails_the_step_on_no() -> None:
     final = run.decide([result("deploy#confirm", output={"rerun": False})])
     steps = final_result(final)["steps"]
     assert steps["deploy"]["status"] == "failed" and steps["after"]["status"] == "skipped"
+
+
+# ---------------------------------------------------------------- spawn over shards
+
+
+SUM_SHARD = {
+    "steps": [
+        {
+            "id": "sum",
+            "tool": "python",
+            "args": {"code": "import json; print(sum(json.load(open('shard.json'))))"},
+        },
+        {"id": "ask", "tool": "approval", "depends_on": ["sum"]},
+    ]
+}
+
+
+def sharded(shard: dict[str, Any], **args: Any) -> dict[str, Any]:
+    return one_step(tool="spawn", args={"shard": shard, "template": SUM_SHARD, **args})
+
+
+def spawned_inputs(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    AGENT.validate(spec)
+    action = _action(spec["steps"][0])
+    return [json.loads(child.input_json) for child in action.spawn.children]
+
+
+@pytest.mark.parametrize(
+    ("shard", "parts"),
+    [
+        ({"items": [1, 2, 3, 4, 5], "size": 2}, [[1, 2], [3, 4], [5]]),
+        ({"items": [1, 2, 3, 4, 5], "count": 2}, [[1, 2], [3, 4, 5]]),
+        ({"items": [1, 2], "count": 5}, [[1], [2]]),  # never an empty shard
+    ],
+)
+def test_a_spawn_over_shards_gives_each_child_its_part_in_shard_json(shard: dict, parts: list) -> None:
+    children = spawned_inputs(sharded(shard))
+    assert [json.loads(c["steps"][0]["files"]["shard.json"]) for c in children] == parts
+    for child in children:
+        assert "files" not in child["steps"][1]  # an approval has no workspace
+        assert child["steps"][0]["args"] == SUM_SHARD["steps"][0]["args"]
+
+
+def test_a_sharded_spawn_of_another_agent_puts_the_shard_in_the_named_field() -> None:
+    spec = one_step(
+        tool="spawn",
+        args={"agent": "react", "shard": {"items": ["a", "b", "c"], "size": 2}, "template": {"max_steps": 3},
+              "into": "items"},
+    )  # fmt: skip
+    assert spawned_inputs(spec) == [{"max_steps": 3, "items": ["a", "b"]}, {"max_steps": 3, "items": ["c"]}]
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ({"inputs": [SUM_SHARD], "shard": {"items": [1], "size": 1}, "template": SUM_SHARD}, "steps[0].args"),
+        ({"join": "all"}, "steps[0].args"),
+        ({"shard": {"items": [1], "size": 1, "count": 1}, "template": SUM_SHARD}, "steps[0].args.shard"),
+        ({"shard": {"items": [], "size": 1}, "template": SUM_SHARD}, "steps[0].args.shard.items"),
+        ({"shard": {"items": [1], "size": 0}, "template": SUM_SHARD}, "steps[0].args.shard.size"),
+        ({"shard": {"items": [1], "size": 1}}, "steps[0].args.template"),
+        ({"shard": {"items": list(range(300)), "size": 1}, "template": SUM_SHARD}, "steps[0].args.shard"),
+        ({"shard": {"items": [1], "size": 1}, "template": {"steps": [{"id": "x", "tool": "nope"}]}},
+         "steps[0].args.template"),
+        ({"shard": {"items": [1], "size": 1},
+          "template": {"steps": [{"id": "x", "tool": "shell", "args": {"command": "true"},
+                                  "files": {"shard.json": "[]"}}]}}, "steps[0].args.template"),
+        ({"agent": "react", "shard": {"items": [1], "size": 1}, "template": {}}, "steps[0].args.into"),
+    ],
+)  # fmt: skip
+def test_a_bad_sharded_spawn_is_refused_naming_the_field(args: dict, field: str) -> None:
+    assert field in violations(one_step(tool="spawn", args=args))

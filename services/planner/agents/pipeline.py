@@ -19,9 +19,13 @@ from services.runtime.wire import cost_to_dict
 
 EXEC_TOOLS = frozenset({"echo", "python", "shell", "pytest", "scan"})
 TOOLS = EXEC_TOOLS | {"infer", "embed", "approval", "spawn"}
-# spawn: child tasks, one per entry of args.inputs, joined as args.join says.
+# spawn: child tasks, one per entry of args.inputs, or args.template once per shard of
+# args.shard.items; joined as args.join says.
 JOINS = {"all": pb.JOIN_MODE_ALL, "any": pb.JOIN_MODE_ANY, "fail_fast": pb.JOIN_MODE_FAIL_FAST}
 MAX_CHILDREN = 256
+MAX_SHARD_ITEMS = 100_000
+# Where a pipeline child's exec steps find their shard: a file in each one's workspace.
+SHARD_FILE = "shard.json"
 STEP_FIELDS = frozenset(
     {
         "id", "tool", "args", "files", "depends_on", "retry", "timeout_s", "continue_on_error", "network",
@@ -171,20 +175,103 @@ def _validate_step(index: int, step: Any, violations: list[tuple[str, str]]) -> 
 
 def _validate_spawn(where: str, args: dict[str, Any], violations: list[tuple[str, str]]) -> None:
     agent = args.get("agent", "pipeline")
-    inputs = args.get("inputs")
     if not isinstance(agent, str) or not agent:
         violations.append((f"{where}.args.agent", "the children's agent (a name)"))
-    if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_CHILDREN:
-        violations.append((f"{where}.args.inputs", f"a list of 1 to {MAX_CHILDREN} child inputs"))
         return
     if args.get("join", "all") not in JOINS:
         violations.append((f"{where}.args.join", "all, any or fail_fast"))
+    if ("inputs" in args) == ("shard" in args):
+        violations.append((f"{where}.args", "either inputs (one per child) or shard with template"))
+        return
+    if "shard" in args:
+        inputs = _validate_shard(where, args, agent, violations)
+        if inputs is None:
+            return
+    else:
+        inputs = args["inputs"]
+        if not isinstance(inputs, list) or not 1 <= len(inputs) <= MAX_CHILDREN:
+            violations.append((f"{where}.args.inputs", f"a list of 1 to {MAX_CHILDREN} child inputs"))
+            return
     if agent == "pipeline":  # children of our own kind are checked now, not when they start
         for index, child in enumerate(inputs):
             try:
                 PipelineAgent().validate(child)
             except InvalidArgument as exc:
-                violations.append((f"{where}.args.inputs[{index}]", exc.message))
+                field = "template" if "shard" in args else f"inputs[{index}]"
+                violations.append((f"{where}.args.{field}", exc.message))
+                break
+
+
+def _validate_shard(
+    where: str, args: dict[str, Any], agent: str, violations: list[tuple[str, str]]
+) -> list[Any] | None:
+    """The children's inputs of a sharded spawn (only the first, which stands for the rest), or None
+    after naming what is wrong."""
+    shard, template = args["shard"], args.get("template")
+    count_before = len(violations)
+    if not isinstance(shard, dict) or set(shard) - {"items", "size", "count"}:
+        violations.append((f"{where}.args.shard", "an object: items, and size or count"))
+        return None
+    items = shard.get("items")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_SHARD_ITEMS:
+        violations.append((f"{where}.args.shard.items", f"a list of 1 to {MAX_SHARD_ITEMS} items"))
+    if ("size" in shard) == ("count" in shard):
+        violations.append((f"{where}.args.shard", "size (items per child) or count (children), one of them"))
+    for name in ("size", "count"):
+        value = shard.get(name, 1)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            violations.append((f"{where}.args.shard.{name}", "a positive integer"))
+    if not isinstance(template, dict):
+        violations.append((f"{where}.args.template", "the input every child gets, with its shard"))
+    into = args.get("into")
+    if agent != "pipeline" and (not isinstance(into, str) or not into):
+        violations.append((f"{where}.args.into", "the input field that receives each child's shard"))
+    if len(violations) > count_before:
+        return None
+    shards = _shards(items, shard)
+    if len(shards) > MAX_CHILDREN:
+        violations.append((f"{where}.args.shard", f"{len(shards)} children; at most {MAX_CHILDREN}"))
+        return None
+    if agent == "pipeline":
+        for step in template.get("steps", []):
+            if isinstance(step, dict) and SHARD_FILE in (step.get("files") or {}):
+                violations.append(
+                    (f"{where}.args.template", f"a step declares {SHARD_FILE}, the shard's file")
+                )
+                return None
+    return [_with_shard(template, shards[0], agent, into)]
+
+
+def _shards(items: list[Any], shard: dict[str, Any]) -> list[list[Any]]:
+    """Consecutive slices: `size` items each, or `count` slices as even as they go."""
+    if "size" in shard:
+        size = shard["size"]
+        return [items[i : i + size] for i in range(0, len(items), size)]
+    count = min(shard["count"], len(items))
+    return [items[len(items) * i // count : len(items) * (i + 1) // count] for i in range(count)]
+
+
+def _with_shard(template: dict[str, Any], part: list[Any], agent: str, into: str | None) -> dict[str, Any]:
+    """One child's input: the template, with the shard in every exec step's workspace as shard.json
+    (a pipeline child) or in the input field `into` (any other agent)."""
+    child = json.loads(json.dumps(template))  # a deep copy of plain JSON
+    if agent != "pipeline":
+        child[into] = part  # type: ignore[index]
+        return child
+    for step in child.get("steps", []):
+        if isinstance(step, dict) and step.get("tool") in EXEC_TOOLS:
+            files = step.setdefault("files", {})
+            if isinstance(files, dict):
+                files[SHARD_FILE] = json.dumps(part)
+    return child
+
+
+def _child_inputs(args: dict[str, Any]) -> list[Any]:
+    if "inputs" in args:
+        return args["inputs"]
+    agent = str(args.get("agent", "pipeline"))
+    shards = _shards(args["shard"]["items"], args["shard"])
+    return [_with_shard(args["template"], part, agent, args.get("into")) for part in shards]
 
 
 def _find_cycle(steps: list[dict[str, Any]]) -> str | None:
@@ -408,7 +495,7 @@ def _action(step: dict[str, Any]) -> pb.Action:
         action.spawn.CopyFrom(
             pb.SpawnAction(
                 children=[
-                    pb.ChildSpec(agent=agent, input_json=json.dumps(child)) for child in args["inputs"]
+                    pb.ChildSpec(agent=agent, input_json=json.dumps(child)) for child in _child_inputs(args)
                 ],
                 join=JOINS[args.get("join", "all")],
             )

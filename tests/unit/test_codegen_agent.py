@@ -54,13 +54,49 @@ def test_no_usable_code_is_empty(answer: str) -> None:
     assert extract(answer, "add") == ""
 
 
+def run_extracted(answer: str, entrypoint: str) -> Any:
+    namespace: dict[str, Any] = {}
+    exec(compile(extract(answer, entrypoint), "solution.py", "exec"), namespace)  # noqa: S102 - our fixtures
+    return namespace[entrypoint]
+
+
 def test_helpers_in_a_separate_block_are_kept() -> None:
     answer = (
         "```python\ndef _twice(x):\n    return 2 * x\n```\nthen\n"
-        "```python\ndef double(x):\n    return _twice(x)\n```"
+        "```python\ndef double(x):\n    return _twice(x)\n```\nand a call:\n```python\nprint(double(4))\n```"
     )
-    code = extract(answer, "double")
-    assert "def double" in code
+    assert run_extracted(answer, "double")(3) == 6
+    assert "print(" not in extract(answer, "double")  # the example call is not brought in
+
+
+@pytest.mark.parametrize(
+    ("answer", "entrypoint", "args", "expected"),
+    [
+        ("```python\ndef hyp(a, b):\n    return math.sqrt(a * a + b * b)\n```", "hyp", (3, 4), 5.0),
+        ("```python\ndef total(xs: List[int]) -> int:\n    return sum(xs)\n```", "total", ([1, 2],), 3),
+        (
+            "def top(s):\n    return Counter(s).most_common(1)[0][0]\n\nIt counts letters.",
+            "top",
+            ("abca",),
+            "a",
+        ),
+        (
+            "```python\ndef fact(n):\n    return reduce(lambda a, b: a * b, range(1, n + 1), 1)\n```",
+            "fact",
+            (5,),
+            120,
+        ),
+    ],
+)
+def test_a_missing_standard_library_import_is_added(
+    answer: str, entrypoint: str, args: tuple, expected: Any
+) -> None:
+    assert run_extracted(answer, entrypoint)(*args) == expected
+
+
+def test_names_that_are_neither_defined_nor_standard_are_left_alone() -> None:
+    answer = "```python\ndef f(x):\n    return helper(x) + len(x)\n```"
+    assert extract(answer, "f") == "def f(x):\n    return helper(x) + len(x)\n"
 
 
 # -- validation -------------------------------------------------------------------------------

@@ -124,6 +124,40 @@ def test_an_input_sent_to_a_queued_waiter_survives_a_coordinator_crash(own_mesh)
     run(go())
 
 
+def test_a_task_waiting_for_input_survives_a_coordinator_kill_and_resumes_when_it_arrives(own_mesh) -> None:  # type: ignore[no-untyped-def]
+    mesh = own_mesh()
+    spec = {
+        "steps": [
+            {"id": "ask", "tool": "approval", "args": {"prompt": "ship it?"}},
+            {"id": "after", "tool": "echo", "args": {"shipped": True}, "depends_on": ["ask"]},
+        ]
+    }
+
+    async def until_waiting() -> str:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spec)
+            await _wait_state(client, task.id, "WAITING")
+            return task.id
+
+    task_id = run(until_waiting())
+    mesh.kill9("coordinator")
+    mesh.restart("coordinator")
+
+    async def answer() -> None:
+        async with client_for(mesh) as client:
+            waiting = await client.get(task_id)
+            assert waiting.state == pb.TASK_STATE_WAITING and waiting.input_prompt == "ship it?"
+            reply = await client.send_input(task_id, {"approved": True, "by": "after the crash"})
+            assert reply.delivered
+            done = await client.wait(task_id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            steps = json.loads(done.result_json)["steps"]
+            assert steps["ask"]["output"] == {"approved": True, "by": "after the crash"}
+            assert steps["after"]["output"] == {"shipped": True}
+
+    run(answer())
+
+
 ONCE = (
     'if [ -e "$AGENTMESH_SHARED_DIR/ran" ]; then echo second run; '
     'else touch "$AGENTMESH_SHARED_DIR/ran"; exec sleep 600; fi'

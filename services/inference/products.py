@@ -25,9 +25,9 @@ import numpy as np
 
 from services.inference.xp import Backend
 
-# Passes of up to this many new tokens use the kernel. On 2 Haswell cores with SmolLM2's shapes the
-# kernel takes a decode step's products in 17-19 ms at 1 to 4 rows and 50 ms at 12, where OpenBLAS
-# takes 19 ms at 1 row, 41-50 ms at 2 to 8, and 60 ms at 12 (scripts/bench/products.py).
+# Passes of up to this many new tokens use the kernels. On 2 Haswell cores with SmolLM2's shapes the
+# kernel takes a decode step's products in 12-18 ms at 1 to 4 rows and 52 ms at 12, where OpenBLAS
+# took 21 ms at 1 row, 46-50 ms at 2 to 8, and 59 ms at 12 (scripts/bench/products.py).
 KERNEL_MAX_ROWS = 12
 
 Product = Callable[[Any, Any], Any]

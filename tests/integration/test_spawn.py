@@ -172,3 +172,27 @@ def test_a_spawn_over_shards_runs_one_child_per_shard_and_joins_their_results(me
             assert sums == [sum([1, 2, 3]), sum([4, 5, 6]), sum([7, 8, 9, 10])]
 
     run(go())
+
+
+def test_a_parent_waits_holding_no_worker_and_cancelling_it_cancels_its_grandchildren(mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spawn_spec([spawn_spec([sleeper()], "all")], "all"))
+            pids = await wait_for_action_processes(mesh, "sleep", 1)
+            page = await client.list(limit=100)
+            children = [t for t in page.tasks if t.parent_id == task.id]
+            grandchildren = [t for t in page.tasks if children and t.parent_id == children[0].id]
+            assert len(children) == 1 and len(grandchildren) == 1
+            # Both the parent and the child wait on their spawns as WAITING: no worker, no run.
+            for waiting in (task.id, children[0].id):
+                assert (await client.get(waiting)).state == pb.TASK_STATE_WAITING
+            await client.cancel(task.id)
+            assert (await client.wait(task.id)).state == pb.TASK_STATE_CANCELLED
+            for descendant in (children[0].id, grandchildren[0].id):
+                assert (await client.wait(descendant)).state == pb.TASK_STATE_CANCELLED
+            deadline = time.monotonic() + 5
+            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert not any(pid_alive(p) for p in pids), "the grandchild's process outlived the cancel"
+
+    run(go())

@@ -9,6 +9,7 @@ import httpx
 
 from agentmesh.local import TENANT_KEYS, Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
+from services.runtime.errors import FailedPrecondition
 from tests.conftest import client_for, run
 
 PIPELINE = {
@@ -277,3 +278,22 @@ def test_spend_is_counted_in_the_coordinators_metrics(mesh: Mesh) -> None:
         grew = _metric(after, name, labels) - _metric(before, name, labels)
         assert grew > 0, (name, labels, grew)
     assert "agentmesh_budget_exceeded_total" in after
+
+
+def test_an_input_that_does_not_come_in_time_fails_the_wait_with_input_timeout(mesh: Mesh) -> None:
+    spec = {"steps": [{"id": "ask", "tool": "approval", "args": {"prompt": "now?", "timeout_s": 0.5}}]}
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            done = await client.wait((await client.submit("pipeline", spec)).id)
+            assert done.state == pb.TASK_STATE_FAILED
+            ask = json.loads(done.result_json)["steps"]["ask"]
+            assert ask["status"] == "failed" and ask["error"]["reason"] == "INPUT_TIMEOUT", ask
+            try:
+                await client.send_input(done.id, {"approved": True})
+            except FailedPrecondition as exc:  # too late: the task has ended, and says so
+                assert exc.reason == "TASK_FINISHED"
+            else:
+                raise AssertionError("an input for a finished task was accepted")
+
+    run(go())

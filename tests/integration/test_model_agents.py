@@ -88,6 +88,37 @@ def test_a_budget_smaller_than_one_generation_stops_codegen(model_mesh: Mesh) ->
     assert not model_mesh.action_processes()
 
 
+def test_a_token_budget_stops_the_task_and_its_children_share_it(model_mesh: Mesh) -> None:
+    infer = {"id": "say", "tool": "infer", "args": {"prompt": "Count from one to fifty.", "max_tokens": 64}}
+    # Two children with half of the parent's 80 tokens each: the prompt is 36 tokens, and the greedy
+    # answer 17 more, so each passes its 40 and stops with BUDGET_EXCEEDED, and the join fails.
+    spec = {"steps": [{"id": "fan", "tool": "spawn", "args": {"inputs": [{"steps": [infer]}] * 2}}]}
+
+    async def go() -> None:
+        async with client_for(model_mesh) as client:
+            alone = await client.wait(
+                (await client.submit("pipeline", {"steps": [infer]}, budget_tokens=10)).id
+            )
+            assert alone.state == pb.TASK_STATE_FAILED and alone.error.reason == "BUDGET_EXCEEDED", (
+                alone.error
+            )
+            assert "token budget" in alone.error.message
+            parent = await client.wait((await client.submit("pipeline", spec, budget_tokens=80)).id)
+            assert parent.state == pb.TASK_STATE_FAILED
+            page = await client.list(limit=50)
+            kids = [t for t in page.tasks if t.parent_id == parent.id]
+            assert len(kids) == 2
+            for kid in kids:
+                assert kid.budget.tokens == 40, kid.budget
+                assert kid.state == pb.TASK_STATE_FAILED and kid.error.reason == "BUDGET_EXCEEDED", kid.error
+            assert parent.cost.tokens_in + parent.cost.tokens_out == sum(
+                k.cost.tokens_in + k.cost.tokens_out for k in kids
+            )
+
+    run(go())
+    assert wait_inference_idle(model_mesh) == 0
+
+
 def test_cancelling_codegen_mid_generation_stops_every_candidate(model_mesh: Mesh) -> None:
     async def go() -> None:
         async with client_for(model_mesh) as client:

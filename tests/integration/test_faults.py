@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from agentmesh.local import Mesh
@@ -124,6 +125,27 @@ def test_an_input_sent_to_a_queued_waiter_survives_a_coordinator_crash(own_mesh)
     run(go())
 
 
+def _across_a_coordinator_crash(mesh: Mesh, spec: dict, until: Callable, then: Callable) -> None:
+    """Submit the pipeline `spec`, wait for `until(client, task_id)`, kill -9 the coordinator and
+    start it again, then check `then(client, task_id)` against the new one."""
+
+    async def before() -> str:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spec)
+            await until(client, task.id)
+            return task.id
+
+    task_id = run(before())
+    mesh.kill9("coordinator")
+    mesh.restart("coordinator")
+
+    async def after() -> None:
+        async with client_for(mesh) as client:
+            await then(client, task_id)
+
+    run(after())
+
+
 def test_a_task_waiting_for_input_survives_a_coordinator_kill_and_resumes_when_it_arrives(own_mesh) -> None:  # type: ignore[no-untyped-def]
     mesh = own_mesh()
     spec = {
@@ -133,29 +155,21 @@ def test_a_task_waiting_for_input_survives_a_coordinator_kill_and_resumes_when_i
         ]
     }
 
-    async def until_waiting() -> str:
-        async with client_for(mesh) as client:
-            task = await client.submit("pipeline", spec)
-            await _wait_state(client, task.id, "WAITING")
-            return task.id
+    async def until_waiting(client, task_id: str) -> None:  # type: ignore[no-untyped-def]
+        await _wait_state(client, task_id, "WAITING")
 
-    task_id = run(until_waiting())
-    mesh.kill9("coordinator")
-    mesh.restart("coordinator")
+    async def answer(client, task_id: str) -> None:  # type: ignore[no-untyped-def]
+        waiting = await client.get(task_id)
+        assert waiting.state == pb.TASK_STATE_WAITING and waiting.input_prompt == "ship it?"
+        reply = await client.send_input(task_id, {"approved": True, "by": "after the crash"})
+        assert reply.delivered
+        done = await client.wait(task_id)
+        assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+        steps = json.loads(done.result_json)["steps"]
+        assert steps["ask"]["output"] == {"approved": True, "by": "after the crash"}
+        assert steps["after"]["output"] == {"shipped": True}
 
-    async def answer() -> None:
-        async with client_for(mesh) as client:
-            waiting = await client.get(task_id)
-            assert waiting.state == pb.TASK_STATE_WAITING and waiting.input_prompt == "ship it?"
-            reply = await client.send_input(task_id, {"approved": True, "by": "after the crash"})
-            assert reply.delivered
-            done = await client.wait(task_id)
-            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
-            steps = json.loads(done.result_json)["steps"]
-            assert steps["ask"]["output"] == {"approved": True, "by": "after the crash"}
-            assert steps["after"]["output"] == {"shipped": True}
-
-    run(answer())
+    _across_a_coordinator_crash(mesh, spec, until_waiting, answer)
 
 
 ONCE = (
@@ -216,25 +230,17 @@ def test_after_a_coordinator_crash_an_unsafe_action_that_may_have_run_is_not_run
 ) -> None:
     mesh = own_mesh(extra_env={"AGENTMESH_SHARED_DIR": str(shared_dir)})
 
-    async def go() -> str:
-        async with client_for(mesh) as client:
-            task = await client.submit("pipeline", _unsafe_step(None))
-            await wait_for_action_processes(mesh, "sleep", 1)
-            return task.id
+    async def until_running(client, task_id: str) -> None:  # type: ignore[no-untyped-def]
+        await wait_for_action_processes(mesh, "sleep", 1)
 
-    task_id = run(go())
-    mesh.kill9("coordinator")
-    mesh.restart("coordinator")
+    async def after(client, task_id: str) -> None:  # type: ignore[no-untyped-def]
+        done = await client.wait(task_id)
+        assert done.state == pb.TASK_STATE_FAILED
+        step = json.loads(done.result_json)["steps"]["deploy"]
+        assert step["error"]["reason"] == "AMBIGUOUS_FAILURE", step
+        assert "coordinator stopped" in step["error"]["message"]
 
-    async def after() -> None:
-        async with client_for(mesh) as client:
-            done = await client.wait(task_id)
-            assert done.state == pb.TASK_STATE_FAILED
-            step = json.loads(done.result_json)["steps"]["deploy"]
-            assert step["error"]["reason"] == "AMBIGUOUS_FAILURE", step
-            assert "coordinator stopped" in step["error"]["message"]
-
-    run(after())
+    _across_a_coordinator_crash(mesh, _unsafe_step(None), until_running, after)
     assert not mesh.action_processes()
     assert (shared_dir / "ran").exists()  # it ran once, and only once: no "second run" happened
 

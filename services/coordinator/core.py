@@ -939,8 +939,11 @@ class TaskManager:
             )
 
         result = pb.ActionResult()
+        # Every attempt is paid for, the failed and the cut-off ones too.
+        charged = pb.Cost()
         attempt, lost = 1, 0
         while True:
+            spent = pb.Cost()  # what this attempt used, if it is cancelled
             try:
                 async with self._slots[kind]:
                     if kind == "exec":
@@ -949,12 +952,12 @@ class TaskManager:
                         known_only = action.id in run.maybe_started and not _may_rerun(action)
                         run.maybe_started.discard(action.id)
                         result = await self.workers.run_exec(
-                            run.task_id, action, timeout, sink, attempt, only_if_known=known_only
+                            run.task_id, action, timeout, sink, attempt, only_if_known=known_only, spent=spent
                         )
                         if result.error.reason == "UNKNOWN_ACTION":
                             _mark_ambiguous(result, action, "it was running when the coordinator stopped")
                     elif kind == "infer":
-                        result = await self.workers.run_infer(run.task_id, action, timeout, sink)
+                        result = await self.workers.run_infer(run.task_id, action, timeout, sink, spent)
                     else:
                         result = await self.workers.run_embed(run.task_id, action, timeout)
             except AgentMeshError as exc:
@@ -962,6 +965,12 @@ class TaskManager:
                 result = pb.ActionResult(
                     status=status, error=pb.TaskError(reason=exc.reason, message=exc.message)
                 )
+            except asyncio.CancelledError:
+                add_cost(charged, spent)
+                await self._record_cancelled(run, action, attempt, charged)
+                raise
+            add_cost(charged, result.cost)
+            result.cost.CopyFrom(charged)
             result.action_id, result.key, result.attempts = action.id, action.key, attempt
             if result.status != OK and _ambiguous(action, result):
                 _mark_ambiguous(result, action, f"its worker was lost ({result.error.reason}) while it ran")
@@ -987,6 +996,31 @@ class TaskManager:
             await asyncio.sleep(delay)
         await self._record(run, result)
         return result
+
+    async def _record_cancelled(self, run: TaskRun, action: pb.Action, attempt: int, spent: pb.Cost) -> None:
+        """Record an action cut off by its task's end or its group's settling, with what it used:
+        a cancelled generation or test run is paid for all the same. Not on shutdown: the action
+        has no result then, and runs again when the task resumes."""
+        if run.interrupt == _Interrupt.SHUTDOWN:
+            return
+        if run.interrupt == _Interrupt.FAIL and run.fail_error is not None:
+            why = f"the task failed ({run.fail_error.reason})"
+        elif run.interrupt:
+            why = "the task was cancelled"
+        elif run.decision is not None and run.decision.fail_fast:
+            why = "a fail-fast sibling failed"
+        else:
+            why = "a sibling succeeded first"
+        result = pb.ActionResult(
+            action_id=action.id,
+            key=action.key,
+            status=CANCELLED_A,
+            attempts=attempt,
+            error=pb.TaskError(reason="CANCELLED", message=why),
+            cost=spent,
+        )
+        # Shielded: the write must land though the caller is being cancelled.
+        await asyncio.shield(self._record(run, result))
 
     async def _record(self, run: TaskRun, result: pb.ActionResult) -> None:
         """Persist an action's result with the task's new cost; stop the task if it passed its budget."""

@@ -32,6 +32,9 @@ OutputSink = Callable[[str, bytes], None]
 
 # Streamed tokens are coalesced into one output event per this many seconds.
 TOKEN_FLUSH_S = 0.05
+# How long a cancelled exec action waits for the executor to report what the action used. The
+# executor answers once the action's tree is dead (milliseconds with a cgroup).
+CANCEL_REPORT_S = 1.0
 
 
 class Workers:
@@ -76,7 +79,10 @@ class Workers:
         on_output: OutputSink,
         attempt: int = 1,
         only_if_known: bool = False,
+        spent: pb.Cost | None = None,
     ) -> pb.ActionResult:
+        """The action's result. If this is cancelled, `spent` is filled with what the action used
+        until the executor stopped it."""
         request = executor_pb2.ExecRequest(
             task_id=task_id,
             action_id=action.id,
@@ -86,19 +92,29 @@ class Workers:
             only_if_known=only_if_known,
         )
         # A margin over the executor's own wall limit: it reports TIMED_OUT itself, with the output.
-        return await self.exec_session.run(request, on_output, timeout + 10.0)
+        return await self.exec_session.run(request, on_output, timeout + 10.0, spent)
 
     async def run_infer(
-        self, task_id: str, action: pb.Action, timeout: float, on_output: OutputSink
+        self,
+        task_id: str,
+        action: pb.Action,
+        timeout: float,
+        on_output: OutputSink,
+        spent: pb.Cost | None = None,
     ) -> pb.ActionResult:
+        """The generation's result. If this is cancelled, `spent` is filled with the usage the
+        worker reported with the last tokens it sent."""
         started = time.monotonic()
         request = inference_pb2.GenerateRequest(task_id=task_id, action_id=action.id, params=action.infer)
         call = self.inference.Generate(request, timeout=timeout)
+        last_usage = inference_pb2.Usage()
         pieces: list[str] = []
         unsent: list[str] = []
         sent_at = time.monotonic()
         try:
             async for event in call:
+                if event.HasField("usage"):
+                    last_usage = event.usage
                 if event.text:
                     pieces.append(event.text)
                     unsent.append(event.text)
@@ -111,7 +127,6 @@ class Workers:
                 if event.final:
                     if unsent:
                         on_output("tokens", "".join(unsent).encode())
-                    usage = event.usage
                     return pb.ActionResult(
                         action_id=action.id,
                         key=action.key,
@@ -119,16 +134,14 @@ class Workers:
                         output_json=json.dumps(
                             {"text": "".join(pieces), "finish_reason": event.finish_reason}
                         ),
-                        cost=pb.Cost(
-                            tokens_in=usage.prompt_tokens,
-                            tokens_out=usage.completion_tokens,
-                            gpu_ms=usage.gpu_ms,
-                            cpu_ms=usage.engine_ms if not usage.gpu_ms else 0.0,
-                            wall_ms=(time.monotonic() - started) * 1000,
-                        ),
+                        cost=_inference_cost(event.usage, started),
                     )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None
+        except asyncio.CancelledError:
+            if spent is not None:
+                spent.CopyFrom(_inference_cost(last_usage, started))
+            raise
         finally:
             call.cancel()
         raise Unavailable("inference ended the stream without a final event", reason="WORKER_PROTOCOL")
@@ -145,13 +158,19 @@ class Workers:
             key=action.key,
             status=pb.ACTION_STATUS_OK,
             output_json=json.dumps({"vectors": [list(v.values) for v in reply.vectors]}),
-            cost=pb.Cost(
-                tokens_in=reply.usage.prompt_tokens,
-                gpu_ms=reply.usage.gpu_ms,
-                cpu_ms=reply.usage.engine_ms if not reply.usage.gpu_ms else 0.0,
-                wall_ms=(time.monotonic() - started) * 1000,
-            ),
+            cost=_inference_cost(reply.usage, started),
         )
+
+
+def _inference_cost(usage: inference_pb2.Usage, started: float) -> pb.Cost:
+    """An inference call's cost: its tokens, and its engine time as GPU or CPU time."""
+    return pb.Cost(
+        tokens_in=usage.prompt_tokens,
+        tokens_out=usage.completion_tokens,
+        gpu_ms=usage.gpu_ms,
+        cpu_ms=usage.engine_ms if not usage.gpu_ms else 0.0,
+        wall_ms=(time.monotonic() - started) * 1000,
+    )
 
 
 class ExecSession:
@@ -223,8 +242,14 @@ class ExecSession:
                 entry[0].set_exception(error)
 
     async def run(
-        self, request: executor_pb2.ExecRequest, on_output: OutputSink, timeout: float
+        self,
+        request: executor_pb2.ExecRequest,
+        on_output: OutputSink,
+        timeout: float,
+        spent: pb.Cost | None = None,
     ) -> pb.ActionResult:
+        """The action's result. When this is cancelled, the action is cancelled on the executor,
+        and its report of what the action used (within CANCEL_REPORT_S) goes into `spent`."""
         key = (request.action_id, request.attempt or 1)
         future: asyncio.Future[pb.ActionResult] = asyncio.get_running_loop().create_future()
         self._pending[key] = (future, on_output)
@@ -235,7 +260,7 @@ class ExecSession:
                 return await asyncio.wait_for(future, timeout)
             except TimeoutError:
                 raise DeadlineExceeded(f"no result from the executor within {timeout:g}s") from None
-        except BaseException:
+        except BaseException as exc:
             # `wait_for` cancels `future` itself when we are cancelled, so "done" is not "answered":
             # only a result the executor delivered means there is nothing left to cancel there.
             answered = future.done() and not future.cancelled() and future.exception() is None
@@ -245,10 +270,21 @@ class ExecSession:
                         cancel=executor_pb2.CancelAction(action_id=request.action_id, attempt=key[1])
                     )
                 )
+                if isinstance(exc, asyncio.CancelledError) and spent is not None:
+                    await self._collect_spent(key, on_output, spent)
             raise
         finally:
             self._pending.pop(key, None)
             self._accepted.discard(key)
+
+    async def _collect_spent(self, key: tuple[str, int], on_output: OutputSink, spent: pb.Cost) -> None:
+        """Wait a little for a cancelled action's last report: the executor answers a cancel once
+        the action's tree is dead, with what it used. Without one in time, nothing is filled in."""
+        report: asyncio.Future[pb.ActionResult] = asyncio.get_running_loop().create_future()
+        self._pending[key] = (report, on_output)
+        done, _ = await asyncio.wait({report}, timeout=CANCEL_REPORT_S)
+        if done and report.exception() is None:
+            spent.CopyFrom(report.result().cost)
 
     async def close(self) -> None:
         if self._outbox is not None:

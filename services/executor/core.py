@@ -95,6 +95,8 @@ class _Run:
     attempt: int = 1
     task: asyncio.Task[Any] | None = None
     sinks: list[OutputSink] = field(default_factory=list)
+    # What the action used, once its tree is dead: how a cancelled action is still charged.
+    spent: pb.Cost = field(default_factory=pb.Cost)
 
 
 class Executor:
@@ -215,7 +217,10 @@ class Executor:
         timeout_s: float,
         sink: OutputSink,
         only_if_known: bool = False,
+        spent: pb.Cost | None = None,
     ) -> pb.ActionResult:
+        """Run the action (or join its live run, or return its remembered result). When it is
+        cancelled, `spent` (if given) is filled with what it used until its tree died."""
         key = (action_id, attempt)
         done = self._done.get(key)
         if done is not None:
@@ -243,6 +248,7 @@ class Executor:
         )
         self._live[key] = run
         run.task = asyncio.current_task()
+        began = time.monotonic()
         try:
             result = await self._execute(run, action, timeout_s or self.limits.default_timeout_s)
         except AgentMeshError as exc:
@@ -255,6 +261,10 @@ class Executor:
                 run.future.set_result(result)
                 raise
         except BaseException as exc:
+            if spent is not None:
+                spent.CopyFrom(run.spent)
+                if not spent.wall_ms:  # cancelled before its process started
+                    spent.wall_ms = (time.monotonic() - began) * 1000
             run.future.set_exception(
                 exc if not isinstance(exc, asyncio.CancelledError) else asyncio.CancelledError()
             )
@@ -540,18 +550,13 @@ class Executor:
             _, still = await asyncio.wait(readers, timeout=2.0)
             for reader in still:
                 reader.cancel()
+            # Measured here so that a cancelled action reports what it used too (see `run`).
+            usage = tree.usage() if isinstance(tree, cgroups.CgroupTree) else cgroups.CgroupUsage()
+            run.spent = _spent(usage, usage_before, started)
         exit_code = proc.returncode if proc.returncode is not None else -9
-        usage = tree.usage() if isinstance(tree, cgroups.CgroupTree) else cgroups.CgroupUsage()
         if status == pb.ACTION_STATUS_OK and exit_code != 0:
             status = pb.ACTION_STATUS_FAILED
             error = _exit_error(exit_code, usage, limits_cpu_s=limits.cpu_seconds)
-        cpu_ms = usage.cpu_ms
-        if not cpu_ms:
-            # No cgroup to ask: what our reaped children used meanwhile (other actions' included).
-            rusage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu_ms = (
-                (rusage.ru_utime - usage_before.ru_utime) + (rusage.ru_stime - usage_before.ru_stime)
-            ) * 1000
         output_json = ""
         with contextlib.suppress(Exception):  # a report the action mangled is no report
             output_json = tools.parse_output(
@@ -573,9 +578,9 @@ class Executor:
             truncated=truncated[0],
             artifacts=artifacts,
             cost=pb.Cost(
-                cpu_ms=cpu_ms,
+                cpu_ms=run.spent.cpu_ms,
                 wall_ms=(time.monotonic() - started) * 1000,
-                peak_memory_bytes=usage.peak_memory_bytes,
+                peak_memory_bytes=run.spent.peak_memory_bytes,
             ),
         )
 
@@ -592,6 +597,22 @@ class Executor:
         known = self._roots | (self.pool.pids() if self.pool is not None else set())
         reaped, self._zombies_seen = proctree.reap_orphans(known, self._zombies_seen)
         return reaped
+
+
+def _spent(usage: cgroups.CgroupUsage, rusage_before: Any, started: float) -> pb.Cost:
+    """An action's use of CPU, memory and wall time, from its cgroup when it has one."""
+    cpu_ms = usage.cpu_ms
+    if not cpu_ms:
+        # No cgroup to ask: what our reaped children used meanwhile (other actions' included).
+        rusage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_ms = (
+            (rusage.ru_utime - rusage_before.ru_utime) + (rusage.ru_stime - rusage_before.ru_stime)
+        ) * 1000
+    return pb.Cost(
+        cpu_ms=cpu_ms,
+        wall_ms=(time.monotonic() - started) * 1000,
+        peak_memory_bytes=usage.peak_memory_bytes,
+    )
 
 
 async def _read_coalesced(stream: asyncio.StreamReader) -> bytes:

@@ -22,7 +22,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 
-    def _run(self, request: executor_pb2.ExecRequest, sink: Any) -> Any:
+    def _run(self, request: executor_pb2.ExecRequest, sink: Any, spent: pb.Cost | None = None) -> Any:
         """The one way every RPC here starts an action."""
         return self.executor.run(
             request.task_id,
@@ -32,6 +32,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             request.timeout_s,
             sink,
             only_if_known=request.only_if_known,
+            spent=spent,
         )
 
     async def Exec(
@@ -91,8 +92,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                     )
                 )
 
+            spent = pb.Cost()
             try:
-                result = await self._run(request, sink)
+                result = await self._run(request, sink, spent)
             except AgentMeshError as exc:
                 result = pb.ActionResult(
                     action_id=request.action_id,
@@ -110,6 +112,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                         if reason == "CANCELLED"
                         else "the executor is shutting down; run it again elsewhere",
                     ),
+                    cost=spent,  # what it used before it was stopped: the coordinator charges it
                 )
             except Exception as exc:  # noqa: BLE001 - every action gets a result, whatever broke
                 log.exception("action %s failed inside the executor", request.action_id)

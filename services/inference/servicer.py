@@ -145,7 +145,17 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     return
                 ITL.labels(name).observe(now - last)
                 last = now
-                yield inference_pb2.GenerateEvent(text=text)
+                # The usage so far rides on every token event: a caller that cancels the stream
+                # still knows what the generation used (the engine thread updates these fields).
+                yield inference_pb2.GenerateEvent(
+                    text=text,
+                    usage=inference_pb2.Usage(
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=len(gen.generated),
+                        engine_ms=gen.engine_ms,
+                        gpu_ms=gen.engine_ms if self.engine.model.backend.is_gpu else 0.0,
+                    ),
+                )
         finally:
             if not finished:
                 self.engine.cancel(request_id)  # the caller left: free the sequence before the next step
@@ -162,6 +172,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         _check_params(params, 1 << 30)
         messages = [(m.role or "user", m.content) for m in params.messages] or [("user", params.prompt)]
         started = time.monotonic()
+        chunks = 0
         async for chunk in remote.generate(messages, params):
             if chunk.final:
                 TOKENS.labels(remote.name, "prompt").inc(chunk.prompt_tokens)
@@ -176,7 +187,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
                     ),
                 )
                 return
-            yield inference_pb2.GenerateEvent(text=chunk.text)
+            # The backend reports usage only at the end; until then each chunk counts as a token.
+            chunks += 1
+            yield inference_pb2.GenerateEvent(
+                text=chunk.text,
+                usage=inference_pb2.Usage(
+                    completion_tokens=chunks, engine_ms=(time.monotonic() - started) * 1000
+                ),
+            )
 
     async def Embed(
         self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext

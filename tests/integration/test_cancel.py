@@ -50,6 +50,35 @@ def test_cancel_kills_the_whole_process_tree(mesh: Mesh) -> None:
     assert mesh.all_alive()
 
 
+def test_a_cancelled_action_is_paid_for(mesh: Mesh) -> None:
+    spin = {"id": "spin", "tool": "shell", "args": {"command": "while :; do :; done"}, "timeout_s": 900}
+    spec = {"steps": [spin]}
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spec)
+            await wait_for_action_processes(mesh, "sh", 1)
+            await asyncio.sleep(0.5)
+            await client.cancel(task.id)
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_CANCELLED
+            costs = {}
+            finished = {}
+            async for event in client.watch(task.id):
+                data = json.loads(event.data_json or "{}")
+                if event.kind == "cost":
+                    costs[data["action_id"]] = data["action"]
+                elif event.kind == "action.finished":
+                    finished[data["key"]] = data
+            assert finished["spin"]["status"] == "CANCELLED" and finished["spin"]["error"] == "CANCELLED"
+            spent = costs[finished["spin"]["action_id"]]
+            # It spun on a core for at least the half second before the cancel.
+            assert spent["cpu_ms"] >= 300 and spent["wall_ms"] >= 400, spent
+            assert done.cost.cpu_ms == pytest.approx(spent["cpu_ms"]) and done.cost.usd > 0, done.cost
+
+    run(go())
+
+
 def test_another_tenants_cancel_stops_nothing(mesh: Mesh) -> None:
     # The coordinator kills a running task's actions before the cancel intent is durable; that early
     # kill must be as strict about who may cancel as the durable write is.

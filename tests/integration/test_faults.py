@@ -41,6 +41,13 @@ def test_budget_exceeded_stops_the_other_running_actions(mesh: Mesh) -> None:
             while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             assert not any(pid_alive(p) for p in pids), "the slow step outlived its task's budget stop"
+            # The stopped step is on the bill too: it ran beside the quick one's whole second.
+            finished = [
+                json.loads(e.data_json) async for e in client.watch(task.id) if e.kind == "action.finished"
+            ]
+            slow = next(f for f in finished if f["key"] == "slow")
+            assert slow["status"] == "CANCELLED", finished
+            assert done.cost.wall_ms >= 1900, done.cost
 
     run(go())
 

@@ -54,6 +54,13 @@ def test_cancelling_a_generation_stops_it(model_mesh: Mesh) -> None:
             task = await client.submit("pipeline", spec)
             done = await cancel_once_streaming(client, task.id)
             assert done.state == pb.TASK_STATE_CANCELLED
+            # The cut-off generation is paid for: its prompt and the tokens it made before the cancel.
+            assert done.cost.tokens_in > 0 and done.cost.tokens_out > 0, done.cost
+            assert done.cost.tokens_out < 1500 and done.cost.usd > 0, done.cost
+            finished = [
+                json.loads(e.data_json) async for e in client.watch(task.id) if e.kind == "action.finished"
+            ]
+            assert [f["status"] for f in finished] == ["CANCELLED"], finished
 
     run(go())
     # The engine dropped the sequence: nothing left running in the batch.

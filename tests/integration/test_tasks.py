@@ -297,3 +297,23 @@ def test_an_input_that_does_not_come_in_time_fails_the_wait_with_input_timeout(m
                 raise AssertionError("an input for a finished task was accepted")
 
     run(go())
+
+
+def test_every_attempt_of_a_retried_step_is_paid_for(mesh: Mesh) -> None:
+    flaky = {
+        "id": "flaky",
+        "tool": "shell",
+        "args": {"command": "sleep 0.3; exit 3"},
+        "retry": {"attempts": 3, "backoff_s": 0},
+    }
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            done = await client.wait((await client.submit("pipeline", {"steps": [flaky]})).id)
+            assert done.state == pb.TASK_STATE_FAILED
+            step = json.loads(done.result_json)["steps"]["flaky"]
+            assert step["attempts"] == 3, step
+            # Three runs of at least 0.3 s each, not only the last one.
+            assert step["cost"]["wall_ms"] >= 900 and done.cost.wall_ms >= 900, (step["cost"], done.cost)
+
+    run(go())

@@ -395,8 +395,8 @@ def _pytest(key: str, code: str, tests: str) -> pb.Action:
 
 
 def _record_test(entry: dict[str, Any], result: pb.ActionResult) -> None:
-    if result.status == pb.ACTION_STATUS_SKIPPED:
-        entry["outcome"] = "cancelled"  # another candidate passed first
+    if result.status in (pb.ACTION_STATUS_SKIPPED, pb.ACTION_STATUS_CANCELLED):
+        entry["outcome"] = "cancelled"  # another candidate passed first (while it ran, or before)
         return
     report = json.loads(result.output_json) if result.output_json else {}
     if result.error.reason and result.error.reason != "EXIT_NONZERO":

@@ -158,7 +158,7 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from protos.agentmesh.v1 import executor_pb2, executor_pb2_grpc
+    from protos.agentmesh.v1 import common_pb2, executor_pb2, executor_pb2_grpc
 
     async def fetch() -> executor_pb2.Capabilities:
         async with grpc.aio.insecure_channel(args.executor) as channel:
@@ -181,7 +181,16 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
     for p in caps.protections:
         table.add_row(p.name, "[green]yes[/green]" if p.active else "[red]no[/red]", p.detail)
     console.print(table)
-    console.print(f"tools: {', '.join(caps.tools)}")
+    repeat_words = {
+        common_pb2.REPEAT_SAFETY_SAFE: "yes",
+        common_pb2.REPEAT_SAFETY_SANDBOXED: "in full isolation without network",
+    }
+    tools = Table(title="tools")
+    for column in ("tool", "safe to repeat", "what it does"):
+        tools.add_column(column)
+    for spec in caps.tool_specs:
+        tools.add_row(spec.name, repeat_words.get(spec.repeat, "no"), spec.description)
+    console.print(tools)
     console.print(f"warm sandboxes kept ready: {caps.warm_sandboxes}")
     return 0
 

@@ -31,6 +31,7 @@ from protos.agentmesh.v1 import common_pb2 as pb
 from services.coordinator import records
 from services.coordinator.events import EventHub, row_to_event
 from services.coordinator.pricing import BUDGET_EXCEEDED, PriceTable, add_cost, count_spend
+from services.coordinator.repeat import why_not_repeatable
 from services.coordinator.scheduler import Scheduler
 from services.coordinator.store import EventRow, Store
 from services.coordinator.workers import Workers
@@ -630,6 +631,7 @@ class TaskManager:
             memo_json=run.memo,
             results=results,
             decision_seq=seq,
+            tools=await self.workers.tools.listed(),
         )
         decision = await self._call_planner(run, request)
         for index, action in enumerate(decision.actions):
@@ -690,6 +692,9 @@ class TaskManager:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             self._check_deadline(run)
+            # An agent may be waiting on the executor's tools (react): hand in what is known now.
+            del request.tools[:]
+            request.tools.extend(await self.workers.tools.listed())
 
     # ------------------------------------------------------------------ actions
 
@@ -939,6 +944,7 @@ class TaskManager:
             )
 
         result = pb.ActionResult()
+        specs: dict[str, pb.ToolSpec] = {}  # the executor's tools, read before each exec attempt
         # Every attempt is paid for, the failed and the cut-off ones too.
         charged = pb.Cost()
         attempt, lost = 1, 0
@@ -949,13 +955,16 @@ class TaskManager:
                     if kind == "exec":
                         # An action that may have run before a crash, and may not run twice, is only
                         # joined or collected, never started again.
-                        known_only = action.id in run.maybe_started and not _may_rerun(action)
+                        specs = await self.workers.tools.get()
+                        known_only = action.id in run.maybe_started and not _may_rerun(action, specs)
                         run.maybe_started.discard(action.id)
                         result = await self.workers.run_exec(
                             run.task_id, action, timeout, sink, attempt, only_if_known=known_only, spent=spent
                         )
                         if result.error.reason == "UNKNOWN_ACTION":
-                            _mark_ambiguous(result, action, "it was running when the coordinator stopped")
+                            _mark_ambiguous(
+                                result, action, "it was running when the coordinator stopped", specs
+                            )
                     elif kind == "infer":
                         result = await self.workers.run_infer(run.task_id, action, timeout, sink, spent)
                     else:
@@ -972,8 +981,9 @@ class TaskManager:
             add_cost(charged, result.cost)
             result.cost.CopyFrom(charged)
             result.action_id, result.key, result.attempts = action.id, action.key, attempt
-            if result.status != OK and _ambiguous(action, result):
-                _mark_ambiguous(result, action, f"its worker was lost ({result.error.reason}) while it ran")
+            if result.status != OK and _ambiguous(action, result, specs):
+                what = f"its worker was lost ({result.error.reason}) while it ran"
+                _mark_ambiguous(result, action, what, specs)
                 break
             if result.status != OK and result.error.reason in WORKER_LOST and lost < MAX_WORKER_LOST:
                 # The worker went away (restart, crash, unreachable): not the action's failure, so it
@@ -1228,38 +1238,33 @@ def _share_key(run: TaskRun, action: pb.Action) -> tuple[str, bytes] | None:
     return run.tenant, hashlib.sha256(body).digest()
 
 
-def _safe_to_repeat(action: pb.Action) -> bool:
-    """Inference only costs money; a sandboxed exec action without network leaves nothing behind
-    (its workspace and /tmp are thrown away). An action with network may have changed the world."""
-    if action.WhichOneof("kind") != "exec":
-        return True
-    return action.exec.tool == "echo" or not action.exec.network
-
-
-def _mark_ambiguous(result: pb.ActionResult, action: pb.Action, what: str) -> None:
+def _mark_ambiguous(
+    result: pb.ActionResult, action: pb.Action, what: str, specs: dict[str, pb.ToolSpec]
+) -> None:
+    why = why_not_repeatable(action, specs) or "its retry policy says so (retry.on_ambiguous: fail)"
     result.status = FAILED_A
     result.error.CopyFrom(
         pb.TaskError(
             reason="AMBIGUOUS_FAILURE",
             message=f"{action.key or action.id}: {what}, so it may have done part of its work; it is not "
-            "safe to repeat and was not run again (retry.on_ambiguous: rerun allows it)",
+            f"safe to repeat ({why}) and was not run again (retry.on_ambiguous: rerun allows it)",
         )
     )
 
 
-def _may_rerun(action: pb.Action) -> bool:
+def _may_rerun(action: pb.Action, specs: dict[str, pb.ToolSpec]) -> bool:
     """Whether the action may run again after it was (or may have been) cut off mid-run."""
     policy = action.retry.on_ambiguous
     if policy == pb.AMBIGUOUS_POLICY_RERUN:
         return True
-    return policy != pb.AMBIGUOUS_POLICY_FAIL and _safe_to_repeat(action)
+    return policy != pb.AMBIGUOUS_POLICY_FAIL and not why_not_repeatable(action, specs)
 
 
-def _ambiguous(action: pb.Action, result: pb.ActionResult) -> bool:
+def _ambiguous(action: pb.Action, result: pb.ActionResult, specs: dict[str, pb.ToolSpec]) -> bool:
     """Whether a failure leaves the action's effects unknown and the policy forbids running it again."""
     if action.WhichOneof("kind") != "exec" or result.error.reason not in MID_RUN_LOSS:
         return False
-    return not _may_rerun(action)
+    return not _may_rerun(action, specs)
 
 
 def _group_settled(decision: pb.Decision, results: dict[str, pb.ActionResult]) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -29,7 +30,13 @@ from services.runtime.channels import insecure_channel
 from services.runtime.errors import DeadlineExceeded, Unavailable, from_rpc_error
 
 OutputSink = Callable[[str, bytes], None]
+log = logging.getLogger(__name__)
 
+# A tool catalogue this old is fetched again (an executor may be replaced by one with other tools).
+CATALOGUE_REFRESH_S = 30.0
+# After a failed fetch, the next one waits this long: an executor that is down is not asked per action.
+CATALOGUE_RETRY_S = 1.0
+CATALOGUE_TIMEOUT_S = 2.0
 # Streamed tokens are coalesced into one output event per this many seconds.
 TOKEN_FLUSH_S = 0.05
 # How long a cancelled exec action waits for the executor to report what the action used. The
@@ -43,7 +50,9 @@ class Workers:
         self.planner = planner_pb2_grpc.PlannerStub(self._channels[0])
         self.executor = executor_pb2_grpc.ExecutorStub(self._channels[1])
         self.inference = inference_pb2_grpc.InferenceStub(self._channels[2])
-        self.exec_session = ExecSession(self.executor)
+        self.tools = ToolCatalogue(self.executor)
+        # A new session may be a new executor, with other tools: read its catalogue again.
+        self.exec_session = ExecSession(self.executor, on_open=self.tools.mark_stale)
 
     async def close(self) -> None:
         await self.exec_session.close()
@@ -183,8 +192,11 @@ class ExecSession:
     (it may have done part of its work); one it never acknowledged fails UNAVAILABLE (it never ran).
     """
 
-    def __init__(self, stub: executor_pb2_grpc.ExecutorStub) -> None:
+    def __init__(
+        self, stub: executor_pb2_grpc.ExecutorStub, on_open: Callable[[], None] | None = None
+    ) -> None:
         self._stub = stub
+        self._on_open = on_open
         self._outbox: asyncio.Queue[executor_pb2.SessionRequest | None] | None = None
         self._pending: dict[tuple[str, int], tuple[asyncio.Future[pb.ActionResult], OutputSink]] = {}
         self._accepted: set[tuple[str, int]] = set()
@@ -203,6 +215,8 @@ class ExecSession:
                 yield item
 
         call = self._stub.Session(requests())
+        if self._on_open is not None:
+            self._on_open()
         self._outbox = outbox
         self._reader = asyncio.get_running_loop().create_task(self._read(call, outbox))
         return outbox
@@ -292,3 +306,48 @@ class ExecSession:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class ToolCatalogue:
+    """The executor's tools as it declares them (Capabilities.tool_specs), fetched and kept. The
+    planner gets them with every decision (the react agent offers a model what the executor really
+    runs); the retry rules read each tool's declared `repeat` (repeat.py)."""
+
+    def __init__(self, stub: executor_pb2_grpc.ExecutorStub) -> None:
+        self._stub = stub
+        self._specs: dict[str, pb.ToolSpec] = {}
+        self._listed: list[pb.ToolSpec] = []
+        self._fetched_at = float("-inf")
+        self._tried_at = float("-inf")
+        self._lock = asyncio.Lock()
+
+    def mark_stale(self) -> None:
+        """The executor may have changed (a new session opened): fetch again on the next use."""
+        self._fetched_at = float("-inf")
+
+    async def get(self) -> dict[str, pb.ToolSpec]:
+        """Tool name -> its declaration; what was known last (possibly nothing) if the executor
+        cannot be reached now."""
+        if time.monotonic() - self._fetched_at < CATALOGUE_REFRESH_S:
+            return self._specs
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._fetched_at < CATALOGUE_REFRESH_S or now - self._tried_at < CATALOGUE_RETRY_S:
+                return self._specs
+            self._tried_at = now
+            try:
+                caps = await self._stub.GetCapabilities(
+                    executor_pb2.GetCapabilitiesRequest(), timeout=CATALOGUE_TIMEOUT_S
+                )
+            except grpc.RpcError as exc:
+                log.warning("cannot read the executor's tools: %s", exc.details() or exc.code())
+                return self._specs
+            self._specs = {spec.name: spec for spec in caps.tool_specs}
+            self._listed = list(caps.tool_specs)
+            self._fetched_at = time.monotonic()
+        return self._specs
+
+    async def listed(self) -> list[pb.ToolSpec]:
+        """The same, as the list a DecideRequest carries."""
+        await self.get()
+        return self._listed

@@ -200,6 +200,7 @@ class Executor:
             notes.append("isolation policy is permissive: actions run with what this host gives")
         return {
             "tools": sorted(self.tools),
+            "tool_specs": tools.specs(self.tools),
             "containment": self.containment,
             "network_isolation": "network-namespace" in self._active,
             "notes": notes,

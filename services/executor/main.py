@@ -88,7 +88,8 @@ class ExecutorService(Service):
         self.executor = executor
         executor_pb2_grpc.add_ExecutorServicer_to_server(ExecutorServicer(executor), rt.server)
         rt.add_service_name(executor_pb2.DESCRIPTOR.services_by_name["Executor"].full_name)
-        log.info("executor capabilities: %s", executor.capabilities())
+        caps = executor.capabilities()
+        log.info("executor capabilities: %s", {k: v for k, v in caps.items() if k != "tool_specs"})
         rt.spawn(self._follow_cancels(rt), "cancel-listener")
         rt.spawn(self._reap_forever(), "orphan-reaper")
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.errors import FailedPrecondition, InvalidArgument
 
 JUNIT_FILE = ".agentmesh-junit.xml"
@@ -18,6 +19,70 @@ SEMGREP_RULES = ".agentmesh-semgrep.yml"
 RULES = Path(__file__).with_name("semgrep.yml")
 # semgrep's severities, in bandit's words.
 SEMGREP_SEVERITY = {"ERROR": "HIGH", "WARNING": "MEDIUM", "INFO": "LOW"}
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What a tool says of itself (Capabilities.tool_specs): models choose from the description and
+    the args schema; the coordinator reads `repeat` after an ambiguous failure."""
+
+    description: str
+    args_schema: dict[str, Any]
+    repeat: int  # a pb.RepeatSafety
+
+    def spec(self, name: str) -> pb.ToolSpec:
+        return pb.ToolSpec(
+            name=name,
+            description=self.description,
+            args_schema_json=json.dumps(self.args_schema, sort_keys=True),
+            repeat=self.repeat,  # type: ignore[arg-type]
+        )
+
+
+def _args_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": required, "additionalProperties": False}
+
+
+# Every tool this executor can run. `command_for` enforces these schemas' rules with its own messages
+# (jsonschema would cost the executor 9 MB); tests/unit/test_tool_specs.py holds the two to agreement.
+DECLARED: dict[str, Declared] = {
+    "echo": Declared(
+        "Returns its args as its output at once; runs nothing.",
+        {"type": "object"},
+        pb.REPEAT_SAFETY_SAFE,
+    ),
+    "python": Declared(
+        "Runs Python code in a fresh sandbox; you see what it prints (stdout and stderr).",
+        _args_schema({"code": {"type": "string", "minLength": 1, "description": "the program"}}, ["code"]),
+        pb.REPEAT_SAFETY_SANDBOXED,
+    ),
+    "shell": Declared(
+        "Runs a /bin/sh command in a fresh sandbox; you see its output.",
+        _args_schema(
+            {"command": {"type": "string", "minLength": 1, "description": "the command"}}, ["command"]
+        ),
+        pb.REPEAT_SAFETY_SANDBOXED,
+    ),
+    "pytest": Declared(
+        "Runs pytest on the workspace's files; the output has each test's outcome and message.",
+        _args_schema(
+            {"args": {"type": "array", "items": {"type": "string"}, "description": "extra pytest arguments"}},
+            [],
+        ),
+        pb.REPEAT_SAFETY_SANDBOXED,
+    ),
+    "scan": Declared(
+        "Scans the workspace's code for vulnerabilities (bandit, and semgrep where installed) without "
+        "running it; the output lists the findings by severity.",
+        _args_schema({}, []),
+        pb.REPEAT_SAFETY_SAFE,
+    ),
+}
+
+
+def specs(available: set[str]) -> list[pb.ToolSpec]:
+    """The declarations of the tools this executor has, by name."""
+    return [DECLARED[name].spec(name) for name in sorted(available)]
 
 
 @dataclass(frozen=True)
@@ -37,15 +102,20 @@ def command_for(
             f"tool {tool!r} is not available on this executor (has: {', '.join(sorted(available))})",
             reason="TOOL_UNAVAILABLE",
         )
+    declared = DECLARED[tool].args_schema.get("properties") if tool in DECLARED else None
+    if declared is not None and set(args) - set(declared):
+        unknown = ", ".join(sorted(set(args) - set(declared)))
+        takes = ", ".join(declared) or "no args"
+        raise InvalidArgument(f"{tool} does not take args {unknown} (it takes: {takes})")
     if tool == "python":
         code = args.get("code")
-        if not isinstance(code, str):
-            raise InvalidArgument("python needs args.code (string)")
+        if not isinstance(code, str) or not code:
+            raise InvalidArgument("python needs args.code (a non-empty string)")
         return Command([python, "-u", "-c", code])
     if tool == "shell":
         command = args.get("command")
-        if not isinstance(command, str):
-            raise InvalidArgument("shell needs args.command (string)")
+        if not isinstance(command, str) or not command:
+            raise InvalidArgument("shell needs args.command (a non-empty string)")
         return Command(["/bin/sh", "-c", command])
     if tool == "pytest":
         extra = args.get("args", [])

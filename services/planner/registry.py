@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
@@ -34,6 +34,9 @@ class DecideContext:
     memo: Any
     results: list[pb.ActionResult]
     decision_seq: int
+    # The executor's tools as it declares them (name -> spec); empty when the coordinator could not
+    # read them.
+    tools: dict[str, pb.ToolSpec] = field(default_factory=dict)
 
 
 class Agent(Protocol):

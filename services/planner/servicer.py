@@ -37,6 +37,7 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
             memo=_json(request.memo_json, "memo"),
             results=list(request.results),
             decision_seq=request.decision_seq,
+            tools={spec.name: spec for spec in request.tools},
         )
         return agent.decide(ctx)
 

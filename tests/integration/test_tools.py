@@ -126,6 +126,23 @@ def test_the_sandbox_report_names_every_protection(mesh: Mesh) -> None:
     # Warm sandboxes are kept where full isolation is given (the default, two of them).
     full = "full" in report.get("isolation_levels", [])
     assert report.get("warm_sandboxes", 0) == (2 if full else 0)
+    # Each tool it has comes with its declaration: what it does, its args, whether to repeat it.
+    declared = {spec["name"]: spec for spec in report["tool_specs"]}
+    assert set(declared) == set(report["tools"]) >= {"echo", "python", "shell", "pytest", "scan"}
+    assert declared["shell"]["repeat"] == "REPEAT_SAFETY_SANDBOXED"
+    assert json.loads(declared["python"]["args_schema_json"])["required"] == ["code"]
+
+
+def test_the_react_agent_is_offered_the_executors_tools_and_no_others(mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            # The first decision checks the asked tools against the executor's catalogue: no model runs.
+            task = await client.submit("react", {"goal": "ship it", "tools": ["python", "deploy"]})
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_FAILED and done.error.reason == "UNKNOWN_TOOL", done.error
+            assert "'deploy'" in done.error.message and "pytest" in done.error.message
+
+    run(go())
 
 
 def test_an_exec_step_can_lower_its_limits_and_states_its_isolation(mesh: Mesh) -> None:

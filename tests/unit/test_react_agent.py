@@ -10,11 +10,11 @@ import pytest
 
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.agents.react import ReactAgent, parse_call
-from services.runtime.errors import InvalidArgument
-from tests.unit.agent_driver import AgentDriver
+from services.runtime.errors import InvalidArgument, Unavailable
+from tests.unit.agent_driver import ALL_TOOLS, AgentDriver
 
 AGENT = ReactAgent()
-TOOLS = ["python", "shell"]
+TOOLS = {name: ALL_TOOLS[name] for name in ("python", "shell", "pytest")}
 
 
 @pytest.mark.parametrize(
@@ -34,8 +34,11 @@ def test_a_tool_call_is_found_in_any_reply_shape(reply: str) -> None:
     [
         ("I would run some code", "no JSON object"),
         ('{"tool": "rm", "args": {}}', "'tool' must be one of"),
-        ('{"tool": "python", "args": {"command": "ls"}}', '"code"'),
-        ('{"tool": "python", "args": "print(1)"}', '"code"'),
+        ('{"tool": "python", "args": {"command": "ls"}}', "'code' is a required property"),
+        ('{"tool": "python", "args": "print(1)"}', "is not of type 'object'"),
+        ('{"tool": "python", "args": {"code": ""}}', "code: '' should be non-empty"),
+        ('{"tool": "pytest", "args": {"args": "-x"}}', "args: '-x' is not of type 'array'"),
+        ('{"tool": "python", "args": {"code": "print(1)"}, "files": ["a.py"]}', '"files" must be'),
         ('{"tool": "python", "args": {"code": "print(1)"', "no JSON object"),  # cut off
     ],
 )
@@ -53,7 +56,8 @@ def test_an_answer_ends_the_loop() -> None:
     [
         {},
         {"goal": ""},
-        {"goal": "x", "tools": ["rm"]},
+        {"goal": "x", "tools": []},
+        {"goal": "x", "tools": ["python", "python"]},
         {"goal": "x", "max_steps": 0},
         {"goal": "x", "extra": 1},
     ],
@@ -112,3 +116,40 @@ def test_max_steps_fails_with_the_transcript() -> None:
     final = loop.think("more nonsense").final
     assert final.state == pb.TASK_STATE_FAILED and final.error.reason == "MAX_STEPS"
     assert len(json.loads(final.result_json)["steps"]) == 2
+
+
+def test_the_tools_offered_are_the_executors_own_with_their_declared_args() -> None:
+    loop = Loop()
+    system = loop.decision.actions[0].infer.messages[0].content
+    for name in ("python", "shell", "pytest", "scan"):
+        assert f"- {name}: {ALL_TOOLS[name].description}" in system
+    assert "- echo:" not in system  # offered only when named
+    assert 'Args: {"code": "..."}' in system and 'Args: {"args": ["..."]}' in system
+
+
+def test_a_call_may_give_the_tool_files() -> None:
+    loop = Loop(tools=["pytest"])
+    call = '{"tool": "pytest", "args": {}, "files": {"test_x.py": "def test_x():\\n    assert True\\n"}}'
+    act = loop.think(call).actions[0].exec
+    assert act.tool == "pytest" and dict(act.files) == {"test_x.py": b"def test_x():\n    assert True\n"}
+
+
+def test_a_tool_the_executor_does_not_have_fails_the_task_clearly() -> None:
+    loop = AgentDriver(AGENT, {"goal": "x", "tools": ["python", "deploy"]})
+    final = loop.step([]).final
+    assert final.state == pb.TASK_STATE_FAILED and final.error.reason == "UNKNOWN_TOOL"
+    assert "'deploy'" in final.error.message and "python" in final.error.message
+
+
+def test_without_the_executors_tools_the_agent_asks_to_be_called_again() -> None:
+    # Unavailable is retryable: the coordinator calls again with the catalogue once it can read it.
+    with pytest.raises(Unavailable):
+        AgentDriver(AGENT, {"goal": "x"}, tools={}).step([])
+
+
+def test_only_the_tools_asked_for_are_offered() -> None:
+    loop = Loop(tools=["shell"])
+    system = loop.decision.actions[0].infer.messages[0].content
+    assert "- shell:" in system and "- python:" not in system
+    again = loop.think('{"tool": "python", "args": {"code": "1"}}')
+    assert "'tool' must be one of shell" in again.actions[0].infer.messages[-1].content

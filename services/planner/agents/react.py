@@ -1,10 +1,16 @@
 """The `react` agent: the model picks the next tool call, as JSON, until it gives an answer.
 
-Input: `{goal, tools? (python, shell), max_steps? (8), model?, max_tokens? (256), network? (false)}`.
-Each step is one decision: ask the model (infer), then run the tool call it chose in the sandbox
-(exec) and show it the output. A reply that is not a valid tool call is fed back with what was wrong
+Input: `{goal, tools?, max_steps? (8), model?, max_tokens? (256), network? (false)}`. The tools are the
+executor's own, as it declares them (DecideContext.tools): `tools` names the ones to offer, and by
+default every tool but `echo` is offered. The model sees each tool's description and args schema.
+
+Each step is one decision: ask the model (infer), then run the tool call it chose in a fresh sandbox
+(exec) and show it the output. A call is `{"tool": NAME, "args": {...}, "files"?: {NAME: TEXT}}`
+(files are put in the tool's working directory) or `{"answer": TEXT}`. A reply that is not a valid
+call (no JSON, an unknown tool, args that break the tool's schema) is fed back with what was wrong
 and costs a step: a small model's malformed JSON never crashes the task. The task SUCCEEDS with the
-model's answer, or FAILS with reason MAX_STEPS and the whole transcript.
+model's answer, or FAILS with reason MAX_STEPS and the whole transcript (UNKNOWN_TOOL when `tools`
+names one the executor does not have).
 """
 
 from __future__ import annotations
@@ -14,20 +20,19 @@ from typing import Any
 
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.registry import DecideContext, refuse_input
-from services.runtime.errors import InvalidArgument
+from services.runtime.errors import InvalidArgument, Unavailable
 
-TOOLS = {
-    "python": ("code", "run Python code; you see what it prints"),
-    "shell": ("command", "run a shell command; you see its output"),
-}
+# Offered only when asked for by name: it runs nothing, so a model learns nothing from it.
+NOT_OFFERED_BY_DEFAULT = frozenset({"echo"})
 OBSERVATION_CHARS = 1500
 STEP_TIMEOUT_S = 120.0
 GEN_TIMEOUT_S = 600.0
+MAX_FILES = 20
 
 
-def parse_call(text: str, tools: list[str]) -> tuple[dict[str, Any] | None, str]:
-    """(the call, '') or (None, what is wrong with it). A call is {"tool": NAME, "args": {...}} or
-    {"answer": TEXT}; the first JSON object in the reply is taken, fenced or not."""
+def parse_call(text: str, specs: dict[str, pb.ToolSpec]) -> tuple[dict[str, Any] | None, str]:
+    """(the call, '') or (None, what is wrong with it), for a model offered the tools in `specs`.
+    The first JSON object in the reply is taken, fenced or not."""
     decoder = json.JSONDecoder()
     start = text.find("{")
     value: Any = None
@@ -42,18 +47,44 @@ def parse_call(text: str, tools: list[str]) -> tuple[dict[str, Any] | None, str]
     if "answer" in value:
         return {"answer": str(value["answer"])}, ""
     tool = value.get("tool")
-    if tool not in tools:
-        return None, f"'tool' must be one of {', '.join(tools)} (got {tool!r})"
-    field = TOOLS[tool][0]
-    args = value.get("args")
-    if not isinstance(args, dict) or not isinstance(args.get(field), str) or not args[field].strip():
-        return None, f'{tool} needs "args": {{"{field}": "..."}}'
-    return {"tool": tool, "args": {field: args[field]}}, ""
+    if tool not in specs:
+        return None, f"'tool' must be one of {', '.join(specs)} (got {tool!r})"
+    args = value.get("args", {})
+    problem = _args_problem(specs[tool], args)
+    if problem:
+        return None, f"{tool} args: {problem}"
+    files = value.get("files", {})
+    if (
+        not isinstance(files, dict)
+        or len(files) > MAX_FILES
+        or not all(isinstance(k, str) and k and isinstance(v, str) for k, v in files.items())
+    ):
+        return None, f'"files" must be an object of up to {MAX_FILES} file names to their text'
+    call: dict[str, Any] = {"tool": tool, "args": args}
+    if files:
+        call["files"] = files
+    return call, ""
+
+
+def _args_problem(spec: pb.ToolSpec, args: Any) -> str:
+    """What is wrong with `args` by the tool's declared JSON Schema; '' when nothing is."""
+    # Imported here: only a planner that runs react agents needs it.
+    from jsonschema import Draft202012Validator  # noqa: PLC0415
+
+    schema = json.loads(spec.args_schema_json or "{}")
+    errors = sorted(
+        Draft202012Validator(schema).iter_errors(args), key=lambda e: [str(p) for p in e.schema_path]
+    )
+    # All of them (a few): a missing "code" and an unexpected "command" are one mistake, told whole.
+    return "; ".join(
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" if e.absolute_path else e.message
+        for e in errors[:3]
+    )
 
 
 class ReactAgent:
     name = "react"
-    description = "A model picks tool calls (python, shell in the sandbox) until it can answer the goal"
+    description = "A model picks tool calls (the executor's tools, in a sandbox) until it can answer the goal"
 
     def validate(self, input: Any) -> None:  # noqa: A002
         if not isinstance(input, dict):
@@ -63,9 +94,14 @@ class ReactAgent:
             violations.append((f"input.{name}", "unknown field"))
         if not isinstance(input.get("goal"), str) or not input["goal"].strip():
             violations.append(("input.goal", "a non-empty string"))
-        tools = input.get("tools", list(TOOLS))
-        if not isinstance(tools, list) or not tools or any(t not in TOOLS for t in tools):
-            violations.append(("input.tools", f"a non-empty list of {', '.join(TOOLS)}"))
+        tools = input.get("tools", ["-"])
+        if (
+            not isinstance(tools, list)
+            or not tools
+            or not all(isinstance(t, str) and t for t in tools)
+            or len(set(tools)) != len(tools)
+        ):
+            violations.append(("input.tools", "a non-empty list of distinct tool names"))
         for name, low, high in (("max_steps", 1, 50), ("max_tokens", 16, 4096)):
             value = input.get(name, low)
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -77,10 +113,17 @@ class ReactAgent:
         refuse_input("react input", violations)
 
     def decide(self, ctx: DecideContext) -> pb.Decision:
-        goal: str = ctx.input["goal"]
-        tools: list[str] = ctx.input.get("tools", list(TOOLS))
         max_steps: int = ctx.input.get("max_steps", 8)
         memo: dict[str, Any] = ctx.memo or {"transcript": [], "tokens": {"in": 0, "out": 0}}
+        if "tools" not in memo:
+            # Chosen once, at the first decision: the prompt stays the same for the whole task.
+            offered, problem = _offered(ctx)
+            if problem:
+                return _end(memo, "UNKNOWN_TOOL", problem)
+            memo["tools"] = offered
+        specs = {name: ctx.tools[name] for name in memo["tools"] if name in ctx.tools}
+        if not specs:
+            raise Unavailable("the executor's tools are not known now (is the executor up?)")
         transcript: list[dict[str, Any]] = memo["transcript"]
         for result in ctx.results:
             memo["tokens"]["in"] += result.cost.tokens_in
@@ -91,7 +134,7 @@ class ReactAgent:
                         memo, "GENERATION_FAILED", f"the model could not generate: {result.error.message}"
                     )
                 reply = _text(result)
-                call, problem = parse_call(reply, tools)
+                call, problem = parse_call(reply, specs)
                 transcript.append({"reply": reply, "call": call, "problem": problem})
                 if call is not None and "answer" in call:
                     return _end(memo, "", "", answer=call["answer"])
@@ -101,7 +144,21 @@ class ReactAgent:
                 transcript[-1]["observation"] = _observation(result)
         if len(transcript) >= max_steps:
             return _end(memo, "MAX_STEPS", f"no answer within {max_steps} steps")
-        return _think(memo, ctx.input, goal, tools)
+        return _think(memo, ctx.input, specs)
+
+
+def _offered(ctx: DecideContext) -> tuple[list[str], str]:
+    """The tool names to offer the model, and '' (or a problem with the input's `tools`)."""
+    if not ctx.tools:
+        raise Unavailable("the executor's tools are not known yet (is the executor up?)")
+    asked: list[str] | None = ctx.input.get("tools")
+    if asked is None:
+        return [name for name in ctx.tools if name not in NOT_OFFERED_BY_DEFAULT], ""
+    unknown = [name for name in asked if name not in ctx.tools]
+    if unknown:
+        has = ", ".join(ctx.tools)
+        return [], f"the executor has no tool {', '.join(map(repr, unknown))} (it has: {has})"
+    return asked, ""
 
 
 def _text(result: pb.ActionResult) -> str:
@@ -111,20 +168,30 @@ def _text(result: pb.ActionResult) -> str:
         return ""
 
 
-def _system(tools: list[str]) -> str:
+def _example(schema: dict[str, Any]) -> str:
+    """A call's args as a small model can copy them: {"code": "..."}."""
+    shown = {
+        name: ["..."] if prop.get("type") == "array" else "..."
+        for name, prop in schema.get("properties", {}).items()
+    }
+    return json.dumps(shown)
+
+
+def _system(specs: dict[str, pb.ToolSpec]) -> str:
     described = "\n".join(
-        f'- {name}: {TOOLS[name][1]}. Args: {{"{TOOLS[name][0]}": "..."}}' for name in tools
+        f"- {name}: {spec.description} Args: {_example(json.loads(spec.args_schema_json or '{}'))}"
+        for name, spec in specs.items()
     )
     return (
         "You solve the user's goal step by step with tools. Tools:\n"
         f"{described}\n"
-        'Reply with one JSON object only: {"tool": NAME, "args": {...}} to use a tool, or '
-        '{"answer": "..."} when you know the answer.'
+        'Reply with one JSON object only: {"tool": NAME, "args": {...}} to use a tool (add '
+        '"files": {"name": "text"} to give it files), or {"answer": "..."} when you know the answer.'
     )
 
 
-def _think(memo: dict[str, Any], input: dict[str, Any], goal: str, tools: list[str]) -> pb.Decision:  # noqa: A002
-    messages = [("system", _system(tools)), ("user", goal)]
+def _think(memo: dict[str, Any], input: dict[str, Any], specs: dict[str, pb.ToolSpec]) -> pb.Decision:  # noqa: A002
+    messages = [("system", _system(specs)), ("user", input["goal"])]
     for step in memo["transcript"]:
         messages.append(("assistant", step["reply"]))
         if step["problem"]:
@@ -147,14 +214,18 @@ def _think(memo: dict[str, Any], input: dict[str, Any], goal: str, tools: list[s
 
 def _act(memo: dict[str, Any], call: dict[str, Any], step: int, network: bool) -> pb.Decision:
     action = pb.Action(key=f"act.{step}", timeout_s=STEP_TIMEOUT_S)
+    files = {name: text.encode() for name, text in call.get("files", {}).items()}
     action.exec.CopyFrom(
-        pb.ExecAction(tool=call["tool"], args_json=json.dumps(call["args"]), network=network)
+        pb.ExecAction(tool=call["tool"], args_json=json.dumps(call["args"]), files=files, network=network)
     )
     return pb.Decision(memo_json=json.dumps(memo), actions=[action])
 
 
 def _observation(result: pb.ActionResult) -> str:
-    text = (result.stdout + result.stderr).strip() or "(no output)"
+    text = (result.stdout + result.stderr).strip()
+    if result.output_json and result.output_json.strip() not in ("", "{}"):
+        text = (text + "\n" if text else "") + f"Output: {result.output_json}"
+    text = text or "(no output)"
     if len(text) > OBSERVATION_CHARS:
         text = text[:OBSERVATION_CHARS] + "\n[truncated]"
     status = "ok" if result.status == pb.ACTION_STATUS_OK else (result.error.message or "failed")

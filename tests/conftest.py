@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ import pytest
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS, Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
+from tests.postgres import REQUIRED_ENV, PostgresServer, find_bin_dir
 
 
 def _run_mesh(root: Path, request: pytest.FixtureRequest, **kwargs: object) -> Iterator[Mesh]:
@@ -68,6 +70,29 @@ def shared_dir() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of the suite's own (tests/postgres.py); skipped where none is installed,
+    unless scripts/test asked for it (then that is a failure)."""
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        if os.environ.get(REQUIRED_ENV) == "required":
+            pytest.fail("PostgreSQL is required (scripts/test) but no initdb was found")
+        pytest.skip("no PostgreSQL server installed (scripts/test installs one)")
+    server = PostgresServer(bin_dir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database on the suite's PostgreSQL server."""
+    return postgres_server.new_database()
 
 
 @pytest.hookimpl(wrapper=True)

@@ -21,6 +21,9 @@ class CoordinatorConfig(CommonConfig):
     decide_timeout_s: float = setting(30.0, "timeout of one planner call")
     cancel_grace_s: float = setting(2.0, "time in-flight actions get to acknowledge a cancel")
     db_synchronous: str = setting("FULL", "SQLite synchronous mode: FULL (fsync per commit) or NORMAL")
+    store_url: str = setting(
+        "", "postgresql://user@host:port/db to keep tasks in PostgreSQL (default: SQLite in data_dir)"
+    )
     api_keys: str = setting("", "tenant=key,tenant2=key2 (else api_keys_file, else a generated default key)")
     api_keys_file: str = setting("", "file of `tenant:sha256(key)` lines")
     prices: str = setting(DEFAULT_PRICES, "USD per unit: tokens_in, tokens_out, gpu_ms, cpu_ms, wall_ms")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from protos.agentmesh.v1 import agent_service_pb2, agent_service_pb2_grpc
 from services.coordinator.auth import load_keyring
+from services.coordinator.backends import backend_for
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.core import Limits, TaskManager
 from services.coordinator.pricing import PriceTable
@@ -27,7 +28,9 @@ class CoordinatorService(Service):
 
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
-        self.store = Store(Path(config.data_dir) / DB_FILE, synchronous=config.db_synchronous)
+        self.store = Store(
+            backend_for(Path(config.data_dir), config.store_url, config.db_synchronous, DB_FILE)
+        )
         self.workers: Workers | None = None
         self.manager: TaskManager | None = None
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import sqlite3
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -18,6 +17,9 @@ from protos.agentmesh.v1 import common_pb2 as pb
 from services.coordinator.store import EventRow, append_events
 from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.runtime.wire import STATE_NAMES, TERMINAL_STATES
+
+# sqlite3's connection, or backends.PgConnection, which reads the same.
+Connection = Any
 
 QUEUED, RUNNING, WAITING = pb.TASK_STATE_QUEUED, pb.TASK_STATE_RUNNING, pb.TASK_STATE_WAITING
 SUCCEEDED, FAILED, CANCELLED = pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED, pb.TASK_STATE_CANCELLED
@@ -93,7 +95,7 @@ def state_event(state: int, **extra: Any) -> tuple[str, str]:
     return "state", json.dumps(data)
 
 
-def get_task(conn: sqlite3.Connection, task_id: str, tenant: str | None = None) -> pb.Task:
+def get_task(conn: Connection, task_id: str, tenant: str | None = None) -> pb.Task:
     """The task, or NotFound; with `tenant`, another tenant's task is NotFound too."""
     row = conn.execute(f"SELECT {TASK_COLUMNS} FROM {TASK_FROM} WHERE t.id = ?", (task_id,)).fetchone()
     if row is None or (tenant is not None and row[1] != tenant):
@@ -102,7 +104,7 @@ def get_task(conn: sqlite3.Connection, task_id: str, tenant: str | None = None) 
 
 
 def insert_task(
-    conn: sqlite3.Connection, task: pb.Task, request_hash: str, parent_action: str = ""
+    conn: Connection, task: pb.Task, request_hash: str, parent_action: str = ""
 ) -> tuple[pb.Task, bool, list[EventRow]]:
     """Insert a QUEUED task; (task, created, events). An idempotency key reused with the same request
     returns the first task; with a different request it is refused."""
@@ -150,7 +152,7 @@ def insert_task(
 
 
 def list_tasks(
-    conn: sqlite3.Connection, tenant: str, state: int, limit: int, cursor: str
+    conn: Connection, tenant: str, state: int, limit: int, cursor: str
 ) -> tuple[list[pb.Task], str]:
     clauses, params = ["t.tenant = ?"], [tenant]
     if state:
@@ -169,7 +171,7 @@ def list_tasks(
 
 
 def set_state(
-    conn: sqlite3.Connection,
+    conn: Connection,
     task_id: str,
     state: int,
     *,
@@ -186,7 +188,7 @@ def set_state(
 
 
 def finish(
-    conn: sqlite3.Connection,
+    conn: Connection,
     task_id: str,
     state: int,
     *,
@@ -220,7 +222,7 @@ def finish(
     return append_events(conn, task_id, [state_event(state, **data)], now)
 
 
-def wake_durably(conn: sqlite3.Connection, task_id: str | None) -> None:
+def wake_durably(conn: Connection, task_id: str | None) -> None:
     """Make a WAITING task due now. The wake-up sweep picks it up, also after a restart; an
     in-memory wake only makes it sooner."""
     if task_id:
@@ -229,13 +231,13 @@ def wake_durably(conn: sqlite3.Connection, task_id: str | None) -> None:
         )
 
 
-def is_terminal(conn: sqlite3.Connection, task_id: str) -> bool:
+def is_terminal(conn: Connection, task_id: str) -> bool:
     row = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
     return row is None or row[0] in TERMINAL_STATES
 
 
 def request_cancel(
-    conn: sqlite3.Connection, task_id: str, tenant: str | None, reason: str
+    conn: Connection, task_id: str, tenant: str | None, reason: str
 ) -> tuple[pb.Task, bool, list[EventRow]]:
     """Record the cancel intent durably. Returns (task, newly_requested, events).
     Idempotent; FailedPrecondition for a task that finished other than by cancellation."""
@@ -258,12 +260,12 @@ def request_cancel(
     return task, True, events
 
 
-def unfinished_children(conn: sqlite3.Connection, parent_id: str) -> list[str]:
+def unfinished_children(conn: Connection, parent_id: str) -> list[str]:
     rows = conn.execute("SELECT id FROM tasks WHERE parent_id = ? AND state IN (1, 2, 3)", (parent_id,))
     return [r[0] for r in rows]
 
 
-def events_after(conn: sqlite3.Connection, task_id: str, after_seq: int, limit: int) -> list[EventRow]:
+def events_after(conn: Connection, task_id: str, after_seq: int, limit: int) -> list[EventRow]:
     rows = conn.execute(
         "SELECT task_id, seq, ts, kind, data FROM events WHERE task_id = ? AND seq > ? ORDER BY seq LIMIT ?",
         (task_id, after_seq, limit),
@@ -271,13 +273,13 @@ def events_after(conn: sqlite3.Connection, task_id: str, after_seq: int, limit: 
     return [EventRow(*r) for r in rows]
 
 
-def task_progress(conn: sqlite3.Connection, task_id: str) -> tuple[int, int] | None:
+def task_progress(conn: Connection, task_id: str) -> tuple[int, int] | None:
     """(state, last_seq) of a task, or None if it does not exist."""
     return conn.execute("SELECT state, last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
 
 
 def add_input(
-    conn: sqlite3.Connection, task_id: str, tenant: str, data_json: str
+    conn: Connection, task_id: str, tenant: str, data_json: str
 ) -> tuple[pb.Task, list[EventRow]]:
     task = get_task(conn, task_id, tenant)
     if task.state in TERMINAL_STATES:
@@ -297,7 +299,7 @@ def add_input(
     return task, events
 
 
-def take_input(conn: sqlite3.Connection, task_id: str, action_id: str) -> str | None:
+def take_input(conn: Connection, task_id: str, action_id: str) -> str | None:
     """The oldest unconsumed input, marked consumed by `action_id`; an action that already consumed
     one (before a crash) gets the same one back."""
     row = conn.execute(
@@ -318,7 +320,7 @@ def take_input(conn: sqlite3.Connection, task_id: str, action_id: str) -> str | 
 
 
 def load_decision(
-    conn: sqlite3.Connection, task_id: str, seq: int
+    conn: Connection, task_id: str, seq: int
 ) -> tuple[pb.Decision, float, dict[str, pb.ActionResult]]:
     body, created_at = conn.execute(
         "SELECT body, created_at FROM decisions WHERE task_id = ? AND seq = ?", (task_id, seq)
@@ -336,7 +338,7 @@ def load_decision(
 
 
 def save_decision(
-    conn: sqlite3.Connection, task_id: str, seq: int, decision: pb.Decision, summary: dict[str, Any]
+    conn: Connection, task_id: str, seq: int, decision: pb.Decision, summary: dict[str, Any]
 ) -> tuple[float, list[EventRow]]:
     """The checkpoint: the decision (holding the agent's new memo), atomically with its event."""
     now = time.time()
@@ -352,7 +354,7 @@ def save_decision(
 
 
 def save_result(
-    conn: sqlite3.Connection,
+    conn: Connection,
     task_id: str,
     decision_seq: int,
     result: pb.ActionResult,
@@ -364,7 +366,9 @@ def save_result(
     if is_terminal(conn, task_id):
         return None
     conn.execute(
-        "INSERT OR REPLACE INTO results (task_id, action_id, decision_seq, body) VALUES (?, ?, ?, ?)",
+        "INSERT INTO results (task_id, action_id, decision_seq, body) VALUES (?, ?, ?, ?) "
+        "ON CONFLICT (task_id, action_id) DO UPDATE SET decision_seq = excluded.decision_seq, "
+        "body = excluded.body",
         (task_id, result.action_id, decision_seq, result.SerializeToString()),
     )
     conn.execute(
@@ -374,14 +378,14 @@ def save_result(
     return append_events(conn, task_id, events)
 
 
-def append_if_live(conn: sqlite3.Connection, task_id: str, events: list[tuple[str, str]]) -> list[EventRow]:
+def append_if_live(conn: Connection, task_id: str, events: list[tuple[str, str]]) -> list[EventRow]:
     if is_terminal(conn, task_id):
         return []
     return append_events(conn, task_id, events)
 
 
 def park(
-    conn: sqlite3.Connection,
+    conn: Connection,
     task_id: str,
     wake_at: float | None,
     prompt: str,
@@ -408,7 +412,7 @@ def park(
     return append_events(conn, task_id, [*events, state_event(WAITING)], now)
 
 
-def due_wakeups(conn: sqlite3.Connection, now: float, limit: int) -> list[tuple[str, str, int]]:
+def due_wakeups(conn: Connection, now: float, limit: int) -> list[tuple[str, str, int]]:
     return conn.execute(
         "SELECT id, tenant, priority FROM tasks "
         "WHERE wake_at IS NOT NULL AND wake_at <= ? AND state = ? LIMIT ?",
@@ -416,7 +420,7 @@ def due_wakeups(conn: sqlite3.Connection, now: float, limit: int) -> list[tuple[
     ).fetchall()
 
 
-def resumable(conn: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
+def resumable(conn: Connection) -> list[tuple[str, str, int, int]]:
     """Tasks to put back in the queue at start: RUNNING first (they were mid-flight), then QUEUED."""
     return conn.execute(
         "SELECT id, tenant, priority, state FROM tasks WHERE state IN (?, ?) ORDER BY state DESC, id",
@@ -424,21 +428,21 @@ def resumable(conn: sqlite3.Connection) -> list[tuple[str, str, int, int]]:
     ).fetchall()
 
 
-def counts_by_state(conn: sqlite3.Connection) -> dict[int, int]:
+def counts_by_state(conn: Connection) -> dict[int, int]:
     return dict(conn.execute("SELECT state, COUNT(*) FROM tasks GROUP BY state").fetchall())
 
 
-def started_actions(conn: sqlite3.Connection, task_id: str, action_ids: list[str]) -> set[str]:
+def started_actions(conn: Connection, task_id: str, action_ids: list[str]) -> set[str]:
     """Which of `action_ids` were announced as started: they may have run before a crash."""
     rows = conn.execute(
-        "SELECT json_extract(data, '$.action_id') FROM events WHERE task_id = ? AND kind = 'action.started'",
-        (task_id,),
-    )
+        "SELECT data FROM events WHERE task_id = ? AND kind = 'action.started'", (task_id,)
+    ).fetchall()
     wanted = set(action_ids)
-    return {r[0] for r in rows if r[0] in wanted}
+    # Parsed here rather than in SQL: SQLite and PostgreSQL spell JSON access differently.
+    return {started for (data,) in rows if (started := json.loads(data).get("action_id")) in wanted}
 
 
-def children_of(conn: sqlite3.Connection, parent_id: str, action_id: str) -> list[pb.Task]:
+def children_of(conn: Connection, parent_id: str, action_id: str) -> list[pb.Task]:
     rows = conn.execute(
         f"SELECT {TASK_COLUMNS} FROM {TASK_FROM} WHERE t.parent_id = ? AND t.parent_action = ? ORDER BY t.id",
         (parent_id, action_id),
@@ -446,6 +450,6 @@ def children_of(conn: sqlite3.Connection, parent_id: str, action_id: str) -> lis
     return [row_to_task(r) for r in rows]
 
 
-def parent_of(conn: sqlite3.Connection, task_id: str) -> str | None:
+def parent_of(conn: Connection, task_id: str) -> str | None:
     row = conn.execute("SELECT parent_id FROM tasks WHERE id = ?", (task_id,)).fetchone()
     return row[0] if row else None

@@ -1,5 +1,6 @@
-"""The coordinator's store (group commit on one writer thread) and its record operations, on a real
-SQLite file in tmp_path. Each test drives the store from its own event loop with `asyncio.run`."""
+"""The coordinator's store (group commit on one writer thread) and its record operations, on both
+backends: a real SQLite file in tmp_path, and a database of its own on the suite's PostgreSQL server.
+Each test drives the store from its own event loop with `asyncio.run`."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.coordinator import records
+from services.coordinator.backends import Backend, PostgresBackend
 from services.coordinator.store import Store, append_events
 from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
 
@@ -22,9 +24,17 @@ T = TypeVar("T")
 BOUND_S = 20.0  # every wait in these tests is bounded
 
 
-def with_store(tmp_path: Path, body: Callable[[Store], Awaitable[T]], **kwargs: Any) -> T:
+@pytest.fixture(params=["sqlite", "postgres"])
+def where(request: pytest.FixtureRequest, tmp_path: Path) -> Path | Backend:
+    """Where a test's store keeps its tables; the same place each time the test opens it."""
+    if request.param == "sqlite":
+        return tmp_path / "store.db"
+    return PostgresBackend(request.getfixturevalue("postgres_server").new_database())
+
+
+def with_store(where: Path | Backend, body: Callable[[Store], Awaitable[T]], **kwargs: Any) -> T:
     async def main() -> T:
-        store = Store(tmp_path / "store.db", **kwargs)
+        store = Store(where, **kwargs)
         await store.start()
         try:
             return await asyncio.wait_for(body(store), BOUND_S)
@@ -34,7 +44,7 @@ def with_store(tmp_path: Path, body: Callable[[Store], Awaitable[T]], **kwargs: 
     return asyncio.run(main())
 
 
-def in_store(tmp_path: Path, *ops: Callable[[sqlite3.Connection], Any]) -> list[Any]:
+def in_store(where: Path | Backend, *ops: Callable[[sqlite3.Connection], Any]) -> list[Any]:
     """Run each op in turn (one transaction each); their values, or the exception each raised."""
 
     async def body(store: Store) -> list[Any]:
@@ -46,7 +56,7 @@ def in_store(tmp_path: Path, *ops: Callable[[sqlite3.Connection], Any]) -> list[
                 out.append(exc)
         return out
 
-    return with_store(tmp_path, body)
+    return with_store(where, body)
 
 
 def make_task(task_id: str = "t1", tenant: str = "alpha", key: str = "", **fields: Any) -> pb.Task:
@@ -87,13 +97,13 @@ def test_run_returns_the_operations_value_after_commit(tmp_path):
             other.close()
         return task, created, rows, count
 
-    task, created, rows, count = with_store(tmp_path, body)
+    task, created, rows, count = with_store(tmp_path / "store.db", body)
     assert created and task.id == "t1" and task.state == records.QUEUED
     assert [(r.seq, r.kind) for r in rows] == [(1, "state")]
     assert count == 1
 
 
-def test_operations_queued_together_commit_in_one_batch(tmp_path):
+def test_operations_queued_together_commit_in_one_batch(where):
     gate = threading.Event()
 
     def first(conn: sqlite3.Connection) -> str:
@@ -108,7 +118,7 @@ def test_operations_queued_together_commit_in_one_batch(tmp_path):
         values = await asyncio.gather(*futures)
         return values, store.commits, store.operations
 
-    values, commits, operations = with_store(tmp_path, body)
+    values, commits, operations = with_store(where, body)
     assert len(values) == 200 and values[0] == "first"
     assert all(created for _, created, _ in values[1:])
     assert operations == 200
@@ -116,7 +126,7 @@ def test_operations_queued_together_commit_in_one_batch(tmp_path):
     assert commits < operations
 
 
-def test_a_batch_is_never_larger_than_max_batch(tmp_path):
+def test_a_batch_is_never_larger_than_max_batch(where):
     gate = threading.Event()
 
     async def body(store: Store) -> tuple[int, int]:
@@ -126,12 +136,12 @@ def test_a_batch_is_never_larger_than_max_batch(tmp_path):
         await asyncio.gather(*futures)
         return store.commits, store.operations
 
-    commits, operations = with_store(tmp_path, body, max_batch=10)
+    commits, operations = with_store(where, body, max_batch=10)
     assert operations == 100
     assert commits >= 10
 
 
-def test_an_operation_that_raises_is_rolled_back_alone(tmp_path):
+def test_an_operation_that_raises_is_rolled_back_alone(where):
     gate = threading.Event()
 
     def failing(conn: sqlite3.Connection) -> None:
@@ -150,7 +160,7 @@ def test_an_operation_that_raises_is_rolled_back_alone(tmp_path):
         doomed_events = await store.run(lambda c: records.events_after(c, "doomed", 0, 10))
         return outcomes, commits, ids, doomed_events
 
-    outcomes, commits, ids, doomed_events = with_store(tmp_path, body)
+    outcomes, commits, ids, doomed_events = with_store(where, body)
     assert isinstance(outcomes[2], ValueError) and str(outcomes[2]) == "boom"
     assert outcomes[1][1] is True and outcomes[3][1] is True
     assert ids == ["after", "before"]
@@ -173,13 +183,13 @@ def test_an_sqlite_error_in_one_operation_does_not_spoil_its_batch(tmp_path):
         ids = await store.run(lambda c: [r[0] for r in c.execute("SELECT id FROM tasks ORDER BY id")])
         return outcomes, ids
 
-    outcomes, ids = with_store(tmp_path, body)
+    outcomes, ids = with_store(tmp_path / "store.db", body)
     assert isinstance(outcomes[2], sqlite3.IntegrityError)
     assert outcomes[1][1] is True and outcomes[3][1] is True
     assert ids == ["t1", "t2"]
 
 
-def test_on_commit_runs_even_when_the_waiter_gave_up(tmp_path):
+def test_on_commit_runs_even_when_the_waiter_gave_up(where):
     """A caller interrupted while its write is queued (a cancelled task) must not silence what the
     write committed: `on_commit` still runs; a failed write never calls it."""
 
@@ -198,7 +208,7 @@ def test_on_commit_runs_even_when_the_waiter_gave_up(tmp_path):
             await failing
         return seen, waiter.cancelled()
 
-    seen, cancelled = with_store(tmp_path, body)
+    seen, cancelled = with_store(where, body)
     assert cancelled and seen == ["committed"]
 
 
@@ -208,16 +218,16 @@ def test_run_before_start_is_refused(tmp_path):
         store.run(lambda c: None)
 
 
-def test_data_survives_close_and_reopen(tmp_path):
-    in_store(tmp_path, insert("t1"))
-    (task,) = in_store(tmp_path, lambda c: records.get_task(c, "t1"))
+def test_data_survives_close_and_reopen(where):
+    in_store(where, insert("t1"))
+    (task,) = in_store(where, lambda c: records.get_task(c, "t1"))
     assert task.id == "t1" and task.last_seq == 1
 
 
 # ---------------------------------------------------------------- events
 
 
-def test_append_events_gives_dense_per_task_seqs(tmp_path):
+def test_append_events_gives_dense_per_task_seqs(where):
     def op(conn: sqlite3.Connection) -> Any:
         records.insert_task(conn, make_task("a"), "h")
         records.insert_task(conn, make_task("b"), "h")
@@ -227,7 +237,7 @@ def test_append_events_gives_dense_per_task_seqs(tmp_path):
         none = append_events(conn, "a", [])
         return first, other, second, none, events(conn, "a"), records.task_progress(conn, "a")
 
-    ((first, other, second, none, all_a, progress),) = in_store(tmp_path, op)
+    ((first, other, second, none, all_a, progress),) = in_store(where, op)
     assert [(r.task_id, r.seq, r.kind, r.ts) for r in first] == [("a", 2, "log", 5.0), ("a", 3, "log", 5.0)]
     assert [r.seq for r in other] == [2]
     assert [r.seq for r in second] == [4]
@@ -236,20 +246,20 @@ def test_append_events_gives_dense_per_task_seqs(tmp_path):
     assert progress == (records.QUEUED, 4)
 
 
-def test_events_after_pages_from_a_seq(tmp_path):
+def test_events_after_pages_from_a_seq(where):
     def op(conn: sqlite3.Connection) -> Any:
         records.insert_task(conn, make_task("a"), "h")
         append_events(conn, "a", [("log", json.dumps({"n": i})) for i in range(5)])
         return records.events_after(conn, "a", 2, 2), records.events_after(conn, "a", 6, 10)
 
-    ((page, tail),) = in_store(tmp_path, op)
+    ((page, tail),) = in_store(where, op)
     assert [e.seq for e in page] == [3, 4]
     assert tail == []
 
 
-def test_seqs_stay_dense_across_transactions(tmp_path):
+def test_seqs_stay_dense_across_transactions(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("a"),
         lambda c: append_events(c, "a", [("log", "{}")]),
         lambda c: records.set_state(c, "a", records.RUNNING),
@@ -261,8 +271,8 @@ def test_seqs_stay_dense_across_transactions(tmp_path):
 # ---------------------------------------------------------------- insert_task and idempotency
 
 
-def test_insert_task_stores_the_task_and_a_queued_event(tmp_path):
-    results = in_store(tmp_path, insert("t1"), lambda c: (records.get_task(c, "t1"), events(c, "t1")))
+def test_insert_task_stores_the_task_and_a_queued_event(where):
+    results = in_store(where, insert("t1"), lambda c: (records.get_task(c, "t1"), events(c, "t1")))
     task, created, rows = results[0]
     stored, evs = results[1]
     assert created
@@ -271,9 +281,9 @@ def test_insert_task_stores_the_task_and_a_queued_event(tmp_path):
     assert [r.seq for r in rows] == [1]
 
 
-def test_same_idempotency_key_and_hash_returns_the_first_task(tmp_path):
+def test_same_idempotency_key_and_hash_returns_the_first_task(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("first", key="k1", request_hash="same"),
         insert("second", key="k1", request_hash="same"),
         lambda c: c.execute("SELECT COUNT(*) FROM tasks").fetchone()[0],
@@ -287,9 +297,9 @@ def test_same_idempotency_key_and_hash_returns_the_first_task(tmp_path):
     assert results[2] == 1
 
 
-def test_same_idempotency_key_with_a_different_request_is_refused(tmp_path):
+def test_same_idempotency_key_with_a_different_request_is_refused(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("first", key="k1", request_hash="one"),
         insert("second", key="k1", request_hash="two"),
         lambda c: c.execute("SELECT id FROM tasks").fetchall(),
@@ -301,9 +311,9 @@ def test_same_idempotency_key_with_a_different_request_is_refused(tmp_path):
     assert results[2] == [("first",)]
 
 
-def test_idempotency_keys_are_per_tenant(tmp_path):
+def test_idempotency_keys_are_per_tenant(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("a1", tenant="alpha", key="k", request_hash="one"),
         insert("b1", tenant="beta", key="k", request_hash="two"),
     )
@@ -311,18 +321,18 @@ def test_idempotency_keys_are_per_tenant(tmp_path):
     assert results[1][0].id == "b1"
 
 
-def test_tasks_without_a_key_are_never_deduplicated(tmp_path):
-    results = in_store(tmp_path, insert("t1"), insert("t2"))
+def test_tasks_without_a_key_are_never_deduplicated(where):
+    results = in_store(where, insert("t1"), insert("t2"))
     assert results[0][1] and results[1][1]
 
 
 # ---------------------------------------------------------------- finish and cancel
 
 
-def test_finish_sets_the_terminal_state_and_its_event_is_last(tmp_path):
+def test_finish_sets_the_terminal_state_and_its_event_is_last(where):
     error = pb.TaskError(reason="STEP_FAILED", message="step(s) failed: a")
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.set_state(c, "t1", records.RUNNING),
         lambda c: records.finish(
@@ -344,9 +354,9 @@ def test_finish_sets_the_terminal_state_and_its_event_is_last(tmp_path):
     )
 
 
-def test_finish_on_a_terminal_task_is_a_no_op(tmp_path):
+def test_finish_on_a_terminal_task_is_a_no_op(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.finish(c, "t1", records.SUCCEEDED, result_json='"first"', now=10.0),
         lambda c: records.finish(c, "t1", records.FAILED, result_json='"second"', now=20.0),
@@ -360,14 +370,14 @@ def test_finish_on_a_terminal_task_is_a_no_op(tmp_path):
     assert len(evs) == 2
 
 
-def test_finish_of_a_missing_task_is_a_no_op(tmp_path):
-    assert in_store(tmp_path, lambda c: records.finish(c, "nope", records.FAILED)) == [[]]
+def test_finish_of_a_missing_task_is_a_no_op(where):
+    assert in_store(where, lambda c: records.finish(c, "nope", records.FAILED)) == [[]]
 
 
-def test_nothing_is_appended_after_the_terminal_event(tmp_path):
+def test_nothing_is_appended_after_the_terminal_event(where):
     result = pb.ActionResult(action_id="t1/1/0", key="a", status=pb.ACTION_STATUS_OK)
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.finish(c, "t1", records.CANCELLED),
         lambda c: records.save_result(c, "t1", 1, result, pb.Cost(), [("action.finished", "{}")]),
@@ -381,9 +391,9 @@ def test_nothing_is_appended_after_the_terminal_event(tmp_path):
     assert results[5][-1] == (2, "state", {"state": "CANCELLED", "terminal": True})
 
 
-def test_request_cancel_records_the_intent_once(tmp_path):
+def test_request_cancel_records_the_intent_once(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.request_cancel(c, "t1", "alpha", "user asked"),
         lambda c: records.request_cancel(c, "t1", "alpha", "asked again"),
@@ -399,9 +409,9 @@ def test_request_cancel_records_the_intent_once(tmp_path):
     assert evs[-1] == (2, "log", {"message": "cancel requested", "reason": "user asked"})
 
 
-def test_request_cancel_of_a_cancelled_task_is_a_quiet_success(tmp_path):
+def test_request_cancel_of_a_cancelled_task_is_a_quiet_success(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.finish(c, "t1", records.CANCELLED),
         lambda c: records.request_cancel(c, "t1", None, "again"),
@@ -411,9 +421,9 @@ def test_request_cancel_of_a_cancelled_task_is_a_quiet_success(tmp_path):
 
 
 @pytest.mark.parametrize(("state", "name"), [(records.SUCCEEDED, "SUCCEEDED"), (records.FAILED, "FAILED")])
-def test_request_cancel_of_a_finished_task_is_a_failed_precondition(tmp_path, state, name):
+def test_request_cancel_of_a_finished_task_is_a_failed_precondition(where, state, name):
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.finish(c, "t1", state),
         lambda c: records.request_cancel(c, "t1", "alpha", "too late"),
@@ -426,17 +436,17 @@ def test_request_cancel_of_a_finished_task_is_a_failed_precondition(tmp_path, st
     assert results[3] is False
 
 
-def test_request_cancel_of_another_tenants_task_is_not_found(tmp_path):
-    results = in_store(tmp_path, insert("t1"), lambda c: records.request_cancel(c, "t1", "beta", "x"))
+def test_request_cancel_of_another_tenants_task_is_not_found(where):
+    results = in_store(where, insert("t1"), lambda c: records.request_cancel(c, "t1", "beta", "x"))
     assert isinstance(results[1], NotFound)
 
 
 # ---------------------------------------------------------------- inputs and parking
 
 
-def test_park_refuses_while_an_unconsumed_input_waits(tmp_path):
+def test_park_refuses_while_an_unconsumed_input_waits(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.set_state(c, "t1", records.RUNNING),
         lambda c: records.add_input(c, "t1", "alpha", '{"approved": true}'),
@@ -449,9 +459,9 @@ def test_park_refuses_while_an_unconsumed_input_waits(tmp_path):
     assert progress == (records.RUNNING, 3)  # nothing appended by the refused park
 
 
-def test_park_moves_to_waiting_when_no_input_waits(tmp_path):
+def test_park_moves_to_waiting_when_no_input_waits(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.set_state(c, "t1", records.RUNNING),
         lambda c: records.park(c, "t1", 1234.5, "ship it?", True, [("input.requested", "{}")]),
@@ -464,9 +474,9 @@ def test_park_moves_to_waiting_when_no_input_waits(tmp_path):
     assert due == [("t1", "alpha", 0)]
 
 
-def test_park_for_a_timer_ignores_queued_inputs(tmp_path):
+def test_park_for_a_timer_ignores_queued_inputs(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.add_input(c, "t1", "alpha", "1"),
         lambda c: records.park(c, "t1", 99.0, "", False, []),
@@ -474,9 +484,9 @@ def test_park_for_a_timer_ignores_queued_inputs(tmp_path):
     assert [r.kind for r in results[2]] == ["state"]
 
 
-def test_take_input_is_stable_for_the_same_action(tmp_path):
+def test_take_input_is_stable_for_the_same_action(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.add_input(c, "t1", "alpha", '"one"'),
         lambda c: records.add_input(c, "t1", "alpha", '"two"'),
@@ -489,9 +499,9 @@ def test_take_input_is_stable_for_the_same_action(tmp_path):
     assert results[3:] == ['"one"', '"one"', '"two"', None, '"one"']
 
 
-def test_add_input_is_refused_for_a_finished_task(tmp_path):
+def test_add_input_is_refused_for_a_finished_task(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("t1"),
         lambda c: records.finish(c, "t1", records.SUCCEEDED),
         lambda c: records.add_input(c, "t1", "alpha", "1"),
@@ -502,9 +512,9 @@ def test_add_input_is_refused_for_a_finished_task(tmp_path):
 # ---------------------------------------------------------------- reading tasks
 
 
-def test_get_task_of_another_tenant_is_not_found(tmp_path):
+def test_get_task_of_another_tenant_is_not_found(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("t1", tenant="alpha"),
         lambda c: records.get_task(c, "t1", "beta"),
         lambda c: records.get_task(c, "missing", "alpha"),
@@ -517,7 +527,7 @@ def test_get_task_of_another_tenant_is_not_found(tmp_path):
     assert results[3:] == ["t1", "t1"]
 
 
-def test_list_tasks_pages_newest_first_with_a_cursor(tmp_path):
+def test_list_tasks_pages_newest_first_with_a_cursor(where):
     ops = [insert(f"t{i}", tenant="alpha") for i in range(1, 6)]
     ops += [insert(f"t{i}", tenant="beta") for i in range(6, 8)]
 
@@ -530,23 +540,23 @@ def test_list_tasks_pages_newest_first_with_a_cursor(tmp_path):
                 return out
         raise AssertionError("the cursor never ran out")
 
-    results = in_store(tmp_path, *ops, pages)
+    results = in_store(where, *ops, pages)
     assert results[-1] == [(["t5", "t4"], "t4"), (["t3", "t2"], "t2"), (["t1"], "")]
 
 
-def test_list_tasks_has_no_cursor_when_the_last_page_is_exactly_full(tmp_path):
+def test_list_tasks_has_no_cursor_when_the_last_page_is_exactly_full(where):
     ops = [insert(f"t{i}") for i in range(1, 5)]
     results = in_store(
-        tmp_path,
+        where,
         *ops,
         lambda c: [([t.id for t in ts], cur) for ts, cur in [records.list_tasks(c, "alpha", 0, 2, "t3")]],
     )
     assert results[-1] == [(["t2", "t1"], "")]
 
 
-def test_list_tasks_shows_only_the_callers_tenant_and_filters_by_state(tmp_path):
+def test_list_tasks_shows_only_the_callers_tenant_and_filters_by_state(where):
     results = in_store(
-        tmp_path,
+        where,
         insert("a1", tenant="alpha"),
         insert("a2", tenant="alpha"),
         insert("b1", tenant="beta"),
@@ -559,7 +569,7 @@ def test_list_tasks_shows_only_the_callers_tenant_and_filters_by_state(tmp_path)
     assert results[4:] == [["b1"], ["a1"], ["a2"], ([], "")]
 
 
-def test_task_round_trips_its_fields(tmp_path):
+def test_task_round_trips_its_fields(where):
     def op(conn: sqlite3.Connection) -> pb.Task:
         task = make_task(
             "t1",
@@ -572,7 +582,7 @@ def test_task_round_trips_its_fields(tmp_path):
         records.insert_task(conn, task, "h")
         return records.get_task(conn, "t1")
 
-    (task,) = in_store(tmp_path, op)
+    (task,) = in_store(where, op)
     assert (task.priority, task.budget.usd, task.budget.tokens, task.deadline) == (4, 1.5, 100, 5000.0)
     assert dict(task.labels) == {"team": "data"}
     assert task.idempotency_key == "k"

@@ -11,8 +11,8 @@ import pytest
 
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS, Mesh
+from agentmesh.local_postgres import REQUIRED_ENV, PostgresServer, find_bin_dir
 from protos.agentmesh.v1 import common_pb2 as pb
-from tests.postgres import REQUIRED_ENV, PostgresServer, find_bin_dir
 
 
 def _run_mesh(root: Path, request: pytest.FixtureRequest, **kwargs: object) -> Iterator[Mesh]:

@@ -28,12 +28,30 @@ from agentmesh.local import Mesh  # noqa: E402
 console = Console()
 
 
-def start_mesh(**env: str) -> Mesh:
+def start_mesh(store: str = "sqlite", **env: str) -> Mesh:
+    """A mesh on this machine; with store="postgres", its tasks in a PostgreSQL server of its own
+    (started here on a free loopback port, stopped at exit after the mesh)."""
     root = Path(tempfile.mkdtemp(prefix="agentmesh-bench-"))
     atexit.register(shutil.rmtree, root, ignore_errors=True)  # after the benchmark stopped the mesh
+    if store == "postgres":
+        env = {**env, "AGENTMESH_STORE_URL": _postgres_database()}
+    elif store != "sqlite":
+        raise SystemExit(f"--store: sqlite or postgres, not {store!r}")
     mesh = Mesh(root, extra_env=dict(env))
     mesh.start()
     return mesh
+
+
+def _postgres_database() -> str:
+    from agentmesh.local_postgres import PostgresServer, find_bin_dir
+
+    bin_dir = find_bin_dir()
+    if bin_dir is None:
+        raise SystemExit("no PostgreSQL server installed (scripts/test installs one)")
+    server = PostgresServer(bin_dir)
+    atexit.register(server.stop)  # registered before the mesh's own cleanup: runs after it
+    server.start()
+    return server.new_database()
 
 
 def rss_kb(pid: int) -> int:

@@ -6,7 +6,7 @@ Ours: pipeline tasks of N independent `echo` steps; each action goes coordinator
 events. The floor: a bare grpc.aio unary echo between two processes, at the same concurrency as the
 coordinator's exec in-flight limit. Both on uvloop.
 
-    .venv/bin/python scripts/bench/dispatch.py [--tasks 4 --steps 1000 --concurrency 64]
+    .venv/bin/python scripts/bench/dispatch.py [--tasks 4 --steps 1000 --concurrency 64] [--store postgres]
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument(
         "--rounds", type=int, default=3, help="alternating floor/ours rounds; medians reported"
     )
+    parser.add_argument("--store", default="sqlite", help="sqlite (the default) or postgres")
     opts = parser.parse_args()
     total = opts.tasks * opts.steps
 
@@ -87,7 +88,7 @@ def main() -> None:
     server = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("echo_floor.py")), str(port)], stdout=subprocess.PIPE
     )
-    mesh = start_mesh(AGENTMESH_MAX_INFLIGHT_EXEC=str(opts.concurrency))
+    mesh = start_mesh(opts.store, AGENTMESH_MAX_INFLIGHT_EXEC=str(opts.concurrency))
     floors, rates = [], []
     try:
         assert server.stdout is not None and server.stdout.readline().strip() == b"ready"
@@ -101,7 +102,11 @@ def main() -> None:
     floor_rate, rate = statistics.median(floors), statistics.median(rates)
     rows = [
         {"path": "raw grpc.aio unary echo (floor)", "actions/s": floor_rate, "ratio": 1.0},
-        {"path": "agentmesh echo action, durable", "actions/s": rate, "ratio": rate / floor_rate},
+        {
+            "path": f"agentmesh echo action, durable ({opts.store})",
+            "actions/s": rate,
+            "ratio": rate / floor_rate,
+        },
     ]
     report(
         "dispatch",

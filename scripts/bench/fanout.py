@@ -6,7 +6,7 @@ Each task is a pipeline whose first step spawns `--children` child pipelines (ea
 is submitted at once (256 submits in flight, retrying on 429); the benchmark waits for all of them
 and samples the coordinator's RSS every 50 ms.
 
-    .venv/bin/python scripts/bench/fanout.py [--tasks 1000] [--children 2] [--echo]
+    .venv/bin/python scripts/bench/fanout.py [--tasks 1000] [--children 2] [--echo] [--store postgres]
 """
 
 from __future__ import annotations
@@ -88,11 +88,13 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--children", type=int, default=2)
     parser.add_argument("--echo", action="store_true", help="children run echo (no process)")
+    parser.add_argument("--store", default="sqlite", help="sqlite (the default) or postgres")
     opts = parser.parse_args()
-    mesh = start_mesh()
+    mesh = start_mesh(opts.store)
     try:
         pid = mesh.children["coordinator"].pid
-        row = asyncio.run(measure(mesh.coordinator_addr, pid, opts.tasks, opts.children, opts.echo))
+        row = {"store": opts.store}
+        row.update(asyncio.run(measure(mesh.coordinator_addr, pid, opts.tasks, opts.children, opts.echo)))
     finally:
         mesh.stop()
     report(

@@ -1,5 +1,5 @@
-"""A PostgreSQL server of the tests' own: a fresh cluster in a temp dir, on a free loopback port,
-stopped by its pid. Each test gets a database of its own on it (`new_database`).
+"""A PostgreSQL server of one's own, for tests and benchmarks: a fresh cluster in a temp dir, on a
+free loopback port, stopped by its pid. Each user gets a database of its own on it (`new_database`).
 
 PostgreSQL refuses to run as root; as root the cluster is made and run as the `postgres` user.
 """

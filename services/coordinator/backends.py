@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -148,8 +149,28 @@ class PostgresBackend:
     def connect(self) -> PgConnection:
         import psycopg  # noqa: PLC0415
 
-        raw = psycopg.connect(self.url, autocommit=True)
+        raw = psycopg.connect(
+            self.url,
+            autocommit=True,
+            # A server that stops answering must not hold the store's one thread for minutes.
+            connect_timeout=10,
+            keepalives=1,
+            keepalives_idle=10,
+            keepalives_interval=5,
+            keepalives_count=3,
+            options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        )
         conn = PgConnection(raw)
+        # One coordinator per database until tasks are leased: a second one would resume and run
+        # the first one's tasks too. The lock is the session's: it goes when this connection does.
+        # A coordinator that was killed holds it until the server notices its connection is gone:
+        # at once when its process died, within the keepalive time when its machine did.
+        deadline = time.monotonic() + OWNER_WAIT_S
+        while not conn.execute("SELECT pg_try_advisory_lock(?)", (OWNER_LOCK,)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raw.close()
+                raise StoreInUse(f"another coordinator uses {self.describe()} (waited {OWNER_WAIT_S:g}s)")
+            time.sleep(0.2)
         # Two coordinators starting at once may both create the tables: one at a time.
         conn.execute("BEGIN")
         conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
@@ -173,8 +194,17 @@ class PostgresBackend:
         return f"postgresql://{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
 
 
-# pg_advisory_xact_lock key for creating the schema: "agentmesh" in 8 bytes, as a signed int64.
+# Advisory lock keys (signed int64s): creating the schema, and owning the database.
 SCHEMA_LOCK = int.from_bytes(b"agntmesh", "big", signed=True)
+OWNER_LOCK = int.from_bytes(b"amowner1", "big", signed=True)
+# No statement of the store takes long; one that does means the server is in trouble.
+STATEMENT_TIMEOUT_MS = 60_000
+# How long a starting coordinator waits for the database's previous owner to be gone.
+OWNER_WAIT_S = 40.0
+
+
+class StoreInUse(Exception):
+    """The database is another coordinator's."""
 
 
 class PgConnection:

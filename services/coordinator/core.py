@@ -69,6 +69,8 @@ WORKER_LOST = frozenset({"EXECUTOR_SHUTDOWN", "EXECUTOR_SESSION_LOST", "WORKER_P
 # Of those, the ones where an exec action was (or may have been) running when its worker went away.
 MID_RUN_LOSS = frozenset({"EXECUTOR_SHUTDOWN", "EXECUTOR_SESSION_LOST", "WORKER_PROTOCOL"})
 MAX_WORKER_LOST = 8
+# How long a task's end waits for the results of its cancelled actions to be written.
+LATE_WRITE_WAIT_S = 10.0
 # A sleep this short is waited in memory rather than by parking the task.
 INLINE_SLEEP_S = 1.0
 SWEEP_INTERVAL_S = 0.2
@@ -116,6 +118,9 @@ class TaskRun:
     deadline: float = 0.0
     task: asyncio.Task[None] | None = None
     inflight: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Results of cancelled actions still being written: the task's end waits for them (a result
+    # written after the terminal state is dropped, and its cost with it).
+    late_writes: set[asyncio.Future[Any]] = field(default_factory=set)
     # Exec actions of the loaded decision that were announced as started but have no result: they
     # may have run before a crash (filled by _load, emptied as they are dispatched again).
     maybe_started: set[str] = field(default_factory=set)
@@ -957,10 +962,12 @@ class TaskManager:
                         # joined or collected, never started again.
                         specs = await self.workers.tools.get()
                         known_only = action.id in run.maybe_started and not _may_rerun(action, specs)
-                        run.maybe_started.discard(action.id)
                         result = await self.workers.run_exec(
                             run.task_id, action, timeout, sink, attempt, only_if_known=known_only, spent=spent
                         )
+                        # Asked and answered by the executor; until then (unreachable), the next
+                        # try must still only ask about it, not start it.
+                        run.maybe_started.discard(action.id)
                         if result.error.reason == "UNKNOWN_ACTION":
                             _mark_ambiguous(
                                 result, action, "it was running when the coordinator stopped", specs
@@ -1003,7 +1010,11 @@ class TaskManager:
                 attempt += 1
             payload = json.dumps({"message": note, "action_id": action.id})
             self._tx_nowait(lambda c, n=payload: (None, records.append_if_live(c, run.task_id, [("log", n)])))
-            await asyncio.sleep(delay)
+            try:
+                await asyncio.sleep(delay)
+            except asyncio.CancelledError:  # cut off between attempts: the earlier ones are paid for
+                await self._record_cancelled(run, action, attempt, charged)
+                raise
         await self._record(run, result)
         return result
 
@@ -1017,6 +1028,8 @@ class TaskManager:
             why = f"the task failed ({run.fail_error.reason})"
         elif run.interrupt:
             why = "the task was cancelled"
+        elif run.finishing:
+            why = "the task ended"
         elif run.decision is not None and run.decision.fail_fast:
             why = "a fail-fast sibling failed"
         else:
@@ -1029,8 +1042,11 @@ class TaskManager:
             error=pb.TaskError(reason="CANCELLED", message=why),
             cost=spent,
         )
-        # Shielded: the write must land though the caller is being cancelled.
-        await asyncio.shield(self._record(run, result))
+        # Shielded: the write must land though the caller is being cancelled (again).
+        write = asyncio.ensure_future(self._record(run, result))
+        run.late_writes.add(write)
+        write.add_done_callback(run.late_writes.discard)
+        await asyncio.shield(write)
 
     async def _record(self, run: TaskRun, result: pb.ActionResult) -> None:
         """Persist an action's result with the task's new cost; stop the task if it passed its budget."""
@@ -1065,10 +1081,13 @@ class TaskManager:
         def op(conn: Any) -> tuple[None, list[EventRow] | None]:
             return None, records.save_result(conn, run.task_id, decision_seq, result, total, events)
 
-        await self._tx(op)
+        # The run's own view moves before the write is awaited: records that overlap (siblings
+        # cancelled together) each add to the total the one before left, and the store applies
+        # their writes in this same order.
         count_spend(run.agent, result.cost)
         run.results[result.action_id] = result
         run.cost = total
+        await self._tx(op)
         over = _over_budget(total, run.budget)
         if over:
             BUDGET_EXCEEDED.labels(run.agent).inc()
@@ -1080,6 +1099,8 @@ class TaskManager:
             t.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=self.limits.cancel_grace_s)
+        if run.late_writes:  # store writes: quick, but they must land before the terminal state
+            await asyncio.wait(set(run.late_writes), timeout=LATE_WRITE_WAIT_S)
         run.inflight = set()
 
     async def _finish(

@@ -39,7 +39,9 @@ class CoordinatorService(Service):
         keys = load_keyring(cfg.api_keys, cfg.api_keys_file, Path(cfg.data_dir))
         await self.store.start()
         # Channels belong to the running loop: made here, not in __init__.
-        self.workers = Workers(cfg.planner_addr, cfg.executor_addr, cfg.inference_addr)
+        self.workers = Workers(
+            cfg.planner_addr, cfg.executor_addr, cfg.inference_addr, cancel_grace_s=cfg.cancel_grace_s
+        )
         limits = Limits(
             max_running=cfg.max_running,
             max_queued=cfg.max_queued,

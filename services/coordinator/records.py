@@ -180,11 +180,14 @@ def set_state(
     **event_data: Any,
 ) -> list[EventRow]:
     now = time.time() if now is None else now
-    conn.execute(
-        "UPDATE tasks SET state = ?, updated_at = ?, wake_at = NULL, input_prompt = '' WHERE id = ?",
-        (state, now, task_id),
+    return append_events(  # type: ignore[return-value] - a missing task raises
+        conn,
+        task_id,
+        [*extra_events, state_event(state, **event_data)],
+        now,
+        also_set="state = ?, updated_at = ?, wake_at = NULL, input_prompt = ''",
+        also_params=(state, now),
     )
-    return append_events(conn, task_id, [*extra_events, state_event(state, **event_data)], now)
 
 
 def finish(
@@ -346,11 +349,15 @@ def save_decision(
         "INSERT INTO decisions (task_id, seq, body, created_at) VALUES (?, ?, ?, ?)",
         (task_id, seq, decision.SerializeToString(), now),
     )
-    conn.execute(
-        "UPDATE tasks SET decisions = ?, updated_at = ? WHERE id = ?",
-        (seq, now, task_id),
+    events = append_events(
+        conn,
+        task_id,
+        [("decision", json.dumps(summary))],
+        now,
+        also_set="decisions = ?, updated_at = ?",
+        also_params=(seq, now),
     )
-    return now, append_events(conn, task_id, [("decision", json.dumps(summary))], now)
+    return now, events  # type: ignore[return-value] - a missing task raises
 
 
 def save_result(
@@ -363,7 +370,15 @@ def save_result(
 ) -> list[EventRow] | None:
     """Persist one action's result and the task's new total cost. None if the task already finished
     (a late result of a cancelled task is dropped, so the terminal event stays last)."""
-    if is_terminal(conn, task_id):
+    rows = append_events(
+        conn,
+        task_id,
+        events,
+        live_only=True,
+        also_set="cost = ?, updated_at = ?",
+        also_params=(cost.SerializeToString(), time.time()),
+    )
+    if rows is None:
         return None
     conn.execute(
         "INSERT INTO results (task_id, action_id, decision_seq, body) VALUES (?, ?, ?, ?) "
@@ -371,17 +386,12 @@ def save_result(
         "body = excluded.body",
         (task_id, result.action_id, decision_seq, result.SerializeToString()),
     )
-    conn.execute(
-        "UPDATE tasks SET cost = ?, updated_at = ? WHERE id = ?",
-        (cost.SerializeToString(), time.time(), task_id),
-    )
-    return append_events(conn, task_id, events)
+    return rows
 
 
 def append_if_live(conn: Connection, task_id: str, events: list[tuple[str, str]]) -> list[EventRow]:
-    if is_terminal(conn, task_id):
-        return []
-    return append_events(conn, task_id, events)
+    """The events, unless the task finished (then nothing: its terminal event stays its last)."""
+    return append_events(conn, task_id, events, live_only=True) or []
 
 
 def park(
@@ -402,14 +412,17 @@ def park(
         ).fetchone()
     ):
         return None
-    if is_terminal(conn, task_id):
-        return []
     now = time.time()
-    conn.execute(
-        "UPDATE tasks SET state = ?, wake_at = ?, input_prompt = ?, updated_at = ? WHERE id = ?",
-        (WAITING, wake_at, prompt, now, task_id),
+    parked = append_events(
+        conn,
+        task_id,
+        [*events, state_event(WAITING)],
+        now,
+        live_only=True,
+        also_set="state = ?, wake_at = ?, input_prompt = ?, updated_at = ?",
+        also_params=(WAITING, wake_at, prompt, now),
     )
-    return append_events(conn, task_id, [*events, state_event(WAITING)], now)
+    return [] if parked is None else parked  # a finished task stays as it is
 
 
 def due_wakeups(conn: Connection, now: float, limit: int) -> list[tuple[str, str, int]]:

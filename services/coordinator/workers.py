@@ -45,14 +45,22 @@ CANCEL_REPORT_S = 1.0
 
 
 class Workers:
-    def __init__(self, planner_addr: str, executor_addr: str, inference_addr: str) -> None:
+    def __init__(
+        self, planner_addr: str, executor_addr: str, inference_addr: str, cancel_grace_s: float = 2.0
+    ) -> None:
         self._channels = [insecure_channel(a) for a in (planner_addr, executor_addr, inference_addr)]
         self.planner = planner_pb2_grpc.PlannerStub(self._channels[0])
         self.executor = executor_pb2_grpc.ExecutorStub(self._channels[1])
         self.inference = inference_pb2_grpc.InferenceStub(self._channels[2])
         self.tools = ToolCatalogue(self.executor)
         # A new session may be a new executor, with other tools: read its catalogue again.
-        self.exec_session = ExecSession(self.executor, on_open=self.tools.mark_stale)
+        # A cancelled action's report is waited for within half the cancel grace (the task's end
+        # waits that grace for its actions, and then for their results to be written).
+        self.exec_session = ExecSession(
+            self.executor,
+            on_open=self.tools.mark_stale,
+            report_wait_s=min(CANCEL_REPORT_S, cancel_grace_s / 2),
+        )
 
     async def close(self) -> None:
         await self.exec_session.close()
@@ -136,6 +144,15 @@ class Workers:
                 if event.final:
                     if unsent:
                         on_output("tokens", "".join(unsent).encode())
+                    if event.finish_reason == "cancelled":
+                        # The worker dropped it (the task's cancel reached it over the bus first).
+                        return pb.ActionResult(
+                            action_id=action.id,
+                            key=action.key,
+                            status=pb.ACTION_STATUS_CANCELLED,
+                            error=pb.TaskError(reason="CANCELLED", message="the generation was cancelled"),
+                            cost=_inference_cost(event.usage, started),
+                        )
                     return pb.ActionResult(
                         action_id=action.id,
                         key=action.key,
@@ -193,13 +210,18 @@ class ExecSession:
     """
 
     def __init__(
-        self, stub: executor_pb2_grpc.ExecutorStub, on_open: Callable[[], None] | None = None
+        self,
+        stub: executor_pb2_grpc.ExecutorStub,
+        on_open: Callable[[], None] | None = None,
+        report_wait_s: float = CANCEL_REPORT_S,
     ) -> None:
         self._stub = stub
+        self.report_wait_s = report_wait_s
         self._on_open = on_open
         self._outbox: asyncio.Queue[executor_pb2.SessionRequest | None] | None = None
         self._pending: dict[tuple[str, int], tuple[asyncio.Future[pb.ActionResult], OutputSink]] = {}
         self._accepted: set[tuple[str, int]] = set()
+        self._late: dict[tuple[str, int], pb.ActionResult] = {}
         self._reader: asyncio.Task[None] | None = None
 
     def _open(self) -> asyncio.Queue[executor_pb2.SessionRequest | None]:
@@ -237,6 +259,9 @@ class ExecSession:
                     sink(event.output.stream, event.output.data)
                 elif not future.done():
                     future.set_result(event.result)
+                else:
+                    # Its waiter was cancelled a moment ago and is about to ask for this report.
+                    self._late[key] = event.result
         except grpc.RpcError as exc:
             why = from_rpc_error(exc).message
         finally:
@@ -278,6 +303,8 @@ class ExecSession:
             # `wait_for` cancels `future` itself when we are cancelled, so "done" is not "answered":
             # only a result the executor delivered means there is nothing left to cancel there.
             answered = future.done() and not future.cancelled() and future.exception() is None
+            if answered and spent is not None and isinstance(exc, asyncio.CancelledError):
+                spent.CopyFrom(future.result().cost)  # it ended as we were cancelled: still paid for
             if not answered and self._outbox is outbox:
                 outbox.put_nowait(
                     executor_pb2.SessionRequest(
@@ -290,13 +317,18 @@ class ExecSession:
         finally:
             self._pending.pop(key, None)
             self._accepted.discard(key)
+            self._late.pop(key, None)
 
     async def _collect_spent(self, key: tuple[str, int], on_output: OutputSink, spent: pb.Cost) -> None:
         """Wait a little for a cancelled action's last report: the executor answers a cancel once
         the action's tree is dead, with what it used. Without one in time, nothing is filled in."""
+        late = self._late.pop(key, None)
+        if late is not None:
+            spent.CopyFrom(late.cost)
+            return
         report: asyncio.Future[pb.ActionResult] = asyncio.get_running_loop().create_future()
         self._pending[key] = (report, on_output)
-        done, _ = await asyncio.wait({report}, timeout=CANCEL_REPORT_S)
+        done, _ = await asyncio.wait({report}, timeout=self.report_wait_s)
         if done and report.exception() is None:
             spent.CopyFrom(report.result().cost)
 
@@ -319,33 +351,43 @@ class ToolCatalogue:
         self._listed: list[pb.ToolSpec] = []
         self._fetched_at = float("-inf")
         self._tried_at = float("-inf")
-        self._lock = asyncio.Lock()
+        self._fetch: asyncio.Task[None] | None = None
+        # Bumped by mark_stale: a fetch that began before it does not count as fresh.
+        self._generation = 0
 
     def mark_stale(self) -> None:
         """The executor may have changed (a new session opened): fetch again on the next use."""
+        self._generation += 1
         self._fetched_at = float("-inf")
 
     async def get(self) -> dict[str, pb.ToolSpec]:
-        """Tool name -> its declaration; what was known last (possibly nothing) if the executor
-        cannot be reached now."""
-        if time.monotonic() - self._fetched_at < CATALOGUE_REFRESH_S:
-            return self._specs
-        async with self._lock:
-            now = time.monotonic()
-            if now - self._fetched_at < CATALOGUE_REFRESH_S or now - self._tried_at < CATALOGUE_RETRY_S:
-                return self._specs
+        """Tool name -> its declaration. A stale catalogue is refreshed in the background and used
+        meanwhile; only while nothing is known yet does the caller wait for the executor's answer.
+        Empty if the executor cannot be reached."""
+        now = time.monotonic()
+        due = now - self._fetched_at >= CATALOGUE_REFRESH_S and now - self._tried_at >= CATALOGUE_RETRY_S
+        if due and self._fetch is None:
             self._tried_at = now
-            try:
-                caps = await self._stub.GetCapabilities(
-                    executor_pb2.GetCapabilitiesRequest(), timeout=CATALOGUE_TIMEOUT_S
-                )
-            except grpc.RpcError as exc:
-                log.warning("cannot read the executor's tools: %s", exc.details() or exc.code())
-                return self._specs
-            self._specs = {spec.name: spec for spec in caps.tool_specs}
-            self._listed = list(caps.tool_specs)
-            self._fetched_at = time.monotonic()
+            self._fetch = asyncio.ensure_future(self._refresh())
+        if not self._specs and self._fetch is not None:
+            await asyncio.shield(self._fetch)
         return self._specs
+
+    async def _refresh(self) -> None:
+        generation = self._generation
+        try:
+            caps = await self._stub.GetCapabilities(
+                executor_pb2.GetCapabilitiesRequest(), timeout=CATALOGUE_TIMEOUT_S
+            )
+        except grpc.RpcError as exc:
+            log.warning("cannot read the executor's tools: %s", exc.details() or exc.code())
+            return
+        finally:
+            self._fetch = None
+        self._specs = {spec.name: spec for spec in caps.tool_specs}
+        self._listed = list(caps.tool_specs)
+        if generation == self._generation:
+            self._fetched_at = time.monotonic()
 
     async def listed(self) -> list[pb.ToolSpec]:
         """The same, as the list a DecideRequest carries."""

@@ -291,7 +291,9 @@ class Executor:
         """Cancel every live action of a task (the bus's `cancel.<id>`). Returns how many."""
         runs = [r for r in self._live.values() if r.task_id == task_id]
         for run in runs:
-            if run.task is not None:
+            # Once is enough: the session's own cancel for the same action may have come first, and
+            # a second cancel would cut short the first one's clean-up.
+            if run.task is not None and not run.task.cancelling():
                 run.task.cancel()
         return len(runs)
 
@@ -547,13 +549,16 @@ class Executor:
                 with contextlib.suppress(asyncio.CancelledError, ProcessLookupError):
                     await asyncio.shield(proc.wait())
             self._roots.discard(proc.pid)
-            # Pipes reach EOF once every holder is dead; bounded anyway.
-            _, still = await asyncio.wait(readers, timeout=2.0)
-            for reader in still:
-                reader.cancel()
-            # Measured here so that a cancelled action reports what it used too (see `run`).
+            # Measured here, the tree dead, before anything else is awaited: a cancelled action
+            # reports what it used too (see `run`), even if a second cancel comes in below.
             usage = tree.usage() if isinstance(tree, cgroups.CgroupTree) else cgroups.CgroupUsage()
             run.spent = _spent(usage, usage_before, started)
+            try:
+                # Pipes reach EOF once every holder is dead; bounded anyway.
+                await asyncio.wait(readers, timeout=2.0)
+            finally:
+                for reader in readers:
+                    reader.cancel()
         exit_code = proc.returncode if proc.returncode is not None else -9
         if status == pb.ACTION_STATUS_OK and exit_code != 0:
             status = pb.ACTION_STATUS_FAILED

@@ -143,7 +143,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
                         runs[key] = asyncio.ensure_future(run_one(request.exec, attempt))
                 elif request.HasField("cancel"):
                     run = runs.get((request.cancel.action_id, request.cancel.attempt or 1))
-                    if run is not None:
+                    if run is not None and not run.cancelling():  # the bus's cancel may have come first
                         run.cancel()
             # The caller closed its side: finish what runs, then end the stream.
             while runs:

@@ -12,10 +12,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import psycopg
 import pytest
 
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.coordinator import records
+from services.coordinator import backends, records
 from services.coordinator.backends import Backend, PostgresBackend
 from services.coordinator.store import Store, append_events
 from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -168,7 +169,8 @@ def test_an_operation_that_raises_is_rolled_back_alone(where):
     assert commits <= 2  # the batch-mates committed together; no commit per op
 
 
-def test_an_sqlite_error_in_one_operation_does_not_spoil_its_batch(tmp_path):
+def test_a_database_error_in_one_operation_does_not_spoil_its_batch(where):
+    # On PostgreSQL the error aborts the whole transaction until its savepoint is rolled back.
     gate = threading.Event()
 
     async def body(store: Store) -> Any:
@@ -183,10 +185,41 @@ def test_an_sqlite_error_in_one_operation_does_not_spoil_its_batch(tmp_path):
         ids = await store.run(lambda c: [r[0] for r in c.execute("SELECT id FROM tasks ORDER BY id")])
         return outcomes, ids
 
-    outcomes, ids = with_store(tmp_path / "store.db", body)
-    assert isinstance(outcomes[2], sqlite3.IntegrityError)
+    outcomes, ids = with_store(where, body)
+    error = sqlite3.IntegrityError if isinstance(where, Path) else psycopg.errors.UniqueViolation
+    assert isinstance(outcomes[2], error), outcomes[2]
     assert outcomes[1][1] is True and outcomes[3][1] is True
     assert ids == ["t1", "t2"]
+
+
+def test_a_postgresql_database_has_one_coordinator(postgres_server, monkeypatch):
+    url = postgres_server.new_database()
+    monkeypatch.setattr(backends, "OWNER_WAIT_S", 0.5)
+
+    async def body(store: Store) -> None:
+        with pytest.raises(backends.StoreInUse, match="another coordinator uses"):
+            PostgresBackend(url).connect()
+
+    with_store(PostgresBackend(url), body)
+    PostgresBackend(url).connect().close()  # the first one closed: the database is free again
+
+
+def test_the_store_reconnects_after_postgresql_drops_its_connection(postgres_server):
+    url = postgres_server.new_database()
+
+    async def body(store: Store) -> Any:
+        await store.run(insert("t1"))
+        with psycopg.connect(url, autocommit=True) as admin:  # the server ends our session
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        with pytest.raises(psycopg.OperationalError):  # the batch that was cut off fails, clearly
+            await store.run(insert("t2"))
+        await store.run(insert("t3"))  # and the next one runs on a new connection
+        return await store.run(lambda c: [r[0] for r in c.execute("SELECT id FROM tasks ORDER BY id")])
+
+    assert with_store(PostgresBackend(url), body) == ["t1", "t3"]
 
 
 def test_on_commit_runs_even_when_the_waiter_gave_up(where):

@@ -41,8 +41,12 @@ class PostgresServer:
         self.port = free_port()
         self.user = "agentmesh"
         self.proc: subprocess.Popen[bytes] | None = None
-        # Run as `postgres` when we are root (the server will not run as root).
-        self._as: str | None = "postgres" if os.geteuid() == 0 else None
+        # Run as `postgres` when we are root (the server will not run as root), with its own group
+        # and none of root's.
+        self._as: dict[str, object] = {}
+        if os.geteuid() == 0:
+            entry = pwd.getpwnam("postgres")
+            self._as = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
 
     @property
     def admin_url(self) -> str:
@@ -52,16 +56,15 @@ class PostgresServer:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def start(self, timeout_s: float = 30.0) -> None:
-        if self._as is not None:
-            entry = pwd.getpwnam(self._as)
-            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+        if self._as:
+            os.chown(self.root, self._as["user"], self._as["group"])  # type: ignore[arg-type]
         log = self.root / "server.log"
         subprocess.run(
             [
                 str(self.bin_dir / "initdb"), "-D", str(self.data), "-U", self.user, "--auth=trust",
-                "-E", "UTF8", "--no-sync", "--no-instructions",
+                "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions",
             ],
-            check=True, capture_output=True, timeout=120, user=self._as,
+            check=True, capture_output=True, timeout=120, **self._as,
         )  # fmt: skip
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
@@ -70,7 +73,7 @@ class PostgresServer:
                     "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.root}",
                     "-c", "max_connections=200",
                 ],
-                stdout=out, stderr=subprocess.STDOUT, user=self._as, start_new_session=True,
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, **self._as,
             )  # fmt: skip
         self._wait_ready(timeout_s, log)
 

@@ -74,7 +74,7 @@ def shared_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """A PostgreSQL server of the suite's own (tests/postgres.py); skipped where none is installed,
+    """A PostgreSQL server of the suite's own (agentmesh/local_postgres.py); skipped where none is installed,
     unless scripts/test asked for it (then that is a failure)."""
     bin_dir = find_bin_dir()
     if bin_dir is None:

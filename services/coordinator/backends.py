@@ -9,6 +9,7 @@ The PostgreSQL connection is wrapped to look like sqlite3's (`execute` -> cursor
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import time
@@ -102,6 +103,10 @@ class Backend(Protocol):
         """False once the connection is broken for good (the server went away)."""
         ...
 
+    def pipelined(self, conn: Any) -> contextlib.AbstractContextManager[Any]:
+        """A context in which statements may go out without waiting for each other's results."""
+        ...
+
     def describe(self) -> str:
         """Where the tables are, for logs (no password)."""
         ...
@@ -131,6 +136,9 @@ class SqliteBackend:
 
     def usable(self, conn: sqlite3.Connection) -> bool:
         return True  # a file: an I/O error fails the batch, and the next one tries again
+
+    def pipelined(self, conn: sqlite3.Connection) -> contextlib.AbstractContextManager[Any]:
+        return contextlib.nullcontext()  # in-process calls: nothing to wait for
 
     def describe(self) -> str:
         return f"sqlite:{self.path}"
@@ -186,6 +194,9 @@ class PostgresBackend:
 
     def usable(self, conn: PgConnection) -> bool:
         return not (conn.raw.closed or conn.raw.broken)
+
+    def pipelined(self, conn: PgConnection) -> contextlib.AbstractContextManager[Any]:
+        return conn.raw.pipeline()  # libpq's pipeline mode: one round trip per result read
 
     def describe(self) -> str:
         from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415

@@ -172,12 +172,19 @@ class Store:
     def _execute(self, conn: Any, batch: list[Any]) -> list[_Outcome]:
         try:
             try:
-                outcomes = self._apply(conn, batch, isolate=False)
-            except _OperationFailed:
-                # One operation raised: do the batch again, each operation under a savepoint, so the
-                # failing ones roll back alone. Operations are functions of the connection only, so
-                # running them again after the rollback is running them once.
-                conn.execute("ROLLBACK")
+                # Pipelined where the backend can (PostgreSQL): statements whose results nobody
+                # reads go out without waiting for the server; a result that is read waits for
+                # everything before it. An error may then surface at a later statement than its
+                # own, so the isolated pass below runs unpipelined.
+                with self.backend.pipelined(conn):
+                    outcomes = self._apply(conn, batch, isolate=False)
+            except (_OperationFailed, self.backend.error):
+                # An operation raised (or a pipelined statement failed at the commit): do the batch
+                # again, each operation under a savepoint, so the failing ones roll back alone.
+                # Operations are functions of the connection only, so running them again after
+                # the rollback is running them once. A broken connection fails again below.
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 outcomes = self._apply(conn, batch, isolate=True)
         except self.backend.error as exc:
             # The commit itself failed (disk full, I/O error, the server gone): nothing of this

@@ -98,6 +98,28 @@ class Mesh:
     def pid(self, name: str) -> int:
         return self.children[name].pid
 
+    def add_coordinator(self, name: str) -> str:
+        """Start one more coordinator beside the first, on the same store (a shared PostgreSQL
+        one: set AGENTMESH_STORE_URL) and the same workers; its address. Stopped with the mesh."""
+        addr = f"127.0.0.1:{free_port()}"
+        env = {
+            **self.env,
+            "AGENTMESH_DATA_DIR": str(self.root / f"data-{name}"),
+            "AGENTMESH_METRICS_PORT": str(free_port()),
+        }
+        self.children[name] = self.sup.add(
+            Child(
+                name,
+                service_argv("coordinator", "--listen", addr),
+                grpc_ready(addr),
+                env=env,
+                log_path=self.logs / f"{name}.log",
+            )
+        )
+        self.children[name].start()
+        self.sup.wait_ready(60)
+        return addr
+
     def kill9(self, name: str) -> None:
         child = self.children[name]
         os.kill(child.pid, signal.SIGKILL)

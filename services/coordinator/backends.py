@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,7 +40,11 @@ CREATE TABLE IF NOT EXISTS tasks (
   wake_at {double},
   created_at {double} NOT NULL,
   updated_at {double} NOT NULL,
-  finished_at {double} NOT NULL DEFAULT 0
+  finished_at {double} NOT NULL DEFAULT 0,
+  -- The coordinator that runs or queues the task, and until when its claim holds without a
+  -- heartbeat (a shared PostgreSQL store); NULL while nobody holds it (WAITING, or never claimed).
+  owner TEXT,
+  lease_until {double}
 );
 -- The large values live apart from the small, hot row: SQLite rewrites a whole row on every update,
 -- and `tasks` is updated on every event (last_seq) and result (cost).
@@ -92,6 +95,10 @@ class Backend(Protocol):
     error: type[Exception]
     # How a write transaction begins (SQLite takes its write lock at once with IMMEDIATE).
     begin: str
+    # Whether several coordinators may use it at once (then tasks are leased).
+    shared: bool
+    # What a SELECT that picks rows to claim ends with.
+    skip_locked: str
 
     def connect(self) -> Any:
         """A connection with the tables in place, in autocommit mode: the store begins and commits."""
@@ -115,6 +122,9 @@ class Backend(Protocol):
 class SqliteBackend:
     error = sqlite3.Error
     begin = "BEGIN IMMEDIATE"
+    # A file on one machine: one coordinator, which owns every task in it.
+    shared = False
+    skip_locked = ""
 
     def __init__(self, path: Path, synchronous: str = "FULL") -> None:
         self.path = path
@@ -128,6 +138,12 @@ class SqliteBackend:
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA.format(double="REAL", blob="BLOB", without_rowid=" WITHOUT ROWID"))
+        have = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
+        for name, kind in ADDED_COLUMNS:
+            if name not in have:  # a store made by an older release
+                conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind.format(double='REAL')}")
+        for statement in LATE_INDEXES:
+            conn.execute(statement)
         return conn
 
     def close(self, conn: sqlite3.Connection) -> None:
@@ -146,6 +162,10 @@ class SqliteBackend:
 
 class PostgresBackend:
     begin = "BEGIN"
+    # Several coordinators may share it: each task is leased by one of them.
+    shared = True
+    # Coordinators claiming lapsed tasks at once each take different rows, without waiting.
+    skip_locked = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, url: str) -> None:
         # Imported here: only a coordinator configured for PostgreSQL needs the driver.
@@ -169,22 +189,17 @@ class PostgresBackend:
             options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
         )
         conn = PgConnection(raw)
-        # One coordinator per database until tasks are leased: a second one would resume and run
-        # the first one's tasks too. The lock is the session's: it goes when this connection does.
-        # A coordinator that was killed holds it until the server notices its connection is gone:
-        # at once when its process died, within the keepalive time when its machine did.
-        deadline = time.monotonic() + OWNER_WAIT_S
-        while not conn.execute("SELECT pg_try_advisory_lock(?)", (OWNER_LOCK,)).fetchone()[0]:
-            if time.monotonic() > deadline:
-                raw.close()
-                raise StoreInUse(f"another coordinator uses {self.describe()} (waited {OWNER_WAIT_S:g}s)")
-            time.sleep(0.2)
         # Two coordinators starting at once may both create the tables: one at a time.
         conn.execute("BEGIN")
         conn.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
         for statement in _statements(
             SCHEMA.format(double="DOUBLE PRECISION", blob="BYTEA", without_rowid="")
         ):
+            conn.execute(statement)
+        for name, kind in ADDED_COLUMNS:
+            column = f"{name} {kind.format(double='DOUBLE PRECISION')}"
+            conn.execute(f"ALTER TABLE tasks ADD COLUMN IF NOT EXISTS {column}")
+        for statement in LATE_INDEXES:
             conn.execute(statement)
         conn.execute("COMMIT")
         return conn
@@ -205,17 +220,14 @@ class PostgresBackend:
         return f"postgresql://{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"
 
 
-# Advisory lock keys (signed int64s): creating the schema, and owning the database.
+# Advisory lock key (a signed int64) for creating and migrating the schema.
 SCHEMA_LOCK = int.from_bytes(b"agntmesh", "big", signed=True)
-OWNER_LOCK = int.from_bytes(b"amowner1", "big", signed=True)
 # No statement of the store takes long; one that does means the server is in trouble.
 STATEMENT_TIMEOUT_MS = 60_000
-# How long a starting coordinator waits for the database's previous owner to be gone.
-OWNER_WAIT_S = 40.0
-
-
-class StoreInUse(Exception):
-    """The database is another coordinator's."""
+# Columns added after the first release: (name, type). Added to older tables at start.
+ADDED_COLUMNS = [("owner", "TEXT"), ("lease_until", "{double}")]
+# Made after the added columns exist.
+LATE_INDEXES = ["CREATE INDEX IF NOT EXISTS tasks_lease ON tasks(lease_until) WHERE state IN (1, 2)"]
 
 
 class PgConnection:

@@ -28,6 +28,9 @@ class CoordinatorConfig(CommonConfig):
     api_keys_file: str = setting("", "file of `tenant:sha256(key)` lines")
     prices: str = setting(DEFAULT_PRICES, "USD per unit: tokens_in, tokens_out, gpu_ms, cpu_ms, wall_ms")
     max_input_bytes: int = setting(1 << 20, "largest task input or SendInput data accepted")
+    lease_s: float = setting(
+        10.0, "PostgreSQL store shared by coordinators: how long a claim on a task holds without a heartbeat"
+    )
 
     @property
     def listen_addr(self) -> str:

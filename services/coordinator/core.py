@@ -20,7 +20,10 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import random
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +72,8 @@ WORKER_LOST = frozenset({"EXECUTOR_SHUTDOWN", "EXECUTOR_SESSION_LOST", "WORKER_P
 # Of those, the ones where an exec action was (or may have been) running when its worker went away.
 MID_RUN_LOSS = frozenset({"EXECUTOR_SHUTDOWN", "EXECUTOR_SESSION_LOST", "WORKER_PROTOCOL"})
 MAX_WORKER_LOST = 8
+# A shared store: how often a coordinator looks for tasks nobody holds (released or lapsed).
+TAKEOVER_INTERVAL_S = 1.0
 # How long a task's end waits for the results of its cancelled actions to be written.
 LATE_WRITE_WAIT_S = 10.0
 # A sleep this short is waited in memory rather than by parking the task.
@@ -88,6 +93,8 @@ class Limits:
     decide_timeout_s: float = 30.0
     cancel_grace_s: float = 2.0
     max_input_bytes: int = 1 << 20
+    # A shared store: how long a claim on a task holds without a heartbeat (renewed every third).
+    lease_s: float = 10.0
 
 
 class _Interrupt:
@@ -144,8 +151,13 @@ class TaskManager:
         publish: Callable[[str, bytes], None],
         limits: Limits,
         prices: PriceTable,
+        owner: str = "",
     ) -> None:
         self.store = store
+        # Who this coordinator is in the store's leases; `shared`: other coordinators use the store
+        # too, so a task runs only where it is claimed, and lapsed claims are taken over.
+        self.owner = owner or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+        self.shared = store.backend.shared
         self.workers = workers
         self._publish = publish
         self.limits = limits
@@ -208,12 +220,81 @@ class TaskManager:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> int:
-        """Put every unfinished task back to work. Returns how many were resumed."""
+        """Put every unfinished task back to work. Returns how many were resumed. On a shared store,
+        only those nobody holds: the rest belong to live coordinators, or are taken over when their
+        holder's lease lapses (lease_forever)."""
+        if self.shared:
+            return await self._take_over(self.limits.max_queued)
         rows = await self.store.run(records.resumable)
         for task_id, tenant, priority, _state in rows:
             self.scheduler.push(task_id, tenant, priority)
         self._pump()
         return len(rows)
+
+    def _lease_until(self) -> float:
+        return time.time() + self.limits.lease_s
+
+    async def _take_over(self, limit: int) -> int:
+        """Claim up to `limit` unfinished tasks whose coordinator is gone, and queue them here."""
+        if limit <= 0:
+            return 0
+        skip = self.store.backend.skip_locked
+        rows = await self.store.run(
+            lambda c: records.claim_lapsed(c, self.owner, self._lease_until(), time.time(), limit, skip)
+        )
+        for task_id, tenant, priority in rows:
+            if task_id not in self._running:
+                self.scheduler.push(task_id, tenant, priority)
+        self._pump()
+        return len(rows)
+
+    async def lease_forever(self) -> None:
+        """On a shared store: renew this coordinator's leases; stop runs whose lease another
+        coordinator took (this one stalled past it) or that another coordinator cancelled; take
+        over the tasks of coordinators that died. Never stopped by an error: it logs and goes on."""
+        renew_every = self.limits.lease_s / 3
+        renewed_at = time.monotonic()
+        while True:
+            # Released tasks (a coordinator that stopped) are looked for every second at most;
+            # leases are renewed every third of their length.
+            await asyncio.sleep(min(TAKEOVER_INTERVAL_S, renew_every))
+            try:
+                if time.monotonic() - renewed_at >= renew_every:
+                    renewed_at = time.monotonic()
+                    await self._renew()
+                await self._take_over(self.limits.max_queued - self.scheduler.admitted_waiting)
+            except Exception:  # noqa: BLE001
+                log.exception("lease heartbeat failed")
+
+    async def _renew(self) -> None:
+        running = list(self._running)
+        lost, cancelled = await self.store.run(
+            lambda c: records.renew(c, self.owner, self._lease_until(), running)
+        )
+        for task_id in lost:
+            run = self._running.get(task_id)
+            if run is not None:
+                log.warning("task %s is now another coordinator's: stopping it here", task_id)
+                self._interrupt(run, _Interrupt.SHUTDOWN)
+        for task_id in cancelled:
+            self._cancel_notice(task_id)
+
+    def _cancel_notice(self, task_id: str) -> None:
+        """Another coordinator cancelled a task that runs here (the bus, or the heartbeat's look)."""
+        run = self._running.get(task_id)
+        if run is not None and not run.finishing:
+            self._interrupt(run, _Interrupt.CANCEL)
+
+    async def follow_cancels(self, notices: Any) -> None:
+        """Cancels published by other coordinators (the bus's `cancel.<id>`), for tasks running here."""
+        while True:
+            try:
+                _, payload = await notices.recv()
+                self._cancel_notice(bus_pb2.CancelNotice.FromString(payload).task_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - a bad message must not stop cancellation
+                log.exception("bad cancel notice")
 
     async def sweep_forever(self) -> None:
         """Wake parked tasks whose timer is due. Never stopped by an error: it logs and goes on."""
@@ -236,6 +317,9 @@ class TaskManager:
         tasks = [r.task for r in runs if r.task is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=grace_s)
+        if self.shared:  # the other coordinators take our tasks at once, not when the leases lapse
+            with contextlib.suppress(Exception):
+                await self.store.run(lambda c: records.release_all(c, self.owner))
         for task in list(self._background):
             task.cancel()
 
@@ -315,7 +399,8 @@ class TaskManager:
         )
 
         def op(conn: Any) -> tuple[tuple[pb.Task, bool], list[EventRow]]:
-            stored, created, events = records.insert_task(conn, task, request_hash)
+            lease = (self.owner, self._lease_until())
+            stored, created, events = records.insert_task(conn, task, request_hash, lease=lease)
             return (stored, created), events
 
         stored, created = await self._tx(op)
@@ -379,11 +464,11 @@ class TaskManager:
         """
         reason = reason or "cancelled by request"
 
-        def op(conn: Any) -> tuple[tuple[pb.Task, bool, list[str]], list[EventRow]]:
+        def op(conn: Any) -> tuple[tuple[pb.Task, bool, list[str], str | None], list[EventRow]]:
             task, new, events = records.request_cancel(conn, task_id, tenant, reason)
             # Always asked, not only on the first cancel: a retried cancel finishes an interrupted cascade.
             children = records.unfinished_children(conn, task_id)
-            return (task, new, children), events
+            return (task, new, children, records.owner_of(conn, task_id)), events
 
         run = self._running.get(task_id)
         # Only a run this caller may cancel and that is not already ending on its own; anything else
@@ -393,12 +478,16 @@ class TaskManager:
         intent = self.store.run(op, on_commit=self._emit_committed)
         if early:
             self._stop_running(task_id, run, reason)  # type: ignore[arg-type]
-        (task, new, children), _ = await intent
+        (task, new, children, owner), _ = await intent
         if task.state in TERMINAL_STATES:
             return task
         run = self._running.get(task_id)
         if not early and run is not None:
             self._stop_running(task_id, run, reason)
+        elif not early and self.shared and task.state == records.RUNNING and owner not in (None, self.owner):
+            # It runs on another coordinator: that one ends it (the bus tells it now, its heartbeat
+            # reads the durable intent otherwise; if it died, whoever takes the task over ends it).
+            self._publish_cancel(task_id, reason)
         elif not early:
             # QUEUED or WAITING: nothing is in flight, so it ends now. If it starts running meanwhile,
             # its loop reads the durable intent and ends CANCELLED itself; finishing twice is a no-op.
@@ -548,6 +637,11 @@ class TaskManager:
         """Read the task into `run`; False if there is nothing to run."""
 
         def op(conn: Any) -> tuple[Any, list[EventRow] | None]:
+            now = time.time()
+            if not records.claim(
+                conn, run.task_id, self.owner, now + self.limits.lease_s, now, force=not self.shared
+            ):
+                return None, None  # another coordinator runs it
             task = records.get_task(conn, run.task_id)
             if task.state in TERMINAL_STATES:
                 return None, None
@@ -850,7 +944,9 @@ class TaskManager:
                     deadline=run.deadline,
                     budget=share,
                 )
-                stored, _, child_events = records.insert_task(conn, child, "", parent_action=action.id)
+                stored, _, child_events = records.insert_task(
+                    conn, child, "", parent_action=action.id, lease=(self.owner, self._lease_until())
+                )
                 events += child_events
                 children.append(stored)
             return (children, True), events

@@ -53,6 +53,7 @@ class CoordinatorService(Service):
             decide_timeout_s=cfg.decide_timeout_s,
             cancel_grace_s=cfg.cancel_grace_s,
             max_input_bytes=cfg.max_input_bytes,
+            lease_s=cfg.lease_s,
         )
         manager = TaskManager(self.store, self.workers, rt.bus.publish, limits, PriceTable.parse(cfg.prices))
         self.manager = manager
@@ -64,8 +65,17 @@ class CoordinatorService(Service):
         assert self.manager is not None
         manager = self.manager
         resumed = await manager.start()
-        log.info("store %s; %d keys; resumed %d unfinished tasks", self.store.path, self._keys, resumed)
+        log.info(
+            "store %s; %d keys; resumed %d unfinished tasks; %s",
+            self.store.path,
+            self._keys,
+            resumed,
+            f"shared, as {manager.owner}" if manager.shared else "not shared",
+        )
         rt.spawn(manager.sweep_forever(), "wake-sweeper")
+        if manager.shared:  # other coordinators use the store too
+            rt.spawn(manager.lease_forever(), "lease-heartbeat")
+            rt.spawn(manager.follow_cancels(rt.bus.subscriber("cancel.")), "cancel-listener")
         gauges = {
             "agentmesh_tasks_running": ("tasks running now", lambda: len(manager._running)),
             "agentmesh_tasks_queued": ("tasks waiting to start", lambda: len(manager.scheduler)),

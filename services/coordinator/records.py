@@ -104,10 +104,15 @@ def get_task(conn: Connection, task_id: str, tenant: str | None = None) -> pb.Ta
 
 
 def insert_task(
-    conn: Connection, task: pb.Task, request_hash: str, parent_action: str = ""
+    conn: Connection,
+    task: pb.Task,
+    request_hash: str,
+    parent_action: str = "",
+    lease: tuple[str, float] | None = None,
 ) -> tuple[pb.Task, bool, list[EventRow]]:
     """Insert a QUEUED task; (task, created, events). An idempotency key reused with the same request
-    returns the first task; with a different request it is refused."""
+    returns the first task; with a different request it is refused. `lease`: (owner, until), the
+    coordinator that queues it."""
     if task.idempotency_key:
         row = conn.execute(
             f"SELECT {TASK_COLUMNS}, t.request_hash FROM {TASK_FROM} WHERE t.tenant = ? AND t.idem_key = ?",
@@ -123,8 +128,8 @@ def insert_task(
             return row_to_task(row[:-1]), False, []
     conn.execute(
         "INSERT INTO tasks (id, tenant, agent, priority, budget_usd, budget_tokens, deadline, labels, "
-        "idem_key, request_hash, parent_id, parent_action, state, cost, created_at, updated_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "idem_key, request_hash, parent_id, parent_action, state, cost, created_at, updated_at, owner, "
+        "lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             task.id,
             task.tenant,
@@ -142,6 +147,7 @@ def insert_task(
             pb.Cost().SerializeToString(),
             task.created_at,
             task.created_at,
+            *(lease or (None, None)),
         ),
     )
     conn.execute("INSERT INTO task_blobs (id, input) VALUES (?, ?)", (task.id, task.input_json))
@@ -281,9 +287,7 @@ def task_progress(conn: Connection, task_id: str) -> tuple[int, int] | None:
     return conn.execute("SELECT state, last_seq FROM tasks WHERE id = ?", (task_id,)).fetchone()
 
 
-def add_input(
-    conn: Connection, task_id: str, tenant: str, data_json: str
-) -> tuple[pb.Task, list[EventRow]]:
+def add_input(conn: Connection, task_id: str, tenant: str, data_json: str) -> tuple[pb.Task, list[EventRow]]:
     task = get_task(conn, task_id, tenant)
     if task.state in TERMINAL_STATES:
         raise FailedPrecondition(
@@ -419,7 +423,8 @@ def park(
         [*events, state_event(WAITING)],
         now,
         live_only=True,
-        also_set="state = ?, wake_at = ?, input_prompt = ?, updated_at = ?",
+        # Released: whichever coordinator wakes it next claims it.
+        also_set="state = ?, wake_at = ?, input_prompt = ?, updated_at = ?, owner = NULL, lease_until = NULL",
         also_params=(WAITING, wake_at, prompt, now),
     )
     return [] if parked is None else parked  # a finished task stays as it is
@@ -463,6 +468,70 @@ def children_of(conn: Connection, parent_id: str, action_id: str) -> list[pb.Tas
     return [row_to_task(r) for r in rows]
 
 
+def owner_of(conn: Connection, task_id: str) -> str | None:
+    """The coordinator that holds the task now (a shared store), if any."""
+    row = conn.execute("SELECT owner FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    return row[0] if row else None
+
+
 def parent_of(conn: Connection, task_id: str) -> str | None:
     row = conn.execute("SELECT parent_id FROM tasks WHERE id = ?", (task_id,)).fetchone()
     return row[0] if row else None
+
+
+# ---------------------------------------------------------------------- leases (a shared store)
+
+
+def claim(conn: Connection, task_id: str, owner: str, until: float, now: float, force: bool = False) -> bool:
+    """Take the task for `owner` until `until`: if nobody holds it, `owner` already does, or its
+    holder's lease lapsed (or `force`: a store only one coordinator uses). False: another
+    coordinator runs it."""
+    condition = "" if force else " AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until < ?)"
+    params: tuple[Any, ...] = (owner, until, task_id) + (() if force else (owner, now))
+    row = conn.execute(
+        f"UPDATE tasks SET owner = ?, lease_until = ? WHERE id = ?{condition} RETURNING id", params
+    ).fetchone()
+    return row is not None
+
+
+def renew(conn: Connection, owner: str, until: float, running: list[str]) -> tuple[list[str], list[str]]:
+    """The heartbeat: extend every lease `owner` holds. Of the tasks it runs, returns those it lost
+    (another coordinator holds them now) and those cancelled meanwhile (by another coordinator)."""
+    conn.execute(
+        f"UPDATE tasks SET lease_until = ? WHERE owner = ? AND state IN ({QUEUED}, {RUNNING})",
+        (until, owner),
+    )
+    if not running:
+        return [], []
+    marks = ", ".join("?" * len(running))
+    rows = conn.execute(
+        f"SELECT id, owner, cancel_requested FROM tasks WHERE id IN ({marks}) "
+        f"AND state IN ({QUEUED}, {RUNNING})",
+        tuple(running),
+    ).fetchall()
+    lost = [tid for tid, holder, _ in rows if holder is not None and holder != owner]
+    cancelled = [tid for tid, holder, wanted in rows if holder == owner and wanted]
+    return lost, cancelled
+
+
+def release_all(conn: Connection, owner: str) -> None:
+    """A coordinator shutting down lets go of its unfinished tasks."""
+    conn.execute(
+        "UPDATE tasks SET owner = NULL, lease_until = NULL "
+        f"WHERE owner = ? AND state IN ({QUEUED}, {RUNNING})",
+        (owner,),
+    )
+
+
+def claim_lapsed(
+    conn: Connection, owner: str, until: float, now: float, limit: int, skip_locked: str = ""
+) -> list[tuple[str, str, int]]:
+    """Take up to `limit` QUEUED or RUNNING tasks that nobody holds any more (their coordinator
+    died or never held them): (id, tenant, priority) of each, now `owner`'s."""
+    return conn.execute(
+        "UPDATE tasks SET owner = ?, lease_until = ? WHERE id IN ("
+        f"SELECT id FROM tasks WHERE state IN ({QUEUED}, {RUNNING}) "
+        "AND (lease_until IS NULL OR lease_until < ?) ORDER BY priority DESC, id LIMIT ?"
+        f"{skip_locked}) RETURNING id, tenant, priority",
+        (owner, until, now, limit),
+    ).fetchall()

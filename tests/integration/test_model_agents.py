@@ -133,7 +133,9 @@ def test_cancelling_codegen_mid_generation_stops_every_candidate(model_mesh: Mes
             assert done.state == pb.TASK_STATE_CANCELLED
             page = await client.list(limit=50)
             kids = [t for t in page.tasks if t.parent_id == task.id]
-            assert len(kids) == 4 and all(k.state == pb.TASK_STATE_CANCELLED for k in kids), kids
+            # Each child ends once its generation stopped and was charged: a moment after the parent.
+            ends = await asyncio.wait_for(asyncio.gather(*(client.wait(k.id) for k in kids)), 20)
+            assert len(kids) == 4 and all(k.state == pb.TASK_STATE_CANCELLED for k in ends), ends
 
     run(go())
     assert wait_inference_idle(model_mesh) == 0

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
-from agentmesh.local import Mesh
+from agentmesh.client import AgentMeshClient
+from agentmesh.local import TENANT_KEYS, Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
-from tests.conftest import client_for, run
+from services.runtime.procs import pid_alive
+from tests.conftest import client_for, run, wait_for_action_processes
 
 
 @pytest.fixture
@@ -88,5 +93,119 @@ def test_a_waiting_task_in_postgresql_survives_a_coordinator_kill(pg_mesh: tuple
             done = await asyncio.wait_for(client.wait(task_id), 30)
             assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
             assert json.loads(done.result_json)["steps"]["after"]["output"] == {"shipped": True}
+
+    run(after())
+
+
+# ---------------------------------------------------------------- several coordinators, one database
+
+
+@pytest.fixture
+def two_coordinators(own_mesh, pg_url: str, shared_dir) -> Iterator[tuple[Mesh, str]]:  # type: ignore[no-untyped-def]
+    """A mesh whose coordinator shares its PostgreSQL database with a second one (leases of 2 s);
+    the second one's address."""
+    mesh = own_mesh(
+        extra_env={
+            "AGENTMESH_STORE_URL": pg_url,
+            "AGENTMESH_LEASE_S": "2",
+            "AGENTMESH_SHARED_DIR": str(shared_dir),
+        }
+    )
+    yield mesh, mesh.add_coordinator("coordinator-b")
+
+
+def test_tasks_submitted_to_two_coordinators_each_run_once(two_coordinators, shared_dir) -> None:  # type: ignore[no-untyped-def]
+    mesh, b_addr = two_coordinators
+    mark = (
+        "import os\n"
+        "path = os.environ['AGENTMESH_SHARED_DIR'] + '/ran'\n"
+        "open(path, 'a').write(os.environ['AGENTMESH_TASK_ID'] + '\\n')"
+    )
+    spec = {"steps": [{"id": "mark", "tool": "python", "args": {"code": mark}}]}
+
+    async def go() -> list[str]:
+        async with client_for(mesh) as a, AgentMeshClient(b_addr, TENANT_KEYS["alpha"]) as b:
+            ids = [(await client.submit("pipeline", spec)).id for client in (a, b) for _ in range(6)]
+            finals = await asyncio.gather(*(b.wait(i) for i in ids[:6]), *(a.wait(i) for i in ids[6:]))
+            assert all(t.state == pb.TASK_STATE_SUCCEEDED for t in finals), [t.error for t in finals]
+            return ids
+
+    ids = run(go())
+    ran = (shared_dir / "ran").read_text().split()
+    assert sorted(ran) == sorted(ids)  # each task's step ran once, on whichever coordinator held it
+
+
+def test_a_task_running_on_one_coordinator_is_cancelled_through_the_other(two_coordinators) -> None:  # type: ignore[no-untyped-def]
+    mesh, b_addr = two_coordinators
+    slow = {"id": "slow", "tool": "shell", "args": {"command": "exec sleep 600"}, "timeout_s": 900}
+    spec = {"steps": [slow]}
+
+    async def go() -> None:
+        async with client_for(mesh) as a, AgentMeshClient(b_addr, TENANT_KEYS["alpha"]) as b:
+            task = await a.submit("pipeline", spec)
+            pids = await wait_for_action_processes(mesh, "sleep", 1)
+            assert (await b.get(task.id)).state == pb.TASK_STATE_RUNNING
+            reply = await b.cancel(task.id)
+            assert reply.cancel_requested
+            done = await asyncio.wait_for(b.wait(task.id), 20)
+            assert done.state == pb.TASK_STATE_CANCELLED
+            deadline = time.monotonic() + 5
+            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert not any(pid_alive(p) for p in pids)
+
+    run(go())
+
+
+def test_a_coordinator_that_dies_has_its_running_task_taken_over(two_coordinators) -> None:  # type: ignore[no-untyped-def]
+    mesh, b_addr = two_coordinators
+    spec = {
+        "steps": [
+            {"id": "work", "tool": "shell", "args": {"command": "sleep 2; echo worked"}},
+            {"id": "after", "tool": "echo", "args": {"done": True}, "depends_on": ["work"]},
+        ]
+    }
+
+    async def submit() -> str:
+        async with client_for(mesh) as a:
+            task = await a.submit("pipeline", spec)
+            await wait_for_action_processes(mesh, "sleep", 1)
+            return task.id
+
+    task_id = run(submit())
+    mesh.kill9("coordinator")  # its lease lapses within 2 s; the other coordinator takes the task
+
+    async def after() -> None:
+        async with AgentMeshClient(b_addr, TENANT_KEYS["alpha"]) as b:
+            done = await asyncio.wait_for(b.wait(task_id), 60)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            steps = json.loads(done.result_json)["steps"]
+            # Cut off mid-run with its coordinator, and safe to repeat (sandboxed, no network): run again.
+            assert steps["work"]["stdout"] == "worked\n" and steps["after"]["output"] == {"done": True}
+
+    run(after())
+
+
+def test_a_coordinator_that_stops_hands_its_tasks_over_at_once(own_mesh, pg_url: str) -> None:  # type: ignore[no-untyped-def]
+    # Leases of 60 s: only the stopping coordinator's release lets the other take the task in time.
+    mesh = own_mesh(extra_env={"AGENTMESH_STORE_URL": pg_url, "AGENTMESH_LEASE_S": "60"})
+    b_addr = mesh.add_coordinator("coordinator-b")
+    work = {"id": "work", "tool": "shell", "args": {"command": "sleep 2; echo worked"}}
+
+    async def submit() -> str:
+        async with client_for(mesh) as a:
+            task = await a.submit("pipeline", {"steps": [work]})
+            await wait_for_action_processes(mesh, "sleep", 1)
+            return task.id
+
+    task_id = run(submit())
+    coordinator = mesh.children["coordinator"]
+    os.kill(coordinator.pid, signal.SIGTERM)
+    coordinator.proc.wait(30)  # type: ignore[union-attr]
+
+    async def after() -> None:
+        async with AgentMeshClient(b_addr, TENANT_KEYS["alpha"]) as b:
+            done = await asyncio.wait_for(b.wait(task_id), 30)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
 
     run(after())

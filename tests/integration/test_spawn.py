@@ -110,7 +110,10 @@ def test_cancelling_the_parent_cancels_its_children(mesh: Mesh) -> None:
             assert not any(pid_alive(p) for p in pids)
             page = await client.list(limit=50)
             kids = [t for t in page.tasks if t.parent_id == task.id]
-            assert kids and all(k.state == pb.TASK_STATE_CANCELLED for k in kids)
+            # Each child ends on its own once its cancel is durable: after its action stopped and
+            # reported what it used, which may be a moment after the parent's own end.
+            ends = await asyncio.wait_for(asyncio.gather(*(client.wait(k.id) for k in kids)), 20)
+            assert kids and all(k.state == pb.TASK_STATE_CANCELLED for k in ends)
 
     run(go())
 

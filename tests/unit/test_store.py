@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.coordinator import backends, records
+from services.coordinator import records
 from services.coordinator.backends import Backend, PostgresBackend
 from services.coordinator.store import Store, append_events
 from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
@@ -190,18 +190,6 @@ def test_a_database_error_in_one_operation_does_not_spoil_its_batch(where):
     assert isinstance(outcomes[2], error), outcomes[2]
     assert outcomes[1][1] is True and outcomes[3][1] is True
     assert ids == ["t1", "t2"]
-
-
-def test_a_postgresql_database_has_one_coordinator(postgres_server, monkeypatch):
-    url = postgres_server.new_database()
-    monkeypatch.setattr(backends, "OWNER_WAIT_S", 0.5)
-
-    async def body(store: Store) -> None:
-        with pytest.raises(backends.StoreInUse, match="another coordinator uses"):
-            PostgresBackend(url).connect()
-
-    with_store(PostgresBackend(url), body)
-    PostgresBackend(url).connect().close()  # the first one closed: the database is free again
 
 
 def test_the_store_reconnects_after_postgresql_drops_its_connection(postgres_server):
@@ -622,3 +610,51 @@ def test_task_round_trips_its_fields(where):
     assert task.agent == "pipeline" and task.input_json == '{"steps": []}'
     assert task.created_at == 1000.0
     assert task.cost == pb.Cost()
+
+
+# ---------------------------------------------------------------- leases (a shared store)
+
+
+def test_a_task_is_claimed_by_one_coordinator_until_its_lease_lapses(where):
+    def op(conn: Any) -> Any:
+        records.insert_task(conn, make_task("t1"), "h", lease=("a", 100.0))
+        return (
+            records.claim(conn, "t1", "b", 150.0, now=50.0),  # a holds it until 100
+            records.claim(conn, "t1", "a", 160.0, now=50.0),  # a renews its own
+            records.claim(conn, "t1", "b", 200.0, now=170.0),  # lapsed: b takes it over
+            records.owner_of(conn, "t1"),
+            records.claim(conn, "t1", "c", 300.0, now=10.0, force=True),  # a store of one coordinator
+            records.owner_of(conn, "t1"),
+        )
+
+    assert in_store(where, op) == [(False, True, True, "b", True, "c")]
+
+
+def test_the_heartbeat_renews_and_tells_what_was_lost_or_cancelled(where):
+    def op(conn: Any) -> Any:
+        for tid in ("t1", "t2", "t3"):
+            records.insert_task(conn, make_task(tid), "h", lease=("a", 100.0))
+        records.claim(conn, "t2", "b", 300.0, now=200.0)  # b took t2 over while a stalled
+        records.request_cancel(conn, "t3", None, "by b")
+        lost, cancelled = records.renew(conn, "a", 500.0, ["t1", "t2", "t3"])
+        leases = dict(conn.execute("SELECT id, lease_until FROM tasks").fetchall())
+        return lost, cancelled, leases
+
+    assert in_store(where, op) == [(["t2"], ["t3"], {"t1": 500.0, "t2": 300.0, "t3": 500.0})]
+
+
+def test_lapsed_and_unheld_tasks_are_taken_over_and_waiting_ones_are_not(where):
+    def op(conn: Any) -> Any:
+        records.insert_task(conn, make_task("held"), "h", lease=("a", 1000.0))
+        records.insert_task(conn, make_task("lapsed"), "h", lease=("a", 100.0))
+        records.insert_task(conn, make_task("unheld"), "h")
+        records.insert_task(conn, make_task("parked"), "h", lease=("a", 100.0))
+        records.set_state(conn, "parked", records.RUNNING)
+        records.park(conn, "parked", None, "", False, [])  # WAITING: released, claimed when woken
+        taken = records.claim_lapsed(conn, "b", 900.0, now=500.0, limit=10)
+        owners = dict(conn.execute("SELECT id, owner FROM tasks").fetchall())
+        return sorted(t[0] for t in taken), owners
+
+    assert in_store(where, op) == [
+        (["lapsed", "unheld"], {"held": "a", "lapsed": "b", "unheld": "b", "parked": None})
+    ]

@@ -36,7 +36,7 @@ from services.coordinator.events import EventHub, row_to_event
 from services.coordinator.pricing import BUDGET_EXCEEDED, PriceTable, add_cost, count_spend
 from services.coordinator.repeat import why_not_repeatable
 from services.coordinator.scheduler import Scheduler
-from services.coordinator.store import EventRow, Store
+from services.coordinator.store import EventRow, LeaseLost, Store
 from services.coordinator.workers import Workers
 from services.runtime.errors import (
     AgentMeshError,
@@ -158,6 +158,9 @@ class TaskManager:
         # too, so a task runs only where it is claimed, and lapsed claims are taken over.
         self.owner = owner or f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
         self.shared = store.backend.shared
+        # The progress writes of a run (results, checkpoints) land only while this coordinator
+        # holds the task: a stalled one that lost its lease cannot write beside the new holder.
+        self._fence = self.owner if self.shared else None
         self.workers = workers
         self._publish = publish
         self.limits = limits
@@ -601,11 +604,23 @@ class TaskManager:
                 current.uncancel()
             await self._stop_inflight(run)
             if run.interrupt == _Interrupt.CANCEL:
-                await self._finish(run.task_id, records.CANCELLED, parent_id=run.parent_id)
+                await self._finish(run.task_id, records.CANCELLED, parent_id=run.parent_id, fence=self._fence)
             elif run.interrupt == _Interrupt.FAIL:
-                await self._finish(run.task_id, records.FAILED, error=run.fail_error, parent_id=run.parent_id)
+                await self._finish(
+                    run.task_id,
+                    records.FAILED,
+                    error=run.fail_error,
+                    parent_id=run.parent_id,
+                    fence=self._fence,
+                )
             elif run.interrupt != _Interrupt.SHUTDOWN:
                 raise
+        except LeaseLost as exc:
+            # Another coordinator holds the task now (this one stalled past its lease): stop here,
+            # writing nothing more for it; the holder carries on from the last checkpoint.
+            log.warning("stopping task %s here: %s", run.task_id, exc)
+            run.finishing, run.interrupt = True, _Interrupt.SHUTDOWN
+            await self._stop_inflight(run)
         except AgentMeshError as exc:
             run.finishing = True
             await self._stop_inflight(run)
@@ -613,6 +628,7 @@ class TaskManager:
                 run.task_id,
                 records.FAILED,
                 parent_id=run.parent_id,
+                fence=self._fence,
                 error=pb.TaskError(reason=exc.reason, message=exc.message),
             )
         except Exception as exc:  # noqa: BLE001 - one task's bug must not take the coordinator down
@@ -623,6 +639,7 @@ class TaskManager:
                 run.task_id,
                 records.FAILED,
                 parent_id=run.parent_id,
+                fence=self._fence,
                 error=pb.TaskError(reason="INTERNAL", message=f"coordinator error: {exc!r}"),
             )
         finally:
@@ -669,7 +686,7 @@ class TaskManager:
             return False
         if loaded == "cancel":
             run.finishing = True  # a later interrupt must not cut this write short
-            await self._finish(run.task_id, records.CANCELLED, parent_id=None)
+            await self._finish(run.task_id, records.CANCELLED, parent_id=None, fence=self._fence)
             return False
         task, memo, decision, parent, run.maybe_started = loaded
         run.agent, run.input_json, run.memo, run.priority = task.agent, task.input_json, memo, task.priority
@@ -752,7 +769,7 @@ class TaskManager:
                 error = pb.TaskError(reason="AGENT_FAILED", message="the agent reported failure")
 
             def final_op(conn: Any) -> tuple[None, list[EventRow]]:
-                _, events = records.save_decision(conn, run.task_id, seq, decision, summary)
+                _, events = records.save_decision(conn, run.task_id, seq, decision, summary, self._fence)
                 return None, events + records.finish(
                     conn, run.task_id, state, result_json=final.result_json, error=error
                 )
@@ -770,7 +787,7 @@ class TaskManager:
         ]
 
         def op(conn: Any) -> tuple[float, list[EventRow]]:
-            created_at, events = records.save_decision(conn, run.task_id, seq, decision, summary)
+            created_at, events = records.save_decision(conn, run.task_id, seq, decision, summary, self._fence)
             return created_at, events + records.append_events(
                 conn, run.task_id, asks, created_at
             ) if asks else events
@@ -1175,7 +1192,9 @@ class TaskManager:
         decision_seq = run.decisions
 
         def op(conn: Any) -> tuple[None, list[EventRow] | None]:
-            return None, records.save_result(conn, run.task_id, decision_seq, result, total, events)
+            return None, records.save_result(
+                conn, run.task_id, decision_seq, result, total, events, self._fence
+            )
 
         # The run's own view moves before the write is awaited: records that overlap (siblings
         # cancelled together) each add to the total the one before left, and the store applies
@@ -1207,13 +1226,20 @@ class TaskManager:
         parent_id: str | None,
         result_json: str = "",
         error: pb.TaskError | None = None,
+        fence: str | None = None,
     ) -> None:
+        """End the task. `fence`: a run's own end, written only while this coordinator holds it."""
+
         def op(conn: Any) -> tuple[tuple[bool, str | None, list[str]], list[EventRow]]:
-            events = records.finish(conn, task_id, state, result_json=result_json, error=error)
+            events = records.finish(conn, task_id, state, result_json=result_json, error=error, fence=fence)
             children = records.unfinished_children(conn, task_id) if state != records.SUCCEEDED else []
             return (bool(events), records.parent_of(conn, task_id), children), events
 
-        finished, parent, children = await self._tx(op)
+        try:
+            finished, parent, children = await self._tx(op)
+        except LeaseLost as exc:
+            log.warning("not ending task %s here: %s", task_id, exc)
+            return
         if children:  # nothing of a task that failed or was cancelled may go on running
             self._spawn_bg(self._cancel_children(task_id, children, f"parent {task_id} ended"))
         if not finished:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.coordinator.store import EventRow, append_events
+from services.coordinator.store import EventRow, LeaseLost, append_events
 from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
 from services.runtime.wire import STATE_NAMES, TERMINAL_STATES
 
@@ -204,13 +204,19 @@ def finish(
     result_json: str = "",
     error: pb.TaskError | None = None,
     now: float | None = None,
+    fence: str | None = None,
 ) -> list[EventRow]:
     """Move a task to a terminal state; its terminal 'state' event is always its last event.
-    A waiting parent is marked due, so its join is looked at again even after a restart."""
+    A waiting parent is marked due, so its join is looked at again even after a restart. With
+    `fence`, only while that coordinator holds the task (else LeaseLost)."""
     now = time.time() if now is None else now
-    current = conn.execute("SELECT state, parent_id FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    current = conn.execute(
+        "SELECT state, parent_id, owner FROM tasks WHERE id = ?", (task_id,)
+    ).fetchone()
     if current is None or current[0] in TERMINAL_STATES:
         return []
+    if fence is not None and current[2] != fence:
+        raise LeaseLost(f"task {task_id} is held by {current[2] or 'nobody'} now")
     if result_json:
         conn.execute("UPDATE task_blobs SET result = ? WHERE id = ?", (result_json, task_id))
     conn.execute(
@@ -345,7 +351,12 @@ def load_decision(
 
 
 def save_decision(
-    conn: Connection, task_id: str, seq: int, decision: pb.Decision, summary: dict[str, Any]
+    conn: Connection,
+    task_id: str,
+    seq: int,
+    decision: pb.Decision,
+    summary: dict[str, Any],
+    fence: str | None = None,
 ) -> tuple[float, list[EventRow]]:
     """The checkpoint: the decision (holding the agent's new memo), atomically with its event."""
     now = time.time()
@@ -360,6 +371,7 @@ def save_decision(
         now,
         also_set="decisions = ?, updated_at = ?",
         also_params=(seq, now),
+        fence=fence,
     )
     return now, events  # type: ignore[return-value] - a missing task raises
 
@@ -371,6 +383,7 @@ def save_result(
     result: pb.ActionResult,
     cost: pb.Cost,
     events: list[tuple[str, str]],
+    fence: str | None = None,
 ) -> list[EventRow] | None:
     """Persist one action's result and the task's new total cost. None if the task already finished
     (a late result of a cancelled task is dropped, so the terminal event stays last)."""
@@ -381,6 +394,7 @@ def save_result(
         live_only=True,
         also_set="cost = ?, updated_at = ?",
         also_params=(cost.SerializeToString(), time.time()),
+        fence=fence,
     )
     if rows is None:
         return None

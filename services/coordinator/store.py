@@ -32,10 +32,13 @@ from services.coordinator.backends import Backend, SqliteBackend
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# The terminal task states, for SQL: SUCCEEDED, FAILED, CANCELLED.
-TERMINAL_SQL = ", ".join(
-    str(s) for s in (pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED, pb.TASK_STATE_CANCELLED)
-)
+# The terminal task states: SUCCEEDED, FAILED, CANCELLED; and as SQL.
+TERMINAL_STATES = (pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED, pb.TASK_STATE_CANCELLED)
+TERMINAL_SQL = ", ".join(str(s) for s in TERMINAL_STATES)
+
+
+class LeaseLost(Exception):
+    """A shared store: the task is another coordinator's now, so this one must not write for it."""
 # (the caller's future, committed?, the value or the exception, what to call once committed)
 _Outcome = tuple[asyncio.Future[Any], bool, Any, Callable[[Any], None] | None]
 
@@ -57,23 +60,32 @@ def append_events(
     live_only: bool = False,
     also_set: str = "",
     also_params: tuple[Any, ...] = (),
+    fence: str | None = None,
 ) -> list[EventRow] | None:
     """Append events (kind, data_json) to a task, numbering them after its last seq.
 
     With `live_only`, a finished (or missing) task gets nothing, and None is returned. `also_set`
     ("cost = ?, updated_at = ?") changes more of the task's row in the same statement: one round
-    trip on PostgreSQL instead of three (look, update, number)."""
+    trip on PostgreSQL instead of three (look, update, number). With `fence` (a coordinator, on a
+    shared store), nothing is written unless that coordinator holds the task: LeaseLost."""
     items = list(items)
     if not items and not also_set:
         return []
     now = time.time() if now is None else now
     assignments = ", ".join(filter(None, ["last_seq = last_seq + ?", also_set]))
     where = f" AND state NOT IN ({TERMINAL_SQL})" if live_only else ""
+    if fence is not None:
+        where += " AND owner = ?"
     row = conn.execute(
         f"UPDATE tasks SET {assignments} WHERE id = ?{where} RETURNING last_seq",
-        (len(items), *also_params, task_id),
+        (len(items), *also_params, task_id, *(() if fence is None else (fence,))),
     ).fetchone()
     if row is None:
+        if fence is not None:
+            holder = conn.execute("SELECT state, owner FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            finished = holder is None or holder[0] in TERMINAL_STATES
+            if not (finished and live_only) and (holder is None or holder[1] != fence):
+                raise LeaseLost(f"task {task_id} is held by {holder[1] if holder else 'nobody'} now")
         if live_only:
             return None
         raise LookupError(f"no task {task_id!r} to append events to")

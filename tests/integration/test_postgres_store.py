@@ -209,3 +209,44 @@ def test_a_coordinator_that_stops_hands_its_tasks_over_at_once(own_mesh, pg_url:
             assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
 
     run(after())
+
+
+def test_a_coordinator_that_lost_its_lease_writes_nothing_more(own_mesh, pg_url: str, shared_dir) -> None:  # type: ignore[no-untyped-def]
+    # Leases of 60 s (a heartbeat every 20 s): the fence on the result's write, not the heartbeat,
+    # is what stops the run here.
+    mesh = own_mesh(
+        extra_env={
+            "AGENTMESH_STORE_URL": pg_url,
+            "AGENTMESH_LEASE_S": "60",
+            "AGENTMESH_SHARED_DIR": str(shared_dir),
+        }
+    )
+    command = 'echo run >> "$AGENTMESH_SHARED_DIR/runs"; sleep 2; echo worked'
+    spec = {"steps": [{"id": "work", "tool": "shell", "args": {"command": command}}]}
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spec)
+            await wait_for_action_processes(mesh, "sleep", 1)
+            # Another coordinator takes the task over while this one's action runs (as if this one
+            # had stalled past its lease), holding it for 3 s and then dying.
+            with psycopg.connect(pg_url, autocommit=True) as conn:
+                conn.execute(
+                    "UPDATE tasks SET owner = 'elsewhere', lease_until = %s WHERE id = %s",
+                    (time.time() + 3, task.id),
+                )
+            done = await asyncio.wait_for(client.wait(task.id), 60)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            finished = [
+                json.loads(e.data_json) async for e in client.watch(task.id) if e.kind == "action.finished"
+            ]
+            # The result's write was refused (not this coordinator's task any more), and the run
+            # stopped. Once the other's lease lapsed, this one took the task back and dispatched
+            # the step again under the same action id: the executor answered with the result it
+            # remembered, so the step ran once, and its result was written once.
+            assert [f["key"] for f in finished] == ["work"], finished
+            assert json.loads(done.result_json)["steps"]["work"]["stdout"] == "worked\n"
+
+    run(go())
+    assert (shared_dir / "runs").read_text().split() == ["run"]
+    assert "is held by elsewhere now" in (mesh.logs / "coordinator.log").read_text()

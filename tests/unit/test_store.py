@@ -18,7 +18,7 @@ import pytest
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.coordinator import records
 from services.coordinator.backends import Backend, PostgresBackend
-from services.coordinator.store import Store, append_events
+from services.coordinator.store import LeaseLost, Store, append_events
 from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
 
 T = TypeVar("T")
@@ -658,3 +658,21 @@ def test_lapsed_and_unheld_tasks_are_taken_over_and_waiting_ones_are_not(where):
     assert in_store(where, op) == [
         (["lapsed", "unheld"], {"held": "a", "lapsed": "b", "unheld": "b", "parked": None})
     ]
+
+
+def test_a_fenced_write_lands_only_for_the_holder(where):
+    def op(conn: Any) -> Any:
+        records.insert_task(conn, make_task("t1"), "h", lease=("a", 100.0))
+        mine = records.save_result(conn, "t1", 1, pb.ActionResult(action_id="x"), pb.Cost(), [], fence="a")
+        records.claim(conn, "t1", "b", 300.0, now=200.0)  # a stalled; b took the task over
+        try:
+            records.save_result(conn, "t1", 1, pb.ActionResult(action_id="y"), pb.Cost(), [], fence="a")
+        except LeaseLost as exc:
+            lost = str(exc)
+        else:
+            lost = ""
+        results = [r[0] for r in conn.execute("SELECT action_id FROM results ORDER BY action_id")]
+        return mine, lost, results
+
+    ((mine, lost, results),) = in_store(where, op)
+    assert mine == [] and "held by b" in lost and results == ["x"]

@@ -237,6 +237,10 @@ class TaskManager:
     def _lease_until(self) -> float:
         return time.time() + self.limits.lease_s
 
+    def _lease(self) -> tuple[str, float] | None:
+        """What a task this coordinator creates is held by: on a shared store, this coordinator."""
+        return (self.owner, self._lease_until()) if self.shared else None
+
     async def _take_over(self, limit: int) -> int:
         """Claim up to `limit` unfinished tasks whose coordinator is gone, and queue them here."""
         if limit <= 0:
@@ -402,8 +406,7 @@ class TaskManager:
         )
 
         def op(conn: Any) -> tuple[tuple[pb.Task, bool], list[EventRow]]:
-            lease = (self.owner, self._lease_until())
-            stored, created, events = records.insert_task(conn, task, request_hash, lease=lease)
+            stored, created, events = records.insert_task(conn, task, request_hash, lease=self._lease())
             return (stored, created), events
 
         stored, created = await self._tx(op)
@@ -471,7 +474,8 @@ class TaskManager:
             task, new, events = records.request_cancel(conn, task_id, tenant, reason)
             # Always asked, not only on the first cancel: a retried cancel finishes an interrupted cascade.
             children = records.unfinished_children(conn, task_id)
-            return (task, new, children, records.owner_of(conn, task_id)), events
+            owner = records.owner_of(conn, task_id) if self.shared else None
+            return (task, new, children, owner), events
 
         run = self._running.get(task_id)
         # Only a run this caller may cancel and that is not already ending on its own; anything else
@@ -655,9 +659,8 @@ class TaskManager:
 
         def op(conn: Any) -> tuple[Any, list[EventRow] | None]:
             now = time.time()
-            if not records.claim(
-                conn, run.task_id, self.owner, now + self.limits.lease_s, now, force=not self.shared
-            ):
+            until = now + self.limits.lease_s
+            if self.shared and not records.claim(conn, run.task_id, self.owner, until, now):
                 return None, None  # another coordinator runs it
             task = records.get_task(conn, run.task_id)
             if task.state in TERMINAL_STATES:
@@ -962,7 +965,7 @@ class TaskManager:
                     budget=share,
                 )
                 stored, _, child_events = records.insert_task(
-                    conn, child, "", parent_action=action.id, lease=(self.owner, self._lease_until())
+                    conn, child, "", parent_action=action.id, lease=self._lease()
                 )
                 events += child_events
                 children.append(stored)

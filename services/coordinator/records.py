@@ -246,11 +246,6 @@ def wake_durably(conn: Connection, task_id: str | None) -> None:
         )
 
 
-def is_terminal(conn: Connection, task_id: str) -> bool:
-    row = conn.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
-    return row is None or row[0] in TERMINAL_STATES
-
-
 def request_cancel(
     conn: Connection, task_id: str, tenant: str | None, reason: str
 ) -> tuple[pb.Task, bool, list[EventRow]]:
@@ -496,14 +491,13 @@ def parent_of(conn: Connection, task_id: str) -> str | None:
 # ---------------------------------------------------------------------- leases (a shared store)
 
 
-def claim(conn: Connection, task_id: str, owner: str, until: float, now: float, force: bool = False) -> bool:
+def claim(conn: Connection, task_id: str, owner: str, until: float, now: float) -> bool:
     """Take the task for `owner` until `until`: if nobody holds it, `owner` already does, or its
-    holder's lease lapsed (or `force`: a store only one coordinator uses). False: another
-    coordinator runs it."""
-    condition = "" if force else " AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until < ?)"
-    params: tuple[Any, ...] = (owner, until, task_id) + (() if force else (owner, now))
+    holder's lease lapsed. False: another coordinator runs it."""
     row = conn.execute(
-        f"UPDATE tasks SET owner = ?, lease_until = ? WHERE id = ?{condition} RETURNING id", params
+        "UPDATE tasks SET owner = ?, lease_until = ? WHERE id = ? "
+        "AND (owner IS NULL OR owner = ? OR lease_until IS NULL OR lease_until < ?) RETURNING id",
+        (owner, until, task_id, owner, now),
     ).fetchone()
     return row is not None
 

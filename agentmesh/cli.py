@@ -90,6 +90,8 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
             child_env["AGENTMESH_METRICS_PORT"] = str(config.metrics_port + index)
         else:
             child_env["AGENTMESH_METRICS_PORT"] = "0"
+        if name == "planner" and args.agents:
+            child_env["AGENTMESH_AGENTS"] = _agents_spec(args.agents)
         sup.add(Child(name, service_argv(name), probes[name], env=child_env, log_path=logs / f"{name}.log"))
     stop = {"signal": 0}
 
@@ -140,6 +142,12 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
     codes = sup.stop(grace_s=args.stop_timeout)
     console.print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()))
     return exit_code
+
+
+def _agents_spec(spec: str) -> str:
+    """Files made absolute: the planner may not share this process's working directory."""
+    entries = [e.strip() for e in spec.split(",") if e.strip()]
+    return ",".join(str(Path(e).resolve()) if e.endswith(".py") or Path(e).is_file() else e for e in entries)
 
 
 def cmd_health(args: argparse.Namespace, rest: list[str]) -> int:
@@ -251,7 +259,8 @@ async def _client_call(args: argparse.Namespace) -> int:
                 console.print("delivered" if reply.delivered else "queued for the task's next wait")
         elif args.command == "agents":
             for agent in (await client.list_agents()).agents:
-                console.print(f"[bold]{agent.name}[/bold]  {agent.description}")
+                version = f" v{agent.version}" if agent.version else ""
+                console.print(f"[bold]{agent.name}[/bold]{version}  {agent.description}")
         return 0
     except AgentMeshError as exc:
         console.print(f"[red]{exc.code.name}[/red] {exc.reason}: {exc.message}")
@@ -289,6 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--ready-timeout", type=float, default=60.0)
     up.add_argument("--stop-timeout", type=float, default=15.0)
     up.add_argument("--ready-file", default="", help="write readiness time and pids as JSON here")
+    up.add_argument(
+        "--agents",
+        default="",
+        help="your SDK agents, served by the planner beside the built-in ones: module paths or .py files, "
+        "comma-separated (docs/agents.md)",
+    )
 
     serve = sub.add_parser("serve", help="run one service", add_help=False)
     serve.add_argument("service", choices=sorted(SERVICES))

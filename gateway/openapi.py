@@ -403,7 +403,7 @@ DOCUMENT: dict[str, Any] = {
                         "type": "string",
                         "description": "state | decision | action.started | "
                         "action.output | action.finished | "
-                        "input.requested | cost | log",
+                        "input.requested | cost | log | agent.<kind> (an SDK agent's ctx.emit)",
                     },
                     "data": {},
                 },
@@ -415,7 +415,19 @@ DOCUMENT: dict[str, Any] = {
                         "type": "array",
                         "items": {
                             "type": "object",
-                            "properties": {"name": {"type": "string"}, "description": {"type": "string"}},
+                            "required": ["name", "description"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "description": {"type": "string"},
+                                "version": {
+                                    "type": "string",
+                                    "description": "SDK agents: the version the planner serves",
+                                },
+                                "input_schema": {
+                                    "type": "object",
+                                    "description": "SDK agents: the JSON Schema input is checked against",
+                                },
+                            },
                         },
                     }
                 },

@@ -8,6 +8,7 @@ the shape of requests (`gateway.validation`), forwards the caller's key, and map
 from __future__ import annotations
 
 import functools
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -183,7 +184,16 @@ async def tasks_collection(request: Request) -> Response:
 @api
 async def list_agents(request: Request) -> Response:
     reply = await _client(request).list_agents()
-    return JSONResponse({"agents": [{"name": a.name, "description": a.description} for a in reply.agents]})
+    return JSONResponse({"agents": [_agent_info(a) for a in reply.agents]})
+
+
+def _agent_info(agent: Any) -> dict[str, Any]:
+    info: dict[str, Any] = {"name": agent.name, "description": agent.description}
+    if agent.version:
+        info["version"] = agent.version
+    if agent.input_schema_json:
+        info["input_schema"] = json.loads(agent.input_schema_json)
+    return info
 
 
 # --- operations ------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from services.coordinator.scheduler import Scheduler
 from services.coordinator.store import EventRow, LeaseLost, Store
 from services.coordinator.workers import Workers
 from services.runtime.errors import (
+    HISTORY_REQUIRED,
     AgentMeshError,
     DeadlineExceeded,
     InvalidArgument,
@@ -751,6 +752,7 @@ class TaskManager:
             results=results,
             decision_seq=seq,
             tools=await self.workers.tools.listed(),
+            now=time.time(),
         )
         decision = await self._call_planner(run, request)
         for index, action in enumerate(decision.actions):
@@ -764,6 +766,8 @@ class TaskManager:
             "actions": [{"id": a.id, "key": a.key, "kind": a.WhichOneof("kind")} for a in decision.actions],
             "final": STATE_NAMES[decision.final.state] if decision.HasField("final") else None,
         }
+        # An SDK agent's ctx.emit: recorded with the checkpoint, under a prefix no system event has.
+        emitted = [("agent." + e.kind, e.data_json or "null") for e in decision.events]
         if decision.HasField("final"):
             final = decision.final
             state = records.SUCCEEDED if final.state == records.SUCCEEDED else records.FAILED
@@ -772,7 +776,10 @@ class TaskManager:
                 error = pb.TaskError(reason="AGENT_FAILED", message="the agent reported failure")
 
             def final_op(conn: Any) -> tuple[None, list[EventRow]]:
-                _, events = records.save_decision(conn, run.task_id, seq, decision, summary, self._fence)
+                saved = records.save_decision(conn, run.task_id, seq, decision, summary, self._fence)
+                created_at, events = saved
+                if emitted:
+                    events += records.append_events(conn, run.task_id, emitted, created_at)
                 return None, events + records.finish(
                     conn, run.task_id, state, result_json=final.result_json, error=error
                 )
@@ -783,7 +790,7 @@ class TaskManager:
             if run.parent_id:
                 self._spawn_bg(self._wake(run.parent_id))
             return True
-        asks = [
+        asks = emitted + [
             ("input.requested", json.dumps({"action_id": a.id, "key": a.key, "prompt": a.await_input.prompt}))
             for a in decision.actions
             if a.WhichOneof("kind") == "await_input"
@@ -805,6 +812,11 @@ class TaskManager:
             try:
                 return await self.workers.decide(request, timeout=self.limits.decide_timeout_s)
             except AgentMeshError as exc:
+                if exc.reason == HISTORY_REQUIRED and not request.history_included:
+                    # An SDK agent's planner holds no live state for the task: hand it the journal
+                    # to replay from (once: it cannot need it twice for one call).
+                    await self._add_history(run, request)
+                    continue
                 if not exc.retryable:
                     raise AgentMeshError(f"planner: {exc.message}", reason="PLANNER_ERROR") from exc
                 log.warning("planner unavailable (%s); retrying in %.2fs", exc.reason, delay)
@@ -814,6 +826,13 @@ class TaskManager:
             # An agent may be waiting on the executor's tools (react): hand in what is known now.
             del request.tools[:]
             request.tools.extend(await self.workers.tools.listed())
+
+    async def _add_history(self, run: TaskRun, request: planner_pb2.DecideRequest) -> None:
+        history = await self.store.run(lambda c: records.load_history(c, run.task_id, run.decisions))
+        for seq, decision, results in history:
+            record = request.history.add(seq=seq, decision=decision)
+            record.results.extend(results[a.id] for a in decision.actions if a.id in results)
+        request.history_included = True
 
     # ------------------------------------------------------------------ actions
 

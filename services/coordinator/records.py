@@ -345,6 +345,28 @@ def load_decision(
     return decision, created_at, results
 
 
+def load_history(
+    conn: Connection, task_id: str, through: int
+) -> list[tuple[int, pb.Decision, dict[str, pb.ActionResult]]]:
+    """Decisions 1..`through` with their actions' results: the journal an SDK agent replays."""
+    results: dict[int, dict[str, pb.ActionResult]] = {}
+    for seq, action_id, body in conn.execute(
+        "SELECT decision_seq, action_id, body FROM results WHERE task_id = ? AND decision_seq <= ?",
+        (task_id, through),
+    ):
+        result = pb.ActionResult()
+        result.ParseFromString(body)
+        results.setdefault(seq, {})[action_id] = result
+    history = []
+    for seq, body in conn.execute(
+        "SELECT seq, body FROM decisions WHERE task_id = ? AND seq <= ? ORDER BY seq", (task_id, through)
+    ):
+        decision = pb.Decision()
+        decision.ParseFromString(body)
+        history.append((seq, decision, results.get(seq, {})))
+    return history
+
+
 def save_decision(
     conn: Connection,
     task_id: str,

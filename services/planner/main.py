@@ -6,7 +6,8 @@ import logging
 from dataclasses import dataclass
 
 from protos.agentmesh.v1 import planner_pb2, planner_pb2_grpc
-from services.planner.registry import load_agents
+from services.planner.durable import DurableSettings, durable_agents
+from services.planner.registry import Agent, load_agents
 from services.planner.servicer import PlannerServicer
 from services.runtime import config as config_mod
 from services.runtime import server
@@ -19,13 +20,36 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class PlannerConfig(CommonConfig):
     listen: str = setting("", "address to listen on (default: planner_addr)")
+    agents: str = setting(
+        "", "SDK agents to serve beside the built-in ones: module paths or .py files, comma-separated"
+    )
+    strict: bool = setting(False, "stop SDK agent code that reads the clock, random, sockets ... directly")
+    live_runs: int = setting(
+        10_000, "SDK tasks whose agent coroutines stay in memory between decisions (0: replay each time)"
+    )
+    step_timeout_s: float = setting(5.0, "how long SDK agent code may run without yielding")
 
 
 class PlannerService(Service):
     name = "planner"
 
+    def __init__(self, config: PlannerConfig) -> None:
+        self.config = config
+
     async def setup(self, rt: Runtime) -> None:
-        agents = load_agents()
+        agents: dict[str, Agent] = dict(load_agents())
+        if self.config.agents:
+            from agentmesh.sdk import strict
+            from agentmesh.sdk.loader import load_agents as load_sdk_agents
+
+            if self.config.strict:
+                strict.install()  # before the agents' modules bind time, random ...
+            settings = DurableSettings(
+                strict=self.config.strict,
+                live_runs=self.config.live_runs,
+                step_timeout_s=self.config.step_timeout_s,
+            )
+            agents.update(durable_agents(load_sdk_agents(self.config.agents), settings))
         planner_pb2_grpc.add_PlannerServicer_to_server(PlannerServicer(agents), rt.server)
         rt.add_service_name(planner_pb2.DESCRIPTOR.services_by_name["Planner"].full_name)
         log.info("agents: %s", ", ".join(sorted(agents)))
@@ -33,4 +57,4 @@ class PlannerService(Service):
 
 def main(argv: list[str]) -> int:
     config = config_mod.load(PlannerConfig, argv, prog="agentmesh serve planner")
-    return server.run(PlannerService(), config, config.listen or config.planner_addr)
+    return server.run(PlannerService(config), config, config.listen or config.planner_addr)

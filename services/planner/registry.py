@@ -1,14 +1,17 @@
-"""Agents: stateless policies found through the `agentmesh.agents` entry-point group.
+"""Agents: the built-in ones, those found through the `agentmesh.agents` entry-point group, and
+SDK agents (`agentmesh.sdk.agent`) loaded from the modules or files the planner is told of.
 
-An agent is a class with `name`, `description`, `validate(input) -> None` (raise InvalidArgument)
-and `decide(DecideContext) -> Decision`. It keeps nothing between calls: everything it needs comes
-in the request (input, memo, the previous decision's results).
+The low-level agent is a class with `name`, `description`, `validate(input) -> None` (raise
+InvalidArgument) and `decide(DecideContext) -> Decision` (or an awaitable of one). It keeps nothing
+between calls: everything it needs comes in the request (input, memo, the previous decision's
+results). SDK agents sit on the same protocol (services/planner/durable.py).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
@@ -37,6 +40,10 @@ class DecideContext:
     # The executor's tools as it declares them (name -> spec); empty when the coordinator could not
     # read them.
     tools: dict[str, pb.ToolSpec] = field(default_factory=dict)
+    # The coordinator's clock at the call (SDK agents read it as ctx.now()).
+    now: float = 0.0
+    # The task's recorded decisions, when the coordinator sent them (planner_pb2.RecordedDecision).
+    history: list[Any] | None = None
 
 
 class Agent(Protocol):
@@ -45,7 +52,7 @@ class Agent(Protocol):
 
     def validate(self, input: Any) -> None: ...  # noqa: A002
 
-    def decide(self, ctx: DecideContext) -> pb.Decision: ...
+    def decide(self, ctx: DecideContext) -> pb.Decision | Awaitable[pb.Decision]: ...
 
 
 def refuse_input(what: str, violations: list[tuple[str, str]], shown: int = 10) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -38,8 +39,11 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
             results=list(request.results),
             decision_seq=request.decision_seq,
             tools={spec.name: spec for spec in request.tools},
+            now=request.now,
+            history=list(request.history) if request.history_included else None,
         )
-        return agent.decide(ctx)
+        decision = agent.decide(ctx)
+        return await decision if inspect.isawaitable(decision) else decision
 
     async def Validate(
         self, request: planner_pb2.ValidateRequest, context: grpc.aio.ServicerContext
@@ -53,7 +57,17 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
     ) -> api.ListAgentsResponse:
         return api.ListAgentsResponse(
             agents=[
-                api.AgentInfo(name=name, description=agent.description)
+                api.AgentInfo(
+                    name=name,
+                    description=agent.description,
+                    version=getattr(agent, "version", ""),
+                    input_schema_json=_schema_json(agent),
+                )
                 for name, agent in sorted(self.agents.items())
             ]
         )
+
+
+def _schema_json(agent: Agent) -> str:
+    schema = agent.input_schema() if hasattr(agent, "input_schema") else None
+    return json.dumps(schema, sort_keys=True) if schema else ""

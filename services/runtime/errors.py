@@ -212,3 +212,8 @@ def internal_error(correlation_id: str) -> Internal:
 
 def json_details(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
+
+
+# The planner holds no live state for an SDK agent's task: the coordinator calls Decide again with
+# the task's recorded decisions (DecideRequest.history).
+HISTORY_REQUIRED = "HISTORY_REQUIRED"

@@ -1,0 +1,277 @@
+"""One task's agent coroutine, driven decision by decision, and its replay from the journal.
+
+A decision is a step: the previous decision's results are applied one at a time, in journal
+(position) order, each followed by running the agent until nothing more can run; whatever it asked
+for meanwhile is the next decision. Replay takes the same steps from the recorded decisions and
+checks, at each call, that the code asks for what the journal holds at that position: when it does
+not, the run stops with NONDETERMINISM instead of running or skipping anything.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import traceback
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any
+
+from agentmesh.sdk import strict as _strict
+from agentmesh.sdk.commands import Command, Kind, Options
+from agentmesh.sdk.context import Action, Context
+from agentmesh.sdk.definition import AgentDefinition
+from agentmesh.sdk.loop import Loop, Race, Task
+from agentmesh.sdk.results import AgentError, Outcome, Usage
+
+MEMO_FORMAT = 1
+EVENT_KIND = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
+MAX_TRACEBACK = 16_000
+
+
+@dataclass(frozen=True)
+class Final:
+    """How the task ends: a JSON result, or a failure with a reason."""
+
+    ok: bool
+    result_json: str = ""
+    reason: str = ""
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """One past decision as the journal holds it: for replay."""
+
+    seq: int
+    now: float
+    patches: tuple[str, ...]
+    fingerprints: tuple[str, ...]  # its actions, in order
+    outcomes: tuple[Outcome, ...]  # their results, in the same order
+
+
+@dataclass
+class Step:
+    """One decision: the new actions, progress events, the memo to checkpoint, or the end."""
+
+    commands: list[Command]
+    events: list[tuple[str, Any]]
+    memo: dict[str, Any]
+    final: Final | None = None
+    # Every new action is a branch of one `ctx.first` without `where`: the coordinator may stop the
+    # rest as soon as one succeeds.
+    first_success: bool = False
+
+
+class ProtocolError(Exception):
+    """The caller handed in results that do not match the decision they answer."""
+
+
+class Run:
+    def __init__(self, definition: AgentDefinition, task_id: str, raw_input: Any, *, strict: bool = False):
+        self.definition = definition
+        self.task_id = task_id
+        self.raw_input = raw_input
+        self.strict = strict
+        self.loop = Loop()
+        self.ctx = Context(self, task_id)
+        self.decided = 0  # the seq of the last decision taken
+        self.issued = 0  # positions handed out so far
+        self.now = 0.0
+        self.usage = Usage()
+        self._handles: dict[int, Action[Any]] = {}  # unresolved, by position
+        self._open: list[int] = []  # positions the last decision asked for
+        self._main: Task[Any] | None = None
+        self._step_commands: list[Command] = []
+        self._events: list[tuple[str, Any]] = []
+        self._expect: tuple[str, ...] | None = None  # replaying: the fingerprints the journal has
+        self._expect_base = 0
+        self._patches_seen: set[str] = set()
+        self._patch_values: dict[str, bool] = {}
+        self._patches_new: list[str] = []
+        self.poison: Final | None = None  # set once the run can go no further
+
+    # ---------------------------------------------------------------- stepping
+
+    def advance(self, seq: int, now: float, outcomes: list[Outcome], replay: Recorded | None = None) -> Step:
+        """Apply the last decision's outcomes (one per action it asked for, in order) and take
+        decision `seq`. With `replay`, check the code against that recorded decision instead."""
+        if seq != self.decided + 1:
+            raise ProtocolError(f"decision {seq} asked of a run at decision {self.decided}")
+        if len(outcomes) != len(self._open):
+            raise ProtocolError(f"{len(outcomes)} results for a decision of {len(self._open)} actions")
+        self.now = now
+        self._step_commands, self._events, self._patches_new = [], [], []
+        self._expect = replay.fingerprints if replay is not None else None
+        self._expect_base = self.issued
+        if replay is not None:
+            self._patches_seen.update(replay.patches)
+        with _strict.guard(self.definition.source_file, self.strict) as violations:
+            if self._main is None:
+                self._start()
+            self._run_loop(violations)
+            for position, outcome in zip(self._open, outcomes, strict=True):
+                if self.poison is not None:
+                    break
+                self.usage = self.usage + outcome.cost
+                handle = self._handles.pop(position)
+                handle.resolve(handle.command.result_of(outcome))
+                self._run_loop(violations)
+        self.decided = seq
+        self._open = [c.position for c in self._step_commands]
+        return self._step()
+
+    def _start(self) -> None:
+        violations = self.definition.input.violations(self.raw_input)
+        if violations:
+            self._fail("INVALID_INPUT", "; ".join(f"{f}: {d}" for f, d in violations))
+            return
+        value = self.definition.input.parse(self.raw_input)
+        self._main = Task(self.loop, self.definition.fn(self.ctx, value))
+
+    def _run_loop(self, violations: list[str]) -> None:
+        self.loop.run_until_quiet(stop=lambda: self.poison is not None or bool(violations))
+        if violations and self.poison is None:
+            self._fail("NONDETERMINISTIC_CALL", violations[0])
+
+    def _step(self) -> Step:
+        memo = {
+            "sdk": MEMO_FORMAT,
+            "agent": self.definition.name,
+            "version": self.definition.version,
+            "now": self.now,
+            "issued": self.issued,
+            "patches": self._patches_new,
+        }
+        replaying = self._expect is not None
+        if self.poison is None and self._expect is not None and len(self._step_commands) < len(self._expect):
+            missing = self._expect_base + len(self._step_commands)
+            self._nondeterminism(missing, self._expect[len(self._step_commands)], "", "")
+        if self.poison is None and self._main is not None and self._main.done():
+            self.poison = self._final_of(self._main)
+        if self.poison is None and not self._step_commands:
+            self._fail(
+                "AGENT_STALLED",
+                "the agent waits on nothing the journal can settle "
+                "(it awaits no action, or only one it gave up)",
+            )
+        events = [] if replaying else self._events
+        if self.poison is not None:
+            return Step([], events, memo, final=self.poison)
+        return Step(list(self._step_commands), events, memo, first_success=self._is_one_race())
+
+    def _is_one_race(self) -> bool:
+        handles = [self._handles.get(c.position) for c in self._step_commands]
+        races = {id(r) for h in handles if h is not None for r in h.races}
+        if len(races) != 1 or not all(h is not None and len(h.races) == 1 for h in handles):
+            return False
+        race: Race = handles[0].races[0]  # type: ignore[union-attr]
+        return race.where is None and len(race.branches) == len(handles)
+
+    # ---------------------------------------------------------------- what Context calls
+
+    def issue(
+        self,
+        kind: Kind,
+        target: str,
+        body: dict[str, Any],
+        options: Options,
+        key: str,
+        check: bool,
+        call_site: str,
+    ) -> Action[Any]:
+        command = Command(self.issued, kind, target, body, options, key, check, call_site)
+        self.issued += 1
+        handle: Action[Any] = Action(self.loop, command)
+        if self._expect is not None and self.poison is None:
+            index = command.position - self._expect_base
+            recorded = self._expect[index] if index < len(self._expect) else ""
+            if recorded != command.fingerprint:
+                self._nondeterminism(command.position, recorded, command.fingerprint, call_site)
+        self._handles[command.position] = handle
+        self._step_commands.append(command)
+        return handle
+
+    def patched(self, change_id: str) -> bool:
+        if change_id not in self._patch_values:
+            if self._expect is not None:  # replaying: new only where the change first ran
+                self._patch_values[change_id] = change_id in self._patches_seen
+            else:
+                self._patch_values[change_id] = True
+                self._patches_seen.add(change_id)
+                self._patches_new.append(change_id)
+        return self._patch_values[change_id]
+
+    def emit(self, kind: str, data: Any) -> None:
+        if not EVENT_KIND.match(kind):
+            raise ValueError(f"event kind {kind!r}: lower case letters, digits and _ . - (up to 63)")
+        json.dumps(data, allow_nan=False)  # refuse what cannot be an event now, where the call is
+        self._events.append((kind, data))
+
+    # ---------------------------------------------------------------- endings
+
+    def _fail(self, reason: str, message: str, **details: Any) -> None:
+        self.poison = Final(ok=False, reason=reason, message=message, details=details)
+
+    def _nondeterminism(self, position: int, recorded: str, asked: str, call_site: str) -> None:
+        if recorded and asked:
+            what = f"the code asks for {asked} where the journal has {recorded}"
+        elif recorded:
+            what = f"the code did not ask for the journal's {recorded}"
+        else:
+            what = f"the code asks for {asked} where the journal's decision had ended"
+        self._fail(
+            "NONDETERMINISM",
+            f"{self.definition.name} v{self.definition.version}, action {position}: {what}"
+            + (f" (at {call_site})" if call_site else ""),
+            agent=self.definition.name,
+            version=self.definition.version,
+            position=position,
+            journal_fingerprint=recorded,
+            code_fingerprint=asked,
+            call_site=call_site,
+        )
+
+    def _final_of(self, main: Task[Any]) -> Final:
+        error = main.error()
+        if error is None:
+            value = main.result()
+            if hasattr(value, "model_dump"):
+                value = value.model_dump(mode="json")
+            elif is_dataclass(value) and not isinstance(value, type):
+                value = asdict(value)
+            try:
+                return Final(ok=True, result_json=json.dumps(value, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                return Final(ok=False, reason="RESULT_NOT_JSON", message=f"the agent returned {exc}")
+        trace = "".join(traceback.format_exception(error))[-MAX_TRACEBACK:]
+        if isinstance(error, AgentError):
+            details: dict[str, Any] = {"traceback": trace}
+            if error.details is not None:
+                details["details"] = error.details
+            return Final(ok=False, reason=error.reason, message=error.message, details=details)
+        return Final(
+            ok=False,
+            reason="AGENT_ERROR",
+            message=f"{type(error).__name__}: {error}",
+            details={"traceback": trace},
+        )
+
+
+def replay(
+    definition: AgentDefinition,
+    task_id: str,
+    raw_input: Any,
+    journal: list[Recorded],
+    *,
+    strict: bool = False,
+) -> tuple[Run, Step | None]:
+    """A run brought up to the end of the journal. The step is a failure (NONDETERMINISM ...) that
+    stopped the replay, or None when the run is ready for the journal's last outcomes."""
+    run = Run(definition, task_id, raw_input, strict=strict)
+    previous: tuple[Outcome, ...] = ()
+    for record in journal:
+        step = run.advance(record.seq, record.now, list(previous), replay=record)
+        if step.final is not None:
+            return run, step
+        previous = record.outcomes
+    return run, None

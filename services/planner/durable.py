@@ -1,0 +1,277 @@
+"""SDK agents (`agentmesh.sdk.agent`) behind the planner's Decide protocol.
+
+The planner keeps each task's agent coroutine in memory between decisions (`LiveRuns`, bounded
+LRU), so a warm decision applies only the new results. Without a live run (a restart, an eviction,
+a decision asked twice) it answers HISTORY_REQUIRED and the coordinator calls again with the task's
+recorded decisions, from which the run is replayed. Agent code runs on a thread of its own with a
+time limit, so code that blocks fails its task and the planner goes on serving others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from agentmesh.sdk.commands import Command, Join, Kind
+from agentmesh.sdk.definition import AgentDefinition
+from agentmesh.sdk.results import Outcome, Status, Usage
+from agentmesh.sdk.run import Final, Recorded, Run, Step, replay
+from protos.agentmesh.v1 import common_pb2 as pb
+from protos.agentmesh.v1 import planner_pb2
+from services.planner.registry import DecideContext, refuse_input
+from services.runtime.errors import HISTORY_REQUIRED, FailedPrecondition, Unavailable
+
+STATUS = {
+    pb.ACTION_STATUS_OK: Status.OK,
+    pb.ACTION_STATUS_FAILED: Status.FAILED,
+    pb.ACTION_STATUS_CANCELLED: Status.CANCELLED,
+    pb.ACTION_STATUS_TIMED_OUT: Status.TIMED_OUT,
+    pb.ACTION_STATUS_SKIPPED: Status.SKIPPED,
+}
+JOIN = {Join.ALL: pb.JOIN_MODE_ALL, Join.ANY: pb.JOIN_MODE_ANY, Join.FAIL_FAST: pb.JOIN_MODE_FAIL_FAST}
+AMBIGUOUS = {
+    None: pb.AMBIGUOUS_POLICY_UNSPECIFIED,
+    "rerun": pb.AMBIGUOUS_POLICY_RERUN,
+    "fail": pb.AMBIGUOUS_POLICY_FAIL,
+}
+
+
+@dataclass(frozen=True)
+class DurableSettings:
+    strict: bool = False
+    live_runs: int = 10_000  # 0: replay every decision (no live state kept)
+    step_timeout_s: float = 5.0
+
+
+class LiveRuns:
+    """task id -> its live run, least recently used dropped first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    def take(self, task_id: str) -> Run | None:
+        """Remove and return the task's run: while one call steps it, another finds none."""
+        with self._lock:
+            run = self._runs.pop(task_id, None)
+            if run is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+            return run
+
+    def put(self, task_id: str, run: Run) -> None:
+        if self.capacity <= 0:
+            return
+        with self._lock:
+            self._runs[task_id] = run
+            while len(self._runs) > self.capacity:
+                self._runs.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._runs)
+
+
+# ------------------------------------------------------------------------- protobuf <-> SDK data
+
+
+def outcome_of(result: pb.ActionResult) -> Outcome:
+    c = result.cost
+    return Outcome(
+        status=STATUS.get(result.status, Status.FAILED),
+        output=json.loads(result.output_json) if result.output_json else None,
+        exit_code=result.exit_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        reason=result.error.reason,
+        message=result.error.message,
+        cost=Usage(c.tokens_in, c.tokens_out, c.gpu_ms, c.cpu_ms, c.wall_ms, c.usd),
+        artifacts=dict(result.artifacts),
+        attempts=result.attempts,
+    )
+
+
+def action_of(command: Command) -> pb.Action:
+    body, options = command.body, command.options
+    action = pb.Action(
+        key=command.key or f"{command.kind}#{command.position}",
+        timeout_s=options.timeout_s,
+        share_identical=options.share_identical,
+        fingerprint=command.fingerprint,
+    )
+    if options.retry is not None:
+        r = options.retry
+        action.retry.CopyFrom(
+            pb.RetryPolicy(
+                attempts=r.attempts,
+                backoff_s=r.backoff_s,
+                max_backoff_s=r.max_backoff_s,
+                retry_on=list(r.retry_on),
+                on_ambiguous=AMBIGUOUS[r.on_ambiguous],
+            )
+        )
+    kind = command.kind
+    if kind is Kind.EXEC:
+        action.exec.CopyFrom(
+            pb.ExecAction(
+                tool=command.target,
+                args_json=json.dumps(body["args"]),
+                files=body["files"],
+                network=body["network"],
+                output_files=body["output_files"],
+                isolation=body["isolation"],
+                limits=pb.ResourceLimits(**body["limits"]),
+            )
+        )
+    elif kind is Kind.INFER:
+        fields = {k: v for k, v in body.items() if k != "messages"}
+        action.infer.CopyFrom(
+            pb.InferAction(**fields, messages=[pb.ChatMessage(**m) for m in body["messages"]])
+        )
+    elif kind is Kind.EMBED:
+        action.embed.CopyFrom(pb.EmbedAction(model=body["model"], texts=body["texts"]))
+    elif kind is Kind.SPAWN:
+        children = [
+            pb.ChildSpec(
+                agent=c["agent"],
+                input_json=json.dumps(c["input"]) if c["input"] is not None else "",
+                priority=c["priority"],
+                labels=c["labels"],
+            )
+            for c in body["children"]
+        ]
+        action.spawn.CopyFrom(pb.SpawnAction(children=children, join=JOIN[Join(body["join"])]))
+    elif kind is Kind.INPUT:
+        action.await_input.CopyFrom(pb.AwaitInputAction(prompt=body["prompt"], timeout_s=body["timeout_s"]))
+    else:
+        action.sleep.CopyFrom(pb.SleepAction(seconds=body["seconds"]))
+    return action
+
+
+def decision_of(step: Step) -> pb.Decision:
+    decision = pb.Decision(
+        memo_json=json.dumps(step.memo),
+        actions=[action_of(c) for c in step.commands],
+        first_success=step.first_success,
+        events=[pb.AgentEvent(kind=k, data_json=json.dumps(d)) for k, d in step.events],
+    )
+    if step.final is not None:
+        decision.final.CopyFrom(final_of(step.final))
+    return decision
+
+
+def final_of(final: Final) -> pb.Final:
+    if final.ok:
+        return pb.Final(state=pb.TASK_STATE_SUCCEEDED, result_json=final.result_json)
+    error = pb.TaskError(reason=final.reason, message=final.message, details_json=json.dumps(final.details))
+    return pb.Final(state=pb.TASK_STATE_FAILED, error=error)
+
+
+def recorded_of(record: planner_pb2.RecordedDecision) -> Recorded:
+    memo = json.loads(record.decision.memo_json) if record.decision.memo_json else {}
+    results = {r.action_id: r for r in record.results}
+    outcomes = []
+    for action in record.decision.actions:
+        result = results.get(action.id)
+        if result is None:  # the coordinator settles every action before it decides again
+            raise FailedPrecondition(
+                f"the journal has no result for {action.id}", reason="JOURNAL_INCOMPLETE"
+            )
+        outcomes.append(outcome_of(result))
+    return Recorded(
+        seq=record.seq,
+        now=float(memo.get("now", 0.0)),
+        patches=tuple(memo.get("patches", ())),
+        fingerprints=tuple(a.fingerprint for a in record.decision.actions),
+        outcomes=tuple(outcomes),
+    )
+
+
+# ------------------------------------------------------------------------- the agent
+
+
+class DurableAgent:
+    """One SDK agent as the planner's `Agent`: validate and (async) decide."""
+
+    def __init__(
+        self, definition: AgentDefinition, runs: LiveRuns, pool: ThreadPoolExecutor, settings: DurableSettings
+    ) -> None:
+        self.definition = definition
+        self.name = definition.name
+        self.description = definition.description
+        self.version = definition.version
+        self.runs, self.pool, self.settings = runs, pool, settings
+
+    def input_schema(self) -> dict[str, Any] | None:
+        return self.definition.input.json_schema()
+
+    def validate(self, input: Any) -> None:  # noqa: A002
+        refuse_input(f"input for {self.name}", self.definition.input.violations(input))
+
+    async def decide(self, ctx: DecideContext) -> pb.Decision:
+        memo = ctx.memo if isinstance(ctx.memo, dict) else {}
+        started_on = memo.get("version")
+        if started_on is not None and started_on != self.version:
+            # Pinned: a task is only ever decided by the version it started on.
+            raise Unavailable(
+                f"task {ctx.task_id} runs {self.name} v{started_on}; this planner serves v{self.version}",
+                reason="AGENT_VERSION_UNAVAILABLE",
+            )
+        run = self.runs.take(ctx.task_id)
+        if run is not None and (run.decided != ctx.decision_seq - 1 or run.definition is not self.definition):
+            run = None  # stale (a decision asked again after a lost answer): rebuild from the journal
+        if run is None and ctx.decision_seq > 1 and ctx.history is None:
+            raise FailedPrecondition(
+                f"no live state for task {ctx.task_id}: send its history", reason=HISTORY_REQUIRED
+            )
+        holder: dict[str, int] = {}
+        future = asyncio.get_running_loop().run_in_executor(self.pool, self._step, ctx, run, holder)
+        limit = self.settings.step_timeout_s + 0.01 * len(ctx.history or ())
+        try:
+            run, step = await asyncio.wait_for(asyncio.shield(future), limit)
+        except TimeoutError:
+            return decision_of(Step([], [], memo, final=self._blocked(holder.get("thread"), limit)))
+        if step.final is None:
+            self.runs.put(ctx.task_id, run)
+        return decision_of(step)
+
+    def _step(self, ctx: DecideContext, run: Run | None, holder: dict[str, int]) -> tuple[Run, Step]:
+        holder["thread"] = threading.get_ident()
+        if run is None:
+            journal = [recorded_of(r) for r in ctx.history or ()]
+            run, stopped = replay(
+                self.definition, ctx.task_id, ctx.input, journal, strict=self.settings.strict
+            )
+            if stopped is not None:
+                return run, stopped
+        outcomes = [outcome_of(r) for r in ctx.results]
+        return run, run.advance(ctx.decision_seq, ctx.now or time.time(), outcomes)
+
+    def _blocked(self, thread: int | None, limit: float) -> Final:
+        frame = sys._current_frames().get(thread) if thread is not None else None
+        stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
+        return Final(
+            ok=False,
+            reason="AGENT_BLOCKED",
+            message=f"{self.name} v{self.version} ran {limit:.1f}s without yielding: agent code must not "
+            "block (await ctx.* instead of sleeping, computing for long, or doing I/O)",
+            details={"traceback": stack},
+        )
+
+
+def durable_agents(
+    definitions: dict[str, AgentDefinition], settings: DurableSettings
+) -> dict[str, DurableAgent]:
+    runs = LiveRuns(settings.live_runs)
+    pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="agent")
+    return {name: DurableAgent(d, runs, pool, settings) for name, d in definitions.items()}

@@ -44,6 +44,10 @@ TOKEN_FLUSH_S = 0.05
 CANCEL_REPORT_S = 1.0
 
 
+# How long a submit waits for an unreachable planner before it answers UNAVAILABLE.
+VALIDATE_WAIT_S = 10.0
+
+
 class Workers:
     def __init__(
         self, planner_addr: str, executor_addr: str, inference_addr: str, cancel_grace_s: float = 2.0
@@ -75,8 +79,12 @@ class Workers:
 
     async def validate(self, agent: str, input_json: str, timeout: float) -> None:
         try:
+            # Waits for the channel to (re)connect rather than failing at once: a planner that just
+            # restarted is back before the channel's reconnect backoff would notice.
             await self.planner.Validate(
-                planner_pb2.ValidateRequest(agent=agent, input_json=input_json), timeout=timeout
+                planner_pb2.ValidateRequest(agent=agent, input_json=input_json),
+                timeout=min(timeout, VALIDATE_WAIT_S),
+                wait_for_ready=True,
             )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None

@@ -125,7 +125,11 @@ def test_sub_coroutines_in_a_gather_number_their_actions_deterministically():
 
 def changed(journal: list[Recorded], at: int, fingerprint: str) -> list[Recorded]:
     record = journal[at]
-    return [*journal[:at], replace(record, fingerprints=(fingerprint, *record.fingerprints[1:])), *journal[at + 1 :]]
+    return [
+        *journal[:at],
+        replace(record, fingerprints=(fingerprint, *record.fingerprints[1:])),
+        *journal[at + 1 :],
+    ]
 
 
 def test_code_that_asks_for_something_else_stops_with_nondeterminism():

@@ -63,8 +63,7 @@ class Context:
     def __init__(self, run: Run, task_id: str) -> None:
         self._run = run
         self.task_id = task_id
-        # Seeded from the task: the same draws on every replay, different ones per task.
-        self._rng = _random.Random(task_id)
+        self._random: _random.Random | None = None
 
     # ---------------------------------------------------------------- actions
 
@@ -245,6 +244,14 @@ class Context:
     def now(self) -> float:
         """Unix seconds of the decision being taken: the same value on replay."""
         return self._run.now
+
+    @property
+    def _rng(self) -> _random.Random:
+        # Seeded from the task: the same draws on every replay, different ones per task. Made on
+        # first use: its state is 2.5 KB, and most agents never draw.
+        if self._random is None:
+            self._random = _random.Random(self.task_id)
+        return self._random
 
     def random(self) -> float:
         return self._rng.random()

@@ -1,7 +1,8 @@
 """Find the agents a user names: `--agents mypkg.agents,./more_agents.py`.
 
 Each entry is a module path (imported as usual) or a Python file (imported from its path, never
-installed). Every `@agent` definition among the module's globals is taken.
+installed). Every `@agent` definition among the module's globals is taken, and every low-level agent
+instance too (an object with `name`, `description`, `validate` and `decide`: the planner's class API).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from agentmesh.sdk.definition import AgentDefinition
 
@@ -50,13 +52,26 @@ def load_module(entry: str) -> ModuleType:
     return importlib.import_module(entry)
 
 
-def definitions_in(module: ModuleType) -> list[AgentDefinition]:
-    return [value for value in vars(module).values() if isinstance(value, AgentDefinition)]
+def definitions_in(module: ModuleType) -> list[Any]:
+    return [
+        value for value in vars(module).values() if isinstance(value, AgentDefinition) or _low_level(value)
+    ]
 
 
-def load_agents(spec: str) -> dict[str, AgentDefinition]:
-    """name -> definition for every agent in the comma-separated entries of `spec`."""
-    found: dict[str, AgentDefinition] = {}
+def _low_level(value: Any) -> bool:
+    return (
+        not isinstance(value, type | ModuleType)
+        and isinstance(getattr(value, "name", None), str)
+        and isinstance(getattr(value, "description", None), str)
+        and callable(getattr(value, "validate", None))
+        and callable(getattr(value, "decide", None))
+    )
+
+
+def load_agents(spec: str) -> dict[str, Any]:
+    """name -> agent (an `AgentDefinition`, or a low-level agent instance) for every agent in the
+    comma-separated entries of `spec`."""
+    found: dict[str, Any] = {}
     for entry in filter(None, (e.strip() for e in spec.split(","))):
         try:
             module = load_module(entry)
@@ -66,13 +81,18 @@ def load_agents(spec: str) -> dict[str, AgentDefinition]:
             raise AgentLoadError(f"cannot load agents from {entry}: {type(exc).__name__}: {exc}") from exc
         definitions = definitions_in(module)
         if not definitions:
-            raise AgentLoadError(f"{entry} defines no @agent function")
+            raise AgentLoadError(f"{entry} defines no agent (an @agent function or an agent instance)")
         for definition in definitions:
             other = found.get(definition.name)
             if other is not None and other is not definition:
                 raise AgentLoadError(
-                    f"agent {definition.name!r} is defined twice "
-                    f"({other.source_file}, {definition.source_file})"
+                    f"agent {definition.name!r} is defined twice ({_where(other)}, {_where(definition)})"
                 )
             found[definition.name] = definition
     return found
+
+
+def _where(agent: Any) -> str:
+    if isinstance(agent, AgentDefinition):
+        return agent.source_file
+    return getattr(type(agent), "__module__", "?")

@@ -39,7 +39,7 @@ class PlannerService(Service):
     async def setup(self, rt: Runtime) -> None:
         agents: dict[str, Agent] = dict(load_agents())
         if self.config.agents:
-            from agentmesh.sdk import strict
+            from agentmesh.sdk import AgentDefinition, strict
             from agentmesh.sdk.loader import load_agents as load_sdk_agents
 
             if self.config.strict:
@@ -49,7 +49,10 @@ class PlannerService(Service):
                 live_runs=self.config.live_runs,
                 step_timeout_s=self.config.step_timeout_s,
             )
-            agents.update(durable_agents(load_sdk_agents(self.config.agents), settings))
+            loaded = load_sdk_agents(self.config.agents)
+            sdk = {name: a for name, a in loaded.items() if isinstance(a, AgentDefinition)}
+            agents.update({name: a for name, a in loaded.items() if name not in sdk})
+            agents.update(durable_agents(sdk, settings))
         planner_pb2_grpc.add_PlannerServicer_to_server(PlannerServicer(agents), rt.server)
         rt.add_service_name(planner_pb2.DESCRIPTOR.services_by_name["Planner"].full_name)
         log.info("agents: %s", ", ".join(sorted(agents)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import json
 import os
@@ -159,7 +160,6 @@ def cmd_health(args: argparse.Namespace, rest: list[str]) -> int:
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
     """What isolation the executor at args.executor gives on its host (Executor.GetCapabilities)."""
-    import asyncio
 
     import grpc
     from google.protobuf.json_format import MessageToDict
@@ -204,6 +204,29 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------- client verbs
+
+
+async def _replay(console: Any, client: Any, args: argparse.Namespace) -> int:
+    from agentmesh.sdk import strict
+    from agentmesh.sdk.loader import load_agents
+    from agentmesh.testing.replay import load_journal, replay_journal
+
+    strict.install()
+    agents = load_agents(args.agents)
+    source = Path(args.source)
+    journal = load_journal(source) if source.suffix == ".json" else await client.journal(args.source)
+    report = replay_journal(journal, agents)
+    if args.json:
+        print(json.dumps({**vars(report)}))
+    elif report.ok:
+        console.print(
+            f"[green]ok[/green] {report.task_id} ({report.agent}): {report.decisions} decisions replay"
+        )
+    else:
+        console.print(f"[red]differs[/red] {report.task_id} ({report.agent}): {report.problem}")
+        for key, value in report.details.items():
+            console.print(f"  {key}: {value}")
+    return 0 if report.ok else 1
 
 
 def _read_input(text: str) -> str:
@@ -257,6 +280,17 @@ async def _client_call(args: argparse.Namespace) -> int:
                 print(json.dumps({"delivered": reply.delivered, "task": task_to_dict(reply.task)}))
             else:
                 console.print("delivered" if reply.delivered else "queued for the task's next wait")
+        elif args.command == "export":
+            from agentmesh.testing.replay import dump_journal
+
+            text = dump_journal(await client.journal(args.id))
+            if args.out:
+                await asyncio.to_thread(Path(args.out).write_text, text + "\n")
+                console.print(f"wrote {args.out}")
+            else:
+                print(text)
+        elif args.command == "replay":
+            return await _replay(console, client, args)
         elif args.command == "agents":
             for agent in (await client.list_agents()).agents:
                 version = f" v{agent.version}" if agent.version else ""
@@ -346,6 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     give.add_argument("id")
     give.add_argument("data", help="JSON, or @FILE")
     client_parser("agents", "list the agents the planner offers")
+    export = client_parser("export", "write a task's journal (its decisions and results) as JSON")
+    export.add_argument("id")
+    export.add_argument("--out", default="", help="a file (default: standard output)")
+    replay = client_parser(
+        "replay", "replay a task's journal against agent code here: would a deploy break it?"
+    )
+    replay.add_argument("source", help="a task id (fetched from the coordinator) or an exported .json file")
+    replay.add_argument(
+        "--agents", required=True, help="the code: module paths or .py files, comma-separated"
+    )
     return parser
 
 
@@ -363,7 +407,6 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_health(args, [])
     if args.command == "sandbox":
         return cmd_sandbox(args)
-    import asyncio
 
     try:
         return asyncio.run(_client_call(args))

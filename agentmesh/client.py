@@ -81,6 +81,10 @@ class AgentMeshClient:
     async def get(self, task_id: str) -> common_pb2.Task:
         return await self._unary(self._stub.GetTask, api.GetTaskRequest(id=task_id))
 
+    async def journal(self, task_id: str) -> api.TaskJournal:
+        """The task with every decision and its results (what `agentmesh export` writes)."""
+        return await self._unary(self._stub.GetTaskJournal, api.GetTaskJournalRequest(id=task_id))
+
     async def list(self, state: int = 0, limit: int = 50, cursor: str = "") -> api.ListTasksResponse:
         return await self._unary(
             self._stub.ListTasks, api.ListTasksRequest(state=state, limit=limit, cursor=cursor)

@@ -15,7 +15,7 @@ from agentmesh.local_postgres import REQUIRED_ENV, PostgresServer, find_bin_dir
 from protos.agentmesh.v1 import common_pb2 as pb
 
 
-def _run_mesh(root: Path, request: pytest.FixtureRequest, **kwargs: object) -> Iterator[Mesh]:
+def run_mesh(root: Path, request: pytest.FixtureRequest, **kwargs: object) -> Iterator[Mesh]:
     mesh = Mesh(root, **kwargs)  # type: ignore[arg-type]
     try:
         mesh.start()
@@ -30,13 +30,13 @@ def _run_mesh(root: Path, request: pytest.FixtureRequest, **kwargs: object) -> I
 @pytest.fixture(scope="session")
 def mesh(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """One mesh shared by the tests that do not disturb it."""
-    yield from _run_mesh(tmp_path_factory.mktemp("mesh"), request)
+    yield from run_mesh(tmp_path_factory.mktemp("mesh"), request)
 
 
 @pytest.fixture(scope="session")
 def model_mesh(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Mesh]:
     """A mesh whose inference worker has the embedded default models loaded."""
-    yield from _run_mesh(tmp_path_factory.mktemp("models"), request, models=True)
+    yield from run_mesh(tmp_path_factory.mktemp("models"), request, models=True)
 
 
 @pytest.fixture

@@ -48,6 +48,26 @@ class Action(_loop.Handle[T]):
             self.set_result(result)  # type: ignore[arg-type]
 
 
+class Shield:
+    def __init__(self, loop: _loop.Loop) -> None:
+        self._task = loop.current
+
+    def __enter__(self) -> Shield:
+        if self._task is not None:
+            self._task.shield_depth += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.shield_depth -= 1
+
+    async def __aenter__(self) -> Shield:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
+
 def _call_site() -> str:
     frame = sys._getframe(2)
     while frame is not None and frame.f_code.co_filename.startswith(_SDK_DIR):
@@ -238,6 +258,17 @@ class Context:
         """The first branch to succeed (and satisfy `where`) wins and the others are given up.
         Raises `NoWinner` when none does."""
         return _loop.Race(self._run.loop, [_loop.as_handle(self._run.loop, a) for a in aws], where)
+
+    def shield(self) -> Shield:
+        """`async with ctx.shield():` (or `with`): actions started inside still run while the task
+        is being cancelled, and are paid for; outside it, every `ctx.*` action raises `Cancelled`
+        once the cancel has reached the agent."""
+        return Shield(self._run.loop)
+
+    @property
+    def cancelling(self) -> bool:
+        """True once the task's cancel has reached the agent."""
+        return self._run.cancelling
 
     # ---------------------------------------------------------------- deterministic values
 

@@ -21,12 +21,13 @@ class ForeignAwait(AgentError):
 
 
 class Loop:
-    __slots__ = ("_ready",)
+    __slots__ = ("_ready", "current")
 
     def __init__(self) -> None:
         # A plain list, taken whole each round (FIFO across rounds): tens of thousands of parked
         # runs each keep one, and an empty list is a tenth of an empty deque.
         self._ready: list[Callable[[], None]] = []
+        self.current: Task[Any] | None = None  # the coroutine being stepped
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         self._ready.append(fn)
@@ -111,12 +112,17 @@ class Task(Handle[T]):
         self._coro = coro
         self._waiting_on: Handle[Any] | None = None
         self._throw: BaseException | None = None
+        # Inside `ctx.shield()`: may still start actions while the task is being cancelled. A branch
+        # started from a shielded one is shielded too.
+        parent = loop.current
+        self.shield_depth = 1 if parent is not None and parent.shield_depth else 0
         loop.call_soon(self._step)
 
     def _step(self) -> None:
         if self._done:
             return
         throw, self._throw = self._throw, None
+        outer, self._loop.current = self._loop.current, self
         try:
             yielded = self._coro.throw(throw) if throw is not None else self._coro.send(None)
         except StopIteration as stop:
@@ -125,6 +131,8 @@ class Task(Handle[T]):
         except Exception as exc:  # noqa: BLE001 - the agent's own error becomes the task's
             self.set_error(exc)
             return
+        finally:
+            self._loop.current = outer
         if isinstance(yielded, Handle):
             self._waiting_on = yielded
             yielded.add_done(self._wake)

@@ -20,7 +20,7 @@ from agentmesh.sdk.commands import Command, Kind, Options
 from agentmesh.sdk.context import Action, Context
 from agentmesh.sdk.definition import AgentDefinition
 from agentmesh.sdk.loop import Loop, Race, Task
-from agentmesh.sdk.results import AgentError, Outcome, Usage
+from agentmesh.sdk.results import AgentError, Cancelled, Outcome, Usage
 
 MEMO_FORMAT = 1
 EVENT_KIND = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
@@ -47,6 +47,7 @@ class Recorded:
     patches: tuple[str, ...]
     fingerprints: tuple[str, ...]  # its actions, in order
     outcomes: tuple[Outcome, ...]  # their results, in the same order
+    cancelling: bool = False  # taken while the task was being cancelled
 
 
 @dataclass
@@ -89,12 +90,25 @@ class Run:
         self._patch_values: dict[str, bool] = {}
         self._patches_new: list[str] = []
         self.poison: Final | None = None  # set once the run can go no further
+        self.cancelling = False  # the task's cancel has reached the agent
 
     # ---------------------------------------------------------------- stepping
 
-    def advance(self, seq: int, now: float, outcomes: list[Outcome], replay: Recorded | None = None) -> Step:
+    def advance(
+        self,
+        seq: int,
+        now: float,
+        outcomes: list[Outcome],
+        replay: Recorded | None = None,
+        cancelling: bool = False,
+    ) -> Step:
         """Apply the last decision's outcomes (one per action it asked for, in order) and take
-        decision `seq`. With `replay`, check the code against that recorded decision instead."""
+        decision `seq`. With `replay`, check the code against that recorded decision instead.
+        `cancelling`: the task is being cancelled; from the first such decision on, actions cut
+        off raise `Cancelled` where they are awaited, and so does every new action outside
+        `ctx.shield()`."""
+        first_cancel = cancelling and not self.cancelling
+        self.cancelling = self.cancelling or cancelling
         if seq != self.decided + 1:
             raise ProtocolError(f"decision {seq} asked of a run at decision {self.decided}")
         if len(outcomes) != len(self._open):
@@ -114,7 +128,10 @@ class Run:
                     break
                 self.usage = self.usage + outcome.cost
                 handle = self._handles.pop(position)
-                handle.resolve(handle.command.result_of(outcome))
+                if first_cancel and not outcome.ok:
+                    handle.set_error(Cancelled("the task was cancelled"))
+                else:
+                    handle.resolve(handle.command.result_of(outcome))
                 self._run_loop(violations)
         self.decided = seq
         self._open = [c.position for c in self._step_commands]
@@ -142,6 +159,8 @@ class Run:
             "issued": self.issued,
             "patches": self._patches_new,
         }
+        if self.cancelling:
+            memo["cancelling"] = True
         replaying = self._expect is not None
         if self.poison is None and self._expect is not None and len(self._step_commands) < len(self._expect):
             missing = self._expect_base + len(self._step_commands)
@@ -179,6 +198,10 @@ class Run:
         check: bool,
         call_site: str,
     ) -> Action[Any]:
+        if self.cancelling and (self.loop.current is None or not self.loop.current.shield_depth):
+            raise Cancelled(
+                "the task is being cancelled: start cleanup actions inside `async with ctx.shield():`"
+            )
         command = Command(self.issued, kind, target, body, options, key, check, call_site)
         self.issued += 1
         handle: Action[Any] = Action(self.loop, command)
@@ -270,7 +293,9 @@ def replay(
     run = Run(definition, task_id, raw_input, strict=strict)
     previous: tuple[Outcome, ...] = ()
     for record in journal:
-        step = run.advance(record.seq, record.now, list(previous), replay=record)
+        step = run.advance(
+            record.seq, record.now, list(previous), replay=record, cancelling=record.cancelling
+        )
         if step.final is not None:
             return run, step
         previous = record.outcomes

@@ -29,7 +29,6 @@ from _common import report, rss_kb, start_mesh, submit_many
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS
 from protos.agentmesh.v1 import common_pb2 as pb
-from protos.agentmesh.v1 import planner_pb2
 
 AGENTS = str(Path(__file__).with_name("sdk_agents.py"))
 
@@ -129,7 +128,7 @@ async def planner_path(lengths: list[int]) -> list[dict]:
     agents = durable_agents({"bench-seq": sdk_agents.seq}, DurableSettings(step_timeout_s=600))
     agent = agents["bench-seq"]
     rows = []
-    history: list[planner_pb2.RecordedDecision] = []
+    history: list[pb.RecordedDecision] = []
     results: list[pb.ActionResult] = []
     per_decision: dict[int, float] = {}
     seq = 0
@@ -142,7 +141,7 @@ async def planner_path(lengths: list[int]) -> list[dict]:
                 started = time.perf_counter()
             decision = await agent.decide(_decide_context("t", seq, results))
             results = _echo_results(decision, seq)
-            history.append(planner_pb2.RecordedDecision(seq=seq, decision=decision, results=results))
+            history.append(pb.RecordedDecision(seq=seq, decision=decision, results=results))
         assert started is not None
         per_decision[target] = (time.perf_counter() - started) / window
     for target in lengths:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from protos.agentmesh.v1 import agent_service_pb2 as api
 from protos.agentmesh.v1 import bus_pb2, planner_pb2
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.coordinator import records
@@ -79,6 +80,9 @@ TAKEOVER_INTERVAL_S = 1.0
 LATE_WRITE_WAIT_S = 10.0
 # A sleep this short is waited in memory rather than by parking the task.
 INLINE_SLEEP_S = 1.0
+# A cancelled task's own cleanup (DecideRequest.cancelling): how long and how many decisions.
+CLEANUP_S = 30.0
+MAX_CLEANUP_DECISIONS = 50
 SWEEP_INTERVAL_S = 0.2
 
 
@@ -446,6 +450,19 @@ class TaskManager:
     async def get(self, tenant: str, task_id: str) -> pb.Task:
         return await self.store.run(lambda c: records.get_task(c, task_id, tenant))
 
+    async def journal(self, tenant: str, task_id: str) -> api.TaskJournal:
+        """The task with every decision and its actions' results, as a replay reads them."""
+
+        def op(conn: Any) -> api.TaskJournal:
+            task = records.get_task(conn, task_id, tenant)
+            journal = api.TaskJournal(task=task)
+            for seq, decision, results in records.load_history(conn, task_id, task.decisions):
+                record = journal.decisions.add(seq=seq, decision=decision)
+                record.results.extend(results[a.id] for a in decision.actions if a.id in results)
+            return journal
+
+        return await self.store.run(op)
+
     async def list(self, tenant: str, state: int, limit: int, cursor: str) -> tuple[list[pb.Task], str]:
         if state and state not in STATE_NAMES:
             raise InvalidArgument(f"unknown state {state}")
@@ -471,12 +488,13 @@ class TaskManager:
         """
         reason = reason or "cancelled by request"
 
-        def op(conn: Any) -> tuple[tuple[pb.Task, bool, list[str], str | None], list[EventRow]]:
+        def op(conn: Any) -> tuple[tuple[pb.Task, bool, list[str], str | None, bool], list[EventRow]]:
             task, new, events = records.request_cancel(conn, task_id, tenant, reason)
             # Always asked, not only on the first cancel: a retried cancel finishes an interrupted cascade.
             children = records.unfinished_children(conn, task_id)
             owner = records.owner_of(conn, task_id) if self.shared else None
-            return (task, new, children, owner), events
+            cleans_up = records.wants_cleanup(conn, task_id, task.decisions)
+            return (task, new, children, owner, cleans_up), events
 
         run = self._running.get(task_id)
         # Only a run this caller may cancel and that is not already ending on its own; anything else
@@ -486,7 +504,7 @@ class TaskManager:
         intent = self.store.run(op, on_commit=self._emit_committed)
         if early:
             self._stop_running(task_id, run, reason)  # type: ignore[arg-type]
-        (task, new, children, owner), _ = await intent
+        (task, new, children, owner, cleans_up), _ = await intent
         if task.state in TERMINAL_STATES:
             return task
         run = self._running.get(task_id)
@@ -496,6 +514,12 @@ class TaskManager:
             # It runs on another coordinator: that one ends it (the bus tells it now, its heartbeat
             # reads the durable intent otherwise; if it died, whoever takes the task over ends it).
             self._publish_cancel(task_id, reason)
+        elif not early and cleans_up:
+            # Parked or queued, with an agent that cleans up on cancel: it runs once more to do so
+            # (its loop reads the durable intent), and then ends CANCELLED.
+            self._publish_cancel(task_id, reason)
+            if task.state == records.WAITING:
+                self._wake_known(task_id, task.tenant, task.priority)
         elif not early:
             # QUEUED or WAITING: nothing is in flight, so it ends now. If it starts running meanwhile,
             # its loop reads the durable intent and ends CANCELLED itself; finishing twice is a no-op.
@@ -609,6 +633,7 @@ class TaskManager:
                 current.uncancel()
             await self._stop_inflight(run)
             if run.interrupt == _Interrupt.CANCEL:
+                await self._clean_up(run)
                 await self._finish(run.task_id, records.CANCELLED, parent_id=run.parent_id, fence=self._fence)
             elif run.interrupt == _Interrupt.FAIL:
                 await self._finish(
@@ -666,7 +691,7 @@ class TaskManager:
             task = records.get_task(conn, run.task_id)
             if task.state in TERMINAL_STATES:
                 return None, None
-            if task.cancel_requested:
+            if task.cancel_requested and not records.wants_cleanup(conn, run.task_id, task.decisions):
                 return "cancel", None
             events = None
             if task.state != records.RUNNING:
@@ -706,12 +731,16 @@ class TaskManager:
             raise AgentMeshError(over, reason="BUDGET_EXCEEDED")
         if decision is not None:
             run.decision, run.decision_at, run.results = decision
+        if task.cancel_requested:  # cancelled while it was parked or queued: its agent cleans up now
+            run.interrupt = _Interrupt.CANCEL
         return True
 
     async def _loop(self, run: TaskRun) -> bool:
         """Drive the task until it parks (returns whether to re-queue at once) or finishes."""
         if not await self._load(run):
             return False
+        if run.interrupt:
+            raise asyncio.CancelledError
         while True:
             self._check_deadline(run)
             decision = run.decision
@@ -738,8 +767,9 @@ class TaskManager:
                 error = pb.TaskError(reason="SKIPPED", message=why)
                 await self._settle(run, action, SKIPPED_A, error=error)
 
-    async def _decide_next(self, run: TaskRun) -> bool:
-        """Ask the planner for the next decision and checkpoint it. True when the task finished."""
+    async def _decide_next(self, run: TaskRun, cancelling: bool = False) -> bool:
+        """Ask the planner for the next decision and checkpoint it. True when the task finished
+        (`cancelling`: when the agent's cleanup has ended; the task's end is the caller's to write)."""
         seq = run.decisions + 1
         results = (
             [run.results[a.id] for a in run.decision.actions if a.id in run.results] if run.decision else []
@@ -753,6 +783,7 @@ class TaskManager:
             decision_seq=seq,
             tools=await self.workers.tools.listed(),
             now=time.time(),
+            cancelling=cancelling,
         )
         decision = await self._call_planner(run, request)
         for index, action in enumerate(decision.actions):
@@ -768,6 +799,11 @@ class TaskManager:
         }
         # An SDK agent's ctx.emit: recorded with the checkpoint, under a prefix no system event has.
         emitted = [("agent." + e.kind, e.data_json or "null") for e in decision.events]
+        if cancelling and decision.HasField("final"):
+            decision.ClearField("final")  # the task ends CANCELLED, whatever the agent answered
+            decision.ClearField("actions")
+            await self._tx(lambda c: self._checkpoint(c, run, seq, decision, summary, emitted))
+            return True
         if decision.HasField("final"):
             final = decision.final
             state = records.SUCCEEDED if final.state == records.SUCCEEDED else records.FAILED
@@ -776,10 +812,7 @@ class TaskManager:
                 error = pb.TaskError(reason="AGENT_FAILED", message="the agent reported failure")
 
             def final_op(conn: Any) -> tuple[None, list[EventRow]]:
-                saved = records.save_decision(conn, run.task_id, seq, decision, summary, self._fence)
-                created_at, events = saved
-                if emitted:
-                    events += records.append_events(conn, run.task_id, emitted, created_at)
+                _, events = self._checkpoint(conn, run, seq, decision, summary, emitted)
                 return None, events + records.finish(
                     conn, run.task_id, state, result_json=final.result_json, error=error
                 )
@@ -796,15 +829,53 @@ class TaskManager:
             if a.WhichOneof("kind") == "await_input"
         ]
 
-        def op(conn: Any) -> tuple[float, list[EventRow]]:
-            created_at, events = records.save_decision(conn, run.task_id, seq, decision, summary, self._fence)
-            return created_at, events + records.append_events(
-                conn, run.task_id, asks, created_at
-            ) if asks else events
-
-        run.decision_at = await self._tx(op)
+        run.decision_at = await self._tx(lambda c: self._checkpoint(c, run, seq, decision, summary, asks))
         run.decision, run.decisions, run.memo, run.results = decision, seq, decision.memo_json, {}
         return False
+
+    def _checkpoint(
+        self,
+        conn: Any,
+        run: TaskRun,
+        seq: int,
+        decision: pb.Decision,
+        summary: dict[str, Any],
+        extra: list[tuple[str, str]],
+    ) -> tuple[float, list[EventRow]]:
+        created_at, events = records.save_decision(conn, run.task_id, seq, decision, summary, self._fence)
+        if extra:
+            events = events + records.append_events(conn, run.task_id, extra, created_at)
+        return created_at, events
+
+    async def _clean_up(self, run: TaskRun) -> None:
+        """A cancelled task whose agent handles cancels (an SDK agent: `Cancelled` is raised inside
+        it) gets to run its cleanup: it is asked for decisions marked `cancelling`, whose exec,
+        infer and embed actions run and are paid for, until it ends, for up to CLEANUP_S. Waits
+        (input, sleep, spawn) are not waited for: they settle CANCELLED at once. After a crash the
+        cleanup goes on from its last decision (what the crash cut off settles CANCELLED)."""
+        if run.decision is None or not run.decision.handles_cancel:
+            return
+        try:
+            async with asyncio.timeout(CLEANUP_S):
+                for _ in range(MAX_CLEANUP_DECISIONS):
+                    for action in run.decision.actions:
+                        if action.id not in run.results:
+                            error = pb.TaskError(reason="CANCELLED", message="the task was cancelled")
+                            await self._settle(run, action, CANCELLED_A, error=error)
+                    if await self._decide_next(run, cancelling=True):
+                        return
+                    dispatched = [a for a in run.decision.actions if a.WhichOneof("kind") in DISPATCHED_KINDS]
+                    tasks = {asyncio.ensure_future(self._dispatch(run, a)) for a in dispatched}
+                    run.inflight = set(tasks)
+                    try:
+                        await asyncio.gather(*tasks)
+                    finally:
+                        await self._stop_inflight(run)
+                log.warning("task %s: cleanup stopped after %d decisions", run.task_id, MAX_CLEANUP_DECISIONS)
+        except TimeoutError:
+            log.warning("task %s: cleanup cut off after %.0fs", run.task_id, CLEANUP_S)
+        except AgentMeshError as exc:
+            log.warning("task %s: cleanup failed: %s", run.task_id, exc)
 
     async def _call_planner(self, run: TaskRun, request: planner_pb2.DecideRequest) -> pb.Decision:
         delay = 0.05
@@ -828,10 +899,8 @@ class TaskManager:
             request.tools.extend(await self.workers.tools.listed())
 
     async def _add_history(self, run: TaskRun, request: planner_pb2.DecideRequest) -> None:
-        history = await self.store.run(lambda c: records.load_history(c, run.task_id, run.decisions))
-        for seq, decision, results in history:
-            record = request.history.add(seq=seq, decision=decision)
-            record.results.extend(results[a.id] for a in decision.actions if a.id in results)
+        journal = await self.journal(run.tenant, run.task_id)
+        request.history.extend(d for d in journal.decisions if d.seq <= run.decisions)
         request.history_included = True
 
     # ------------------------------------------------------------------ actions

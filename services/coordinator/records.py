@@ -210,9 +210,7 @@ def finish(
     A waiting parent is marked due, so its join is looked at again even after a restart. With
     `fence`, only while that coordinator holds the task (else LeaseLost)."""
     now = time.time() if now is None else now
-    current = conn.execute(
-        "SELECT state, parent_id, owner FROM tasks WHERE id = ?", (task_id,)
-    ).fetchone()
+    current = conn.execute("SELECT state, parent_id, owner FROM tasks WHERE id = ?", (task_id,)).fetchone()
     if current is None or current[0] in TERMINAL_STATES:
         return []
     if fence is not None and current[2] != fence:
@@ -365,6 +363,14 @@ def load_history(
         decision.ParseFromString(body)
         history.append((seq, decision, results.get(seq, {})))
     return history
+
+
+def wants_cleanup(conn: Connection, task_id: str, seq: int) -> bool:
+    """Whether the task's latest decision asks to hear of a cancel (Decision.handles_cancel)."""
+    if not seq:
+        return False
+    row = conn.execute("SELECT body FROM decisions WHERE task_id = ? AND seq = ?", (task_id, seq)).fetchone()
+    return row is not None and pb.Decision.FromString(row[0]).handles_cancel
 
 
 def save_decision(

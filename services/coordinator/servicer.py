@@ -43,6 +43,11 @@ class AgentServicer(api_grpc.AgentServiceServicer):
     async def GetTask(self, request: api.GetTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         return await self.manager.get(self._tenant(context), request.id)
 
+    async def GetTaskJournal(
+        self, request: api.GetTaskJournalRequest, context: grpc.aio.ServicerContext
+    ) -> api.TaskJournal:
+        return await self.manager.journal(self._tenant(context), request.id)
+
     async def ListTasks(
         self, request: api.ListTasksRequest, context: grpc.aio.ServicerContext
     ) -> api.ListTasksResponse:

@@ -25,7 +25,6 @@ from agentmesh.sdk.definition import AgentDefinition
 from agentmesh.sdk.results import Outcome, Status, Usage
 from agentmesh.sdk.run import Final, Recorded, Run, Step, replay
 from protos.agentmesh.v1 import common_pb2 as pb
-from protos.agentmesh.v1 import planner_pb2
 from services.planner.registry import DecideContext, refuse_input
 from services.runtime.errors import HISTORY_REQUIRED, FailedPrecondition, Unavailable
 
@@ -163,6 +162,7 @@ def decision_of(step: Step) -> pb.Decision:
         memo_json=json.dumps(step.memo),
         actions=[action_of(c) for c in step.commands],
         first_success=step.first_success,
+        handles_cancel=True,
         events=[pb.AgentEvent(kind=k, data_json=json.dumps(d)) for k, d in step.events],
     )
     if step.final is not None:
@@ -177,7 +177,7 @@ def final_of(final: Final) -> pb.Final:
     return pb.Final(state=pb.TASK_STATE_FAILED, error=error)
 
 
-def recorded_of(record: planner_pb2.RecordedDecision) -> Recorded:
+def recorded_of(record: pb.RecordedDecision) -> Recorded:
     memo = json.loads(record.decision.memo_json) if record.decision.memo_json else {}
     results = {r.action_id: r for r in record.results}
     outcomes = []
@@ -194,6 +194,7 @@ def recorded_of(record: planner_pb2.RecordedDecision) -> Recorded:
         patches=tuple(memo.get("patches", ())),
         fingerprints=tuple(a.fingerprint for a in record.decision.actions),
         outcomes=tuple(outcomes),
+        cancelling=bool(memo.get("cancelling")),
     )
 
 
@@ -255,7 +256,7 @@ class DurableAgent:
             if stopped is not None:
                 return run, stopped
         outcomes = [outcome_of(r) for r in ctx.results]
-        return run, run.advance(ctx.decision_seq, ctx.now or time.time(), outcomes)
+        return run, run.advance(ctx.decision_seq, ctx.now or time.time(), outcomes, cancelling=ctx.cancelling)
 
     def _blocked(self, thread: int | None, limit: float) -> Final:
         frame = sys._current_frames().get(thread) if thread is not None else None

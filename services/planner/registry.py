@@ -42,8 +42,10 @@ class DecideContext:
     tools: dict[str, pb.ToolSpec] = field(default_factory=dict)
     # The coordinator's clock at the call (SDK agents read it as ctx.now()).
     now: float = 0.0
-    # The task's recorded decisions, when the coordinator sent them (planner_pb2.RecordedDecision).
+    # The task's recorded decisions, when the coordinator sent them (pb.RecordedDecision).
     history: list[Any] | None = None
+    # The task is being cancelled (agents whose decisions say handles_cancel are asked to clean up).
+    cancelling: bool = False
 
 
 class Agent(Protocol):

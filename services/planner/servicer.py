@@ -41,6 +41,7 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
             tools={spec.name: spec for spec in request.tools},
             now=request.now,
             history=list(request.history) if request.history_included else None,
+            cancelling=request.cancelling,
         )
         decision = agent.decide(ctx)
         return await decision if inspect.isawaitable(decision) else decision

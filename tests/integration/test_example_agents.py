@@ -10,7 +10,7 @@ import pytest
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
-from tests.conftest import client_for, run
+from tests.conftest import client_for, run, run_mesh
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "agents"
@@ -27,18 +27,11 @@ def readme_agent(into: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def examples_mesh(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def examples_mesh(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("examples")
     files = [EXAMPLES / "ops.py", EXAMPLES / "shards.py", readme_agent(root)]
-    mesh = Mesh(root, extra_env={"AGENTMESH_AGENTS": ",".join(map(str, files)), "AGENTMESH_STRICT": "true"})
-    try:
-        mesh.start()
-        yield mesh
-    except BaseException:
-        mesh.dump_logs()
-        raise
-    finally:
-        mesh.stop()
+    env = {"AGENTMESH_AGENTS": ",".join(map(str, files)), "AGENTMESH_STRICT": "true"}
+    yield from run_mesh(root, request, extra_env=env)
 
 
 def test_the_ops_agent_diagnoses_asks_applies_and_verifies(examples_mesh: Mesh) -> None:

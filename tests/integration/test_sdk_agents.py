@@ -6,6 +6,8 @@ import asyncio
 import json
 import random
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,23 +17,15 @@ import pytest
 
 from agentmesh.local import TENANT_KEYS, Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
-from tests.conftest import client_for, run
+from tests.conftest import client_for, run, run_mesh, wait_for_action_processes
 
 AGENTS = str(Path(__file__).resolve().parents[1] / "fixtures" / "sdk_agents.py")
 SDK_ENV = {"AGENTMESH_AGENTS": AGENTS, "AGENTMESH_STRICT": "true", "AGENTMESH_STEP_TIMEOUT_S": "3"}
 
 
 @pytest.fixture(scope="module")
-def sdk_mesh(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
-    mesh = Mesh(tmp_path_factory.mktemp("sdk"), extra_env=SDK_ENV)
-    try:
-        mesh.start()
-        yield mesh
-    except BaseException:
-        mesh.dump_logs()
-        raise
-    finally:
-        mesh.stop()
+def sdk_mesh(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    yield from run_mesh(tmp_path_factory.mktemp("sdk"), request, extra_env=SDK_ENV)
 
 
 def fingerprints(db: Path, task_id: str) -> list[list[str]]:
@@ -244,3 +238,97 @@ def recorded_python_steps(db: Path, marks: dict[str, str]) -> set[str]:
             if task_id in marks and kind == "exec" and 1 <= int(position) <= 4:
                 found.add(f"{marks[task_id]}-sq{int(position) - 1}")
     return found
+
+
+@pytest.mark.parametrize("wait", ["exec", "input"])
+def test_cancel_raises_cancelled_inside_and_shielded_cleanup_runs_and_is_paid_for(
+    sdk_mesh: Mesh, wait: str
+) -> None:
+    async def go() -> None:
+        async with client_for(sdk_mesh) as client:
+            task = await client.submit("sdk-cleanup", {"wait": wait})
+            async for event in client.watch(task.id):
+                if event.kind in ("action.started", "input.requested"):
+                    break
+            if wait == "exec":
+                await wait_for_action_processes(sdk_mesh, "sleep", 1)
+            await client.cancel(task.id)
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_CANCELLED, done.error
+            events = [e async for e in client.watch(task.id)]
+            cleaned = [json.loads(e.data_json) for e in events if e.kind == "agent.cleaned"]
+            assert cleaned == [{"stdout": "cleaned", "cancelling": True}]
+            assert done.cost.cpu_ms >= 250, done.cost  # the cleanup's busy 0.3 s is on the bill
+            assert events[-1].kind == "state" and json.loads(events[-1].data_json)["state"] == "CANCELLED"
+            assert not [c for c in sdk_mesh.action_processes().values() if c == "sleep"]
+
+    run(go())
+
+
+def test_an_unshielded_action_after_the_cancel_is_refused(sdk_mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(sdk_mesh) as client:
+            task = await client.submit("sdk-cleanup", {"wait": "input", "unshielded": True})
+            async for event in client.watch(task.id):
+                if event.kind == "input.requested":
+                    break
+            await client.cancel(task.id)
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_CANCELLED
+            events = [e async for e in client.watch(task.id)]
+            assert not [e for e in events if e.kind == "agent.cleaned"]
+            started = [json.loads(e.data_json)["key"] for e in events if e.kind == "action.started"]
+            assert started == []  # neither the refused echo nor the cleanup ran
+
+    run(go())
+
+
+def test_export_and_replay_check_a_journal_against_the_code(sdk_mesh: Mesh, tmp_path: Path) -> None:
+    async def finished() -> str:
+        async with client_for(sdk_mesh) as client:
+            task = await client.submit("sdk-mix", {"width": 2, "tail": 3, "ask": False})
+            assert (await client.wait(task.id)).state == pb.TASK_STATE_SUCCEEDED
+            return task.id
+
+    task_id = run(finished())
+    cli = [sys.executable, "-m", "agentmesh"]
+    auth = ["--address", sdk_mesh.coordinator_addr, "--api-key", TENANT_KEYS["alpha"]]
+    journals = tmp_path / "journals"
+    journals.mkdir()
+    exported = journals / f"{task_id}.json"
+    done = subprocess.run(
+        [*cli, "export", task_id, "--out", str(exported), *auth], capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(exported.read_text())["decisions"]) >= 8
+
+    same = subprocess.run(
+        [*cli, "replay", str(exported), "--agents", AGENTS, *auth], capture_output=True, timeout=60
+    )
+    assert same.returncode == 0 and b"ok" in same.stdout, same.stdout + same.stderr
+    live = subprocess.run(
+        [*cli, "replay", task_id, "--agents", AGENTS, *auth], capture_output=True, timeout=60
+    )
+    assert live.returncode == 0, live.stdout + live.stderr
+
+    changed = tmp_path / "changed.py"
+    changed.write_text(
+        "from agentmesh.sdk import agent\n\n"
+        "@agent(name='sdk-mix', version='1')\n"
+        "async def mix(ctx, inp):\n"
+        "    await ctx.exec('echo', step=1)\n"
+        "    return {}\n"
+    )
+    differs = subprocess.run(
+        [*cli, "replay", str(exported), "--agents", str(changed), "--json", *auth],
+        capture_output=True,
+        timeout=60,
+    )
+    assert differs.returncode == 1, differs.stdout + differs.stderr
+    report = json.loads(differs.stdout)
+    assert report["details"]["position"] == 0 and report["details"]["call_site"] == f"{changed}:5"
+
+    from agentmesh.testing import replay_folder
+
+    assert [r.ok for r in replay_folder(journals, AGENTS)] == [True]
+    assert [r.ok for r in replay_folder(journals, str(changed))] == [False]

@@ -276,3 +276,34 @@ def test_a_10000_action_agent_steps_in_linear_time():
     assert final.ok and len(journal) == 10_000
     run, stopped = replay(long, "task-1", None, journal)
     assert stopped is None and run.issued == 10_000
+
+
+def test_cancel_reaches_the_agent_and_shielded_cleanup_replays():
+    from agentmesh.sdk import Cancelled
+
+    @agent(name="careful")
+    async def careful(ctx: Context, inp: dict) -> dict:
+        try:
+            await ctx.exec("shell", command="sleep 600")
+        except Cancelled:
+            with pytest.raises(Cancelled):
+                ctx.exec("echo", step="unshielded")
+            async with ctx.shield():
+                await ctx.gather(ctx.exec("echo", step="undo"), ctx.exec("echo", step="report"))
+            raise
+        return {}
+
+    run = Run(careful, "t", {})
+    first = run.advance(1, 1.0, [])
+    cut = Outcome(Status.CANCELLED, reason="CANCELLED", cost=Outcome(Status.OK).cost)
+    cleanup = run.advance(2, 2.0, [cut], cancelling=True)
+    assert [c.body["args"]["step"] for c in cleanup.commands] == ["undo", "report"]
+    assert cleanup.memo["cancelling"] is True
+    end = run.advance(3, 3.0, [ok({"step": "undo"}), ok({"step": "report"})], cancelling=True)
+    assert end.final is not None and end.final.reason == "CANCELLED"
+    journal = [
+        Recorded(1, 1.0, (), tuple(c.fingerprint for c in first.commands), (cut,)),
+        Recorded(2, 2.0, (), tuple(c.fingerprint for c in cleanup.commands), (ok(), ok()), cancelling=True),
+    ]
+    again, stopped = replay(careful, "t", {}, journal)
+    assert stopped is None and again.cancelling and again.issued == 3

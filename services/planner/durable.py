@@ -48,6 +48,7 @@ class DurableSettings:
     strict: bool = False
     live_runs: int = 10_000  # 0: replay every decision (no live state kept)
     step_timeout_s: float = 5.0
+    threads: int = 16  # agent code runs on these, one decision at a time each
 
 
 class LiveRuns:
@@ -235,19 +236,28 @@ class DurableAgent:
             raise FailedPrecondition(
                 f"no live state for task {ctx.task_id}: send its history", reason=HISTORY_REQUIRED
             )
-        holder: dict[str, int] = {}
+        holder: dict[str, float] = {}
         future = asyncio.get_running_loop().run_in_executor(self.pool, self._step, ctx, run, holder)
-        limit = self.settings.step_timeout_s + 0.01 * len(ctx.history or ())
-        try:
-            run, step = await asyncio.wait_for(asyncio.shield(future), limit)
-        except TimeoutError:
-            return decision_of(Step([], [], memo, final=self._blocked(holder.get("thread"), limit)))
+        limit = wait = self.settings.step_timeout_s + 0.01 * len(ctx.history or ())
+        while True:
+            try:
+                run, step = await asyncio.wait_for(asyncio.shield(future), wait)
+                break
+            except TimeoutError:
+                # The limit counts from when the step started on a thread, not while it queued for
+                # one: tasks waiting behind blocked ones are not failed for them.
+                began = holder.get("began")
+                wait = limit if began is None else began + limit - time.monotonic()
+                if wait <= 0:
+                    final = self._blocked(int(holder["thread"]), limit)
+                    return decision_of(Step([], [], memo, final=final))
         if step.final is None:
             self.runs.put(ctx.task_id, run)
         return decision_of(step)
 
-    def _step(self, ctx: DecideContext, run: Run | None, holder: dict[str, int]) -> tuple[Run, Step]:
+    def _step(self, ctx: DecideContext, run: Run | None, holder: dict[str, float]) -> tuple[Run, Step]:
         holder["thread"] = threading.get_ident()
+        holder["began"] = time.monotonic()
         if run is None:
             journal = [recorded_of(r) for r in ctx.history or ()]
             run, stopped = replay(
@@ -258,8 +268,8 @@ class DurableAgent:
         outcomes = [outcome_of(r) for r in ctx.results]
         return run, run.advance(ctx.decision_seq, ctx.now or time.time(), outcomes, cancelling=ctx.cancelling)
 
-    def _blocked(self, thread: int | None, limit: float) -> Final:
-        frame = sys._current_frames().get(thread) if thread is not None else None
+    def _blocked(self, thread: int, limit: float) -> Final:
+        frame = sys._current_frames().get(thread)
         stack = "".join(traceback.format_stack(frame)) if frame is not None else ""
         return Final(
             ok=False,
@@ -274,5 +284,5 @@ def durable_agents(
     definitions: dict[str, AgentDefinition], settings: DurableSettings
 ) -> dict[str, DurableAgent]:
     runs = LiveRuns(settings.live_runs)
-    pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="agent")
+    pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="agent")
     return {name: DurableAgent(d, runs, pool, settings) for name, d in definitions.items()}

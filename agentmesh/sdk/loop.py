@@ -143,7 +143,9 @@ class Task(Handle[T]):
             )
             self._loop.call_soon(self._step)
 
-    def _wake(self, _handle: Handle[Any]) -> None:
+    def _wake(self, handle: Handle[Any]) -> None:
+        if handle is not self._waiting_on:  # stale: the task was cancelled off this await
+            return
         self._waiting_on = None
         self._step()
 
@@ -179,6 +181,8 @@ def gather(loop: Loop, handles: list[Handle[Any]]) -> Handle[list[Any]]:
     def settled(handle: Handle[Any]) -> None:
         nonlocal left
         left -= 1
+        if out.done():  # an earlier branch failed it already
+            return
         if handle.failed():
             out.set_error(handle.error())  # type: ignore[arg-type]
         elif not left:

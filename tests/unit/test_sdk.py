@@ -307,3 +307,16 @@ def test_cancel_reaches_the_agent_and_shielded_cleanup_replays():
     ]
     again, stopped = replay(careful, "t", {}, journal)
     assert stopped is None and again.cancelling and again.issued == 3
+
+
+def test_a_caught_gather_failure_with_a_later_success_does_not_break_the_run():
+    @agent(name="gathers")
+    async def gathers(ctx: Context, inp: dict) -> dict:
+        try:
+            await ctx.gather(ctx.exec("python", code="fail"), ctx.exec("echo", v=1))
+        except ActionFailed:
+            return {"caught": True}
+        return {}
+
+    final, _, _ = drive(gathers, echo_answer)
+    assert json.loads(final.result_json) == {"caught": True}

@@ -208,3 +208,15 @@ def wait_ready_file(
             raise RuntimeError(f"agentmesh up was not ready within {deadline_s:g}s")
         time.sleep(0.02)
     return json.loads(ready_file.read_text())
+
+
+def reap_up(proc: subprocess.Popen[bytes], pids: list[int]) -> None:
+    """After a test of `agentmesh up`: kill it and every service it started, by pid, if still alive."""
+    from services.runtime.procs import pid_alive
+
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in pids:
+        if pid_alive(pid):
+            os.kill(pid, signal.SIGKILL)

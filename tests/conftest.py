@@ -12,19 +12,13 @@ import pytest
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS, Mesh
 from agentmesh.local_postgres import REQUIRED_ENV, PostgresServer, find_bin_dir
+from agentmesh.testing.mesh import started
 from protos.agentmesh.v1 import common_pb2 as pb
 
 
 def run_mesh(root: Path, request: pytest.FixtureRequest, **kwargs: object) -> Iterator[Mesh]:
-    mesh = Mesh(root, **kwargs)  # type: ignore[arg-type]
-    try:
-        mesh.start()
+    with started(Mesh(root, **kwargs)) as mesh:  # type: ignore[arg-type]
         yield mesh
-    except BaseException:
-        mesh.dump_logs()
-        raise
-    finally:
-        mesh.stop()
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,12 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS, Mesh
+
+M = TypeVar("M", bound=Mesh)
 
 
 class AgentMesh(Mesh):
@@ -48,6 +50,17 @@ def running_mesh(
         models=models,
     )
     try:
+        with started(mesh):
+            yield mesh
+    finally:
+        if own_root:
+            shutil.rmtree(where, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def started(mesh: M) -> Iterator[M]:
+    """The mesh started, then stopped by pid whatever happens; its logs shown when the block fails."""
+    try:
         mesh.start()
         yield mesh
     except BaseException:
@@ -55,8 +68,6 @@ def running_mesh(
         raise
     finally:
         mesh.stop()
-        if own_root:
-            shutil.rmtree(where, ignore_errors=True)
 
 
 def mesh_fixture(

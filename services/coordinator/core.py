@@ -865,12 +865,16 @@ class TaskManager:
                     if await self._decide_next(run, cancelling=True):
                         return
                     dispatched = [a for a in run.decision.actions if a.WhichOneof("kind") in DISPATCHED_KINDS]
-                    tasks = {asyncio.ensure_future(self._dispatch(run, a)) for a in dispatched}
-                    run.inflight = set(tasks)
+                    if not dispatched:
+                        continue
+                    loop = asyncio.get_running_loop()
                     try:
-                        await asyncio.gather(*tasks)
-                    finally:
+                        await self._await_dispatches(
+                            run, {loop.create_task(self._dispatch(run, a)) for a in dispatched}
+                        )
+                    except asyncio.CancelledError:  # cut off at CLEANUP_S: stopped, and paid for
                         await self._stop_inflight(run)
+                        raise
                 log.warning("task %s: cleanup stopped after %d decisions", run.task_id, MAX_CLEANUP_DECISIONS)
         except TimeoutError:
             log.warning("task %s: cleanup cut off after %.0fs", run.task_id, CLEANUP_S)
@@ -899,8 +903,7 @@ class TaskManager:
             request.tools.extend(await self.workers.tools.listed())
 
     async def _add_history(self, run: TaskRun, request: planner_pb2.DecideRequest) -> None:
-        journal = await self.journal(run.tenant, run.task_id)
-        request.history.extend(d for d in journal.decisions if d.seq <= run.decisions)
+        request.history.extend((await self.journal(run.tenant, run.task_id)).decisions)
         request.history_included = True
 
     # ------------------------------------------------------------------ actions

@@ -210,7 +210,9 @@ def finish(
     A waiting parent is marked due, so its join is looked at again even after a restart. With
     `fence`, only while that coordinator holds the task (else LeaseLost)."""
     now = time.time() if now is None else now
-    current = conn.execute("SELECT state, parent_id, owner FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    current = conn.execute(
+        "SELECT state, parent_id, owner FROM tasks WHERE id = ?", (task_id,)
+    ).fetchone()
     if current is None or current[0] in TERMINAL_STATES:
         return []
     if fence is not None and current[2] != fence:

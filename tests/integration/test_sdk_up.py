@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import signal
 import subprocess
 from pathlib import Path
 
 from agentmesh.client import AgentMeshClient
-from agentmesh.local import up_command, wait_ready_file
+from agentmesh.local import reap_up, up_command, wait_ready_file
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.runtime.procs import pid_alive
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "sdk_agents.py"
 
@@ -44,9 +42,4 @@ def test_up_serves_an_agent_file_named_relative_to_where_it_runs(tmp_path: Path)
         up.send_signal(signal.SIGTERM)
         assert up.wait(30) == 0
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-        for pid in pids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        reap_up(up, pids)

@@ -7,7 +7,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from agentmesh.local import up_command, wait_ready_file
+from agentmesh.local import reap_up, up_command, wait_ready_file
 from services.runtime.procs import pid_alive
 
 
@@ -27,12 +27,7 @@ def test_up_then_sigterm_stops_everything(tmp_path: Path) -> None:
         assert not [p for p in pids if pid_alive(p)]
         assert "=0" in output and "=-" not in output.split("stopped:")[-1], output
     finally:
-        if up.poll() is None:
-            up.kill()
-            up.wait()
-        for pid in pids:
-            if pid_alive(pid):
-                os.kill(pid, signal.SIGKILL)
+        reap_up(up, pids)
 
 
 def test_a_stopped_executor_leaves_no_cgroup_or_workspace(tmp_path: Path) -> None:

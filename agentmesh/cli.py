@@ -292,9 +292,17 @@ async def _client_call(args: argparse.Namespace) -> int:
         elif args.command == "replay":
             return await _replay(console, client, args)
         elif args.command == "agents":
-            for agent in (await client.list_agents()).agents:
-                version = f" v{agent.version}" if agent.version else ""
-                console.print(f"[bold]{agent.name}[/bold]{version}  {agent.description}")
+            agents = (await client.list_agents()).agents
+            if args.json:
+                from google.protobuf.json_format import MessageToDict
+
+                print(json.dumps([MessageToDict(a, preserving_proto_field_name=True) for a in agents]))
+                return 0
+            for agent in agents:
+                console.print(f"[bold]{agent.name}[/bold]  {agent.description}")
+                for served in agent.versions:
+                    version = f"v{served.version}" if served.version else "(no version)"
+                    console.print(f"  {version:<14} {', '.join(served.workers)}")
         return 0
     except AgentMeshError as exc:
         console.print(f"[red]{exc.code.name}[/red] {exc.reason}: {exc.message}")
@@ -341,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run one service", add_help=False)
     serve.add_argument("service", choices=sorted(SERVICES))
+    sub.add_parser(
+        "worker",
+        help="serve your agents from this process, registered with the coordinator (--agents FILE.py)",
+        add_help=False,
+    )
 
     health = sub.add_parser("health", help="probe a service: exit 0 when it serves")
     health.add_argument("kind", choices=("grpc", "http"))
@@ -399,6 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["serve"]:
         args, rest = parser.parse_known_args(argv[:2])
         return cmd_serve(args, argv[2:])
+    if argv[:1] == ["worker"]:
+        os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+        from services.planner.worker import main as worker_main
+
+        return worker_main(argv[1:])
     if argv[:1] == ["up"]:
         args, rest = parser.parse_known_args(argv)
         return cmd_up(args, rest)

@@ -120,6 +120,26 @@ class Mesh:
         self.sup.wait_ready(60)
         return addr
 
+    def add_worker(self, name: str, agents: str, **env: str) -> str:
+        """Start an agent worker (`agentmesh worker`) with id `name`, serving `agents` (module
+        paths or .py files) in strict mode, registered with this mesh's coordinator; its address.
+        Stopped with the mesh. It is ready once the coordinator lists it (see testing.registered)."""
+        addr = f"127.0.0.1:{free_port()}"
+        argv = [sys.executable, "-m", "agentmesh", "worker", "--listen", addr, "--worker-id", name]
+        child_env = {
+            **self.env,
+            "AGENTMESH_AGENTS": agents,
+            "AGENTMESH_STRICT": "true",
+            "AGENTMESH_METRICS_PORT": "0",
+            **env,
+        }
+        self.children[name] = self.sup.add(
+            Child(name, argv, grpc_ready(addr), env=child_env, log_path=self.logs / f"{name}.log")
+        )
+        self.children[name].start()
+        self.sup.wait_ready(60)
+        return addr
+
     def kill9(self, name: str) -> None:
         child = self.children[name]
         os.kill(child.pid, signal.SIGKILL)

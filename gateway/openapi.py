@@ -377,6 +377,10 @@ DOCUMENT: dict[str, Any] = {
                     "cancel_requested": {"type": "boolean"},
                     "decisions": {"type": "integer", "description": "Planner decisions taken (checkpoints)"},
                     "input_prompt": {"type": ["string", "null"], "description": "While WAITING for input"},
+                    "agent_version": {
+                        "type": ["string", "null"],
+                        "description": "The agent version the task runs on (pinned when it starts)",
+                    },
                 },
             },
             "TaskList": {
@@ -421,11 +425,26 @@ DOCUMENT: dict[str, Any] = {
                                 "description": {"type": "string"},
                                 "version": {
                                     "type": "string",
-                                    "description": "SDK agents: the version the planner serves",
+                                    "description": "SDK agents: the newest version served, which new "
+                                    "tasks run on",
                                 },
                                 "input_schema": {
                                     "type": "object",
                                     "description": "SDK agents: the JSON Schema input is checked against",
+                                },
+                                "versions": {
+                                    "type": "array",
+                                    "description": "Every version served now, newest first, with the "
+                                    "workers serving it (`planner`: the mesh's own)",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["version", "workers"],
+                                        "properties": {
+                                            "version": {"type": "string"},
+                                            "workers": {"type": "array", "items": {"type": "string"}},
+                                            "input_schema": {"type": "object"},
+                                        },
+                                    },
                                 },
                             },
                         },

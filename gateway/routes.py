@@ -193,6 +193,12 @@ def _agent_info(agent: Any) -> dict[str, Any]:
         info["version"] = agent.version
     if agent.input_schema_json:
         info["input_schema"] = json.loads(agent.input_schema_json)
+    info["versions"] = []
+    for served in agent.versions:
+        entry: dict[str, Any] = {"version": served.version, "workers": list(served.workers)}
+        if served.input_schema_json:
+            entry["input_schema"] = json.loads(served.input_schema_json)
+        info["versions"].append(entry)
     return info
 
 

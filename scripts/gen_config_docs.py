@@ -15,6 +15,7 @@ from services.coordinator.config import CoordinatorConfig  # noqa: E402
 from services.executor.main import ExecutorConfig  # noqa: E402
 from services.inference.main import InferenceConfig  # noqa: E402
 from services.planner.main import PlannerConfig  # noqa: E402
+from services.planner.worker import WorkerConfig  # noqa: E402
 from services.runtime.config import CommonConfig, describe  # noqa: E402
 
 TARGET = ROOT / "docs" / "configuration.md"
@@ -22,6 +23,7 @@ SECTIONS = [
     ("Every service", CommonConfig),
     ("coordinator", CoordinatorConfig),
     ("planner", PlannerConfig),
+    ("agent worker (`agentmesh worker`)", WorkerConfig),
     ("executor", ExecutorConfig),
     ("inference", InferenceConfig),
     ("gateway", GatewayConfig),

@@ -10,7 +10,7 @@ Journals come from `agentmesh export TASK_ID --out FILE` (a task of any state); 
 runs the same check from the command line.
 """
 
-from agentmesh.testing.mesh import AgentMesh, mesh_fixture, running_mesh
+from agentmesh.testing.mesh import AgentMesh, mesh_fixture, registered, running_mesh
 from agentmesh.testing.replay import ReplayReport, load_journal, replay_folder, replay_journal
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "ReplayReport",
     "load_journal",
     "mesh_fixture",
+    "registered",
     "replay_folder",
     "replay_journal",
     "running_mesh",

@@ -14,6 +14,7 @@ on, stopped by pid at the end even when the test failed.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
@@ -55,6 +56,21 @@ def running_mesh(
     finally:
         if own_root:
             shutil.rmtree(where, ignore_errors=True)
+
+
+async def registered(
+    client: AgentMeshClient, worker_id: str, agent: str, version: str = "", timeout_s: float = 30.0
+) -> None:
+    """Wait until the coordinator routes `agent` (at `version`, if given) to worker `worker_id`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        for info in (await client.list_agents()).agents:
+            for served in info.versions if info.name == agent else ():
+                if worker_id in served.workers and (not version or served.version == version):
+                    return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"worker {worker_id} did not register {agent} within {timeout_s:g}s")
+        await asyncio.sleep(0.05)
 
 
 @contextlib.contextmanager

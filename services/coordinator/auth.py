@@ -12,6 +12,8 @@ from services.runtime.errors import InvalidArgument, Unauthenticated
 
 KEYS_FILE_NAME = "api_keys"
 DEFAULT_KEY_FILE_NAME = "default.key"
+# The key agent workers register with: one per mesh, kept beside the store, never a tenant's.
+WORKER_KEY_FILE_NAME = "worker.key"
 
 
 def hash_key(key: str) -> str:
@@ -77,14 +79,8 @@ def ensure_default_key(data_dir: Path) -> tuple[Path, str | None]:
     if keys_file.exists():
         return keys_file, None
     key = "am_" + secrets.token_urlsafe(24)
-    plain = data_dir / DEFAULT_KEY_FILE_NAME
-    fd = os.open(plain, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(key + "\n")
-    tmp = keys_file.with_suffix(".tmp")
-    tmp.write_text(f"# tenant:sha256(key)\ndefault:{hash_key(key)}\n")
-    tmp.chmod(0o600)
-    tmp.replace(keys_file)
+    _write_private(data_dir / DEFAULT_KEY_FILE_NAME, key + "\n")
+    _write_private(keys_file, f"# tenant:sha256(key)\ndefault:{hash_key(key)}\n")
     return keys_file, key
 
 
@@ -95,3 +91,39 @@ def load_keyring(api_keys: str, api_keys_file: str, data_dir: Path) -> KeyRing:
         return KeyRing.load_file(Path(api_keys_file))
     keys_file, _ = ensure_default_key(data_dir)
     return KeyRing.load_file(keys_file)
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    tmp.replace(path)
+
+
+def ensure_worker_key(data_dir: Path) -> str:
+    """The mesh's worker key (DATA_DIR/worker.key), made on first use."""
+    path = data_dir / WORKER_KEY_FILE_NAME
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        _write_private(path, "amw_" + secrets.token_urlsafe(24) + "\n")
+    return path.read_text().strip()
+
+
+class WorkerKey:
+    """Checks the key an agent worker presents (constant time)."""
+
+    def __init__(self, key: str) -> None:
+        if not key:
+            raise InvalidArgument("the worker key is empty")
+        self._digest = hash_key(key)
+
+    def check(self, authorization: str | None) -> None:
+        scheme, _, key = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Unauthenticated(
+                "agent workers register with `authorization: Bearer <worker key>`",
+                reason="MISSING_WORKER_KEY",
+            )
+        if not hmac.compare_digest(hash_key(key.strip()), self._digest):
+            raise Unauthenticated("unknown worker key", reason="UNKNOWN_WORKER_KEY")

@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS tasks (
   -- The coordinator that runs or queues the task, and until when its claim holds without a
   -- heartbeat (a shared PostgreSQL store); NULL while nobody holds it (WAITING, or never claimed).
   owner TEXT,
-  lease_until {double}
+  lease_until {double},
+  -- The agent version the task runs on: chosen at submit, or at a child's first decision.
+  agent_version TEXT NOT NULL DEFAULT ''
 );
 -- The large values live apart from the small, hot row: SQLite rewrites a whole row on every update,
 -- and `tasks` is updated on every event (last_seq) and result (cost).
@@ -225,7 +227,11 @@ SCHEMA_LOCK = int.from_bytes(b"agntmesh", "big", signed=True)
 # No statement of the store takes long; one that does means the server is in trouble.
 STATEMENT_TIMEOUT_MS = 60_000
 # Columns added after the first release: (name, type). Added to older tables at start.
-ADDED_COLUMNS = [("owner", "TEXT"), ("lease_until", "{double}")]
+ADDED_COLUMNS = [
+    ("owner", "TEXT"),
+    ("lease_until", "{double}"),
+    ("agent_version", "TEXT NOT NULL DEFAULT ''"),
+]
 # Made after the added columns exist.
 LATE_INDEXES = ["CREATE INDEX IF NOT EXISTS tasks_lease ON tasks(lease_until) WHERE state IN (1, 2)"]
 

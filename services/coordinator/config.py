@@ -26,6 +26,9 @@ class CoordinatorConfig(CommonConfig):
     )
     api_keys: str = setting("", "tenant=key,tenant2=key2 (else api_keys_file, else a generated default key)")
     api_keys_file: str = setting("", "file of `tenant:sha256(key)` lines")
+    worker_key: str = setting(
+        "", "key agent workers register with (default: DATA_DIR/worker.key, made if missing)"
+    )
     prices: str = setting(DEFAULT_PRICES, "USD per unit: tokens_in, tokens_out, gpu_ms, cpu_ms, wall_ms")
     max_input_bytes: int = setting(1 << 20, "largest task input or SendInput data accepted")
     lease_s: float = setting(

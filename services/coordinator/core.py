@@ -118,6 +118,8 @@ class TaskRun:
     tenant: str
     priority: int = 0
     agent: str = ""
+    # The agent version it is pinned to; empty until its first decision names one.
+    agent_version: str = ""
     input_json: str = ""
     memo: str = ""
     parent_id: str = ""
@@ -183,7 +185,6 @@ class TaskManager:
         self._shared: dict[tuple[str, bytes], asyncio.Future[pb.ActionResult]] = {}
         self._accepting = True
         self._background: set[asyncio.Task[Any]] = set()
-        self._agents_cache: tuple[float, list[Any]] = (0.0, [])
         self.finished_total: dict[str, int] = {}
 
     # ------------------------------------------------------------------ plumbing
@@ -394,12 +395,13 @@ class TaskManager:
                 reason="QUEUE_FULL",
                 retry_after_s=self._retry_hint(),
             )
-        await self.workers.validate(agent, input_json, timeout=self.limits.decide_timeout_s)
+        version = await self.workers.validate(agent, input_json, timeout=self.limits.decide_timeout_s)
         now = time.time()
         task = pb.Task(
             id=records.new_task_id(),
             tenant=tenant,
             agent=agent,
+            agent_version=version,
             input_json=input_json,
             priority=priority,
             budget=budget,
@@ -470,11 +472,7 @@ class TaskManager:
         return await self.store.run(lambda c: records.list_tasks(c, tenant, state, limit, cursor))
 
     async def list_agents(self) -> list[Any]:
-        stamp, agents = self._agents_cache
-        if time.monotonic() - stamp > 5.0 or not agents:
-            agents = await self.workers.list_agents(timeout=self.limits.decide_timeout_s)
-            self._agents_cache = (time.monotonic(), agents)
-        return agents
+        return await self.workers.list_agents()
 
     async def cancel(self, tenant: str | None, task_id: str, reason: str = "") -> pb.Task:
         """Idempotent. FailedPrecondition if the task already finished otherwise than cancelled.
@@ -719,6 +717,7 @@ class TaskManager:
             return False
         task, memo, decision, parent, run.maybe_started = loaded
         run.agent, run.input_json, run.memo, run.priority = task.agent, task.input_json, memo, task.priority
+        run.agent_version = task.agent_version
         run.decisions, run.cost, run.budget, run.deadline = (
             task.decisions,
             task.cost,
@@ -784,8 +783,11 @@ class TaskManager:
             tools=await self.workers.tools.listed(),
             now=time.time(),
             cancelling=cancelling,
+            # A child spawned by its parent is pinned when it first runs: to the newest version.
+            agent_version=run.agent_version or (await self.workers.newest(run.agent) if seq == 1 else ""),
         )
         decision = await self._call_planner(run, request)
+        run.agent_version = request.agent_version  # written with the first checkpoint
         for index, action in enumerate(decision.actions):
             action.id = f"{run.task_id}.{seq}.{index}"
             if action.WhichOneof("kind") is None:
@@ -842,7 +844,10 @@ class TaskManager:
         summary: dict[str, Any],
         extra: list[tuple[str, str]],
     ) -> tuple[float, list[EventRow]]:
-        created_at, events = records.save_decision(conn, run.task_id, seq, decision, summary, self._fence)
+        pin = run.agent_version if seq == 1 else ""
+        created_at, events = records.save_decision(
+            conn, run.task_id, seq, decision, summary, self._fence, pin_version=pin
+        )
         if extra:
             events = events + records.append_events(conn, run.task_id, extra, created_at)
         return created_at, events

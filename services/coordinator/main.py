@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from protos.agentmesh.v1 import agent_service_pb2, agent_service_pb2_grpc
-from services.coordinator.auth import load_keyring
+from protos.agentmesh.v1 import agent_service_pb2, agent_service_pb2_grpc, planner_pb2, planner_pb2_grpc
+from services.coordinator.auth import WorkerKey, ensure_worker_key, load_keyring
 from services.coordinator.backends import backend_for
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.core import Limits, TaskManager
 from services.coordinator.pricing import PriceTable
 from services.coordinator.servicer import AgentServicer
 from services.coordinator.store import Store
+from services.coordinator.worker_registry import WorkerRegistryServicer
 from services.coordinator.workers import Workers
 from services.runtime import config as config_mod
 from services.runtime import metrics, server
@@ -59,6 +60,11 @@ class CoordinatorService(Service):
         self.manager = manager
         agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(manager, keys), rt.server)
         rt.add_service_name(agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
+        worker_key = WorkerKey(cfg.worker_key or ensure_worker_key(Path(cfg.data_dir)))
+        planner_pb2_grpc.add_AgentWorkersServicer_to_server(
+            WorkerRegistryServicer(self.workers.planners, worker_key), rt.server
+        )
+        rt.add_service_name(planner_pb2.DESCRIPTOR.services_by_name["AgentWorkers"].full_name)
         self._keys = len(keys)
 
     async def warm(self, rt: Runtime) -> None:

@@ -27,7 +27,7 @@ SUCCEEDED, FAILED, CANCELLED = pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED, pb
 TASK_COLUMNS = (
     "t.id, t.tenant, t.agent, b.input, t.priority, t.budget_usd, t.budget_tokens, t.deadline, t.labels, "
     "t.idem_key, t.parent_id, t.state, b.result, t.error, t.cost, t.decisions, t.last_seq, "
-    "t.cancel_requested, t.input_prompt, t.created_at, t.updated_at, t.finished_at"
+    "t.cancel_requested, t.input_prompt, t.created_at, t.updated_at, t.finished_at, t.agent_version"
 )
 TASK_FROM = "tasks t JOIN task_blobs b ON b.id = t.id"
 
@@ -61,6 +61,7 @@ def row_to_task(row: tuple[Any, ...]) -> pb.Task:
         created_at,
         updated_at,
         finished_at,
+        agent_version,
     ) = row
     task = pb.Task(
         id=tid,
@@ -82,6 +83,7 @@ def row_to_task(row: tuple[Any, ...]) -> pb.Task:
         created_at=created_at,
         updated_at=updated_at,
         finished_at=finished_at,
+        agent_version=agent_version,
     )
     if error:
         task.error.ParseFromString(error)
@@ -129,7 +131,7 @@ def insert_task(
     conn.execute(
         "INSERT INTO tasks (id, tenant, agent, priority, budget_usd, budget_tokens, deadline, labels, "
         "idem_key, request_hash, parent_id, parent_action, state, cost, created_at, updated_at, owner, "
-        "lease_until) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "lease_until, agent_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             task.id,
             task.tenant,
@@ -148,6 +150,7 @@ def insert_task(
             task.created_at,
             task.created_at,
             *(lease or (None, None)),
+            task.agent_version,
         ),
     )
     conn.execute("INSERT INTO task_blobs (id, input) VALUES (?, ?)", (task.id, task.input_json))
@@ -382,20 +385,25 @@ def save_decision(
     decision: pb.Decision,
     summary: dict[str, Any],
     fence: str | None = None,
+    pin_version: str = "",
 ) -> tuple[float, list[EventRow]]:
-    """The checkpoint: the decision (holding the agent's new memo), atomically with its event."""
+    """The checkpoint: the decision (holding the agent's new memo), atomically with its event.
+    `pin_version`: the agent version a task without one took this decision on (its first)."""
     now = time.time()
     conn.execute(
         "INSERT INTO decisions (task_id, seq, body, created_at) VALUES (?, ?, ?, ?)",
         (task_id, seq, decision.SerializeToString(), now),
     )
+    also_set, also_params = "decisions = ?, updated_at = ?", (seq, now)
+    if pin_version:
+        also_set, also_params = also_set + ", agent_version = ?", (*also_params, pin_version)
     events = append_events(
         conn,
         task_id,
         [("decision", json.dumps(summary))],
         now,
-        also_set="decisions = ?, updated_at = ?",
-        also_params=(seq, now),
+        also_set=also_set,
+        also_params=also_params,
         fence=fence,
     )
     return now, events  # type: ignore[return-value] - a missing task raises

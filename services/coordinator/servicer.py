@@ -13,7 +13,7 @@ from services.coordinator.auth import KeyRing
 from services.coordinator.core import TaskManager
 
 
-def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+def authorization(context: grpc.aio.ServicerContext) -> str | None:
     for key, value in context.invocation_metadata() or ():
         if key == "authorization":
             return value
@@ -26,7 +26,7 @@ class AgentServicer(api_grpc.AgentServiceServicer):
         self.keys = keys
 
     def _tenant(self, context: grpc.aio.ServicerContext) -> str:
-        return self.keys.tenant_for(_authorization(context))
+        return self.keys.tenant_for(authorization(context))
 
     async def SubmitTask(self, request: api.SubmitTaskRequest, context: grpc.aio.ServicerContext) -> pb.Task:
         return await self.manager.submit(

@@ -24,8 +24,8 @@ from protos.agentmesh.v1 import (
     inference_pb2,
     inference_pb2_grpc,
     planner_pb2,
-    planner_pb2_grpc,
 )
+from services.coordinator.planners import PlannerPool
 from services.runtime.channels import insecure_channel
 from services.runtime.errors import DeadlineExceeded, Unavailable, from_rpc_error
 
@@ -52,10 +52,11 @@ class Workers:
     def __init__(
         self, planner_addr: str, executor_addr: str, inference_addr: str, cancel_grace_s: float = 2.0
     ) -> None:
-        self._channels = [insecure_channel(a) for a in (planner_addr, executor_addr, inference_addr)]
-        self.planner = planner_pb2_grpc.PlannerStub(self._channels[0])
-        self.executor = executor_pb2_grpc.ExecutorStub(self._channels[1])
-        self.inference = inference_pb2_grpc.InferenceStub(self._channels[2])
+        self._channels = [insecure_channel(a) for a in (executor_addr, inference_addr)]
+        # The mesh's planner and the agent workers that registered (planners.py routes between them).
+        self.planners = PlannerPool(planner_addr)
+        self.executor = executor_pb2_grpc.ExecutorStub(self._channels[0])
+        self.inference = inference_pb2_grpc.InferenceStub(self._channels[1])
         self.tools = ToolCatalogue(self.executor)
         # A new session may be a new executor, with other tools: read its catalogue again.
         # A cancelled action's report is waited for within half the cancel grace (the task's end
@@ -68,33 +69,22 @@ class Workers:
 
     async def close(self) -> None:
         await self.exec_session.close()
+        await self.planners.close()
         for channel in self._channels:
             await channel.close(grace=None)
 
     async def decide(self, request: planner_pb2.DecideRequest, timeout: float) -> pb.Decision:
-        try:
-            return await self.planner.Decide(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+        return await self.planners.decide(request, timeout)
 
-    async def validate(self, agent: str, input_json: str, timeout: float) -> None:
-        try:
-            # Waits for the channel to (re)connect rather than failing at once: a planner that just
-            # restarted is back before the channel's reconnect backoff would notice.
-            await self.planner.Validate(
-                planner_pb2.ValidateRequest(agent=agent, input_json=input_json),
-                timeout=min(timeout, VALIDATE_WAIT_S),
-                wait_for_ready=True,
-            )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+    async def validate(self, agent: str, input_json: str, timeout: float) -> str:
+        """The agent version the new task is pinned to, once its input checked out."""
+        return await self.planners.validate(agent, input_json, min(timeout, VALIDATE_WAIT_S))
 
-    async def list_agents(self, timeout: float) -> list[api.AgentInfo]:
-        try:
-            reply = await self.planner.ListAgents(api.ListAgentsRequest(), timeout=timeout)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
-        return list(reply.agents)
+    async def newest(self, agent: str) -> str:
+        return await self.planners.newest(agent)
+
+    async def list_agents(self) -> list[api.AgentInfo]:
+        return await self.planners.list_agents()
 
     async def run_exec(
         self,

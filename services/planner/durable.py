@@ -56,25 +56,28 @@ class LiveRuns:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._runs: OrderedDict[str, tuple[Run, Any]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def take(self, task_id: str) -> Run | None:
-        """Remove and return the task's run: while one call steps it, another finds none."""
+    def take(self, task_id: str, memo: Any) -> Run | None:
+        """Remove and return the task's run if it stands where the coordinator's checkpoint does
+        (the memo it last answered is the one recorded): while one call steps it, another finds
+        none. A run that answered a decision the coordinator did not record (another worker's
+        answer was recorded instead, or none) is stale: None, and the journal is replayed."""
         with self._lock:
-            run = self._runs.pop(task_id, None)
-            if run is None:
+            entry = self._runs.pop(task_id, None)
+            if entry is None or entry[1] != memo:
                 self.misses += 1
-            else:
-                self.hits += 1
-            return run
+                return None
+            self.hits += 1
+            return entry[0]
 
-    def put(self, task_id: str, run: Run) -> None:
+    def put(self, task_id: str, run: Run, memo: Any) -> None:
         if self.capacity <= 0:
             return
         with self._lock:
-            self._runs[task_id] = run
+            self._runs[task_id] = (run, memo)
             while len(self._runs) > self.capacity:
                 self._runs.popitem(last=False)
 
@@ -222,14 +225,14 @@ class DurableAgent:
 
     async def decide(self, ctx: DecideContext) -> pb.Decision:
         memo = ctx.memo if isinstance(ctx.memo, dict) else {}
-        started_on = memo.get("version")
+        started_on = memo.get("version") or ctx.agent_version or None
         if started_on is not None and started_on != self.version:
             # Pinned: a task is only ever decided by the version it started on.
             raise Unavailable(
                 f"task {ctx.task_id} runs {self.name} v{started_on}; this planner serves v{self.version}",
                 reason="AGENT_VERSION_UNAVAILABLE",
             )
-        run = self.runs.take(ctx.task_id)
+        run = self.runs.take(ctx.task_id, memo)
         if run is not None and (run.decided != ctx.decision_seq - 1 or run.definition is not self.definition):
             run = None  # stale (a decision asked again after a lost answer): rebuild from the journal
         if run is None and ctx.decision_seq > 1 and ctx.history is None:
@@ -251,9 +254,11 @@ class DurableAgent:
                 if wait <= 0:
                     final = self._blocked(int(holder["thread"]), limit)
                     return decision_of(Step([], [], memo, final=final))
+        decision = decision_of(step)
         if step.final is None:
-            self.runs.put(ctx.task_id, run)
-        return decision_of(step)
+            # Kept with the memo as the coordinator will hand it back (JSON's lists, not tuples).
+            self.runs.put(ctx.task_id, run, json.loads(decision.memo_json))
+        return decision
 
     def _step(self, ctx: DecideContext, run: Run | None, holder: dict[str, float]) -> tuple[Run, Step]:
         holder["thread"] = threading.get_ident()

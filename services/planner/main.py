@@ -36,8 +36,17 @@ class PlannerService(Service):
     def __init__(self, config: PlannerConfig) -> None:
         self.config = config
 
+    # The mesh's planner serves the built-in agents beside the user's; an agent worker only these.
+    builtin = True
+
     async def setup(self, rt: Runtime) -> None:
-        agents: dict[str, Agent] = dict(load_agents())
+        self.agents = agents = self._load()
+        planner_pb2_grpc.add_PlannerServicer_to_server(PlannerServicer(agents), rt.server)
+        rt.add_service_name(planner_pb2.DESCRIPTOR.services_by_name["Planner"].full_name)
+        log.info("agents: %s", ", ".join(sorted(agents)))
+
+    def _load(self) -> dict[str, Agent]:
+        agents: dict[str, Agent] = dict(load_agents()) if self.builtin else {}
         if self.config.agents:
             from agentmesh.sdk import AgentDefinition, strict
             from agentmesh.sdk.loader import load_agents as load_sdk_agents
@@ -53,9 +62,7 @@ class PlannerService(Service):
             sdk = {name: a for name, a in loaded.items() if isinstance(a, AgentDefinition)}
             agents.update({name: a for name, a in loaded.items() if name not in sdk})
             agents.update(durable_agents(sdk, settings))
-        planner_pb2_grpc.add_PlannerServicer_to_server(PlannerServicer(agents), rt.server)
-        rt.add_service_name(planner_pb2.DESCRIPTOR.services_by_name["Planner"].full_name)
-        log.info("agents: %s", ", ".join(sorted(agents)))
+        return agents
 
 
 def main(argv: list[str]) -> int:

@@ -46,6 +46,8 @@ class DecideContext:
     history: list[Any] | None = None
     # The task is being cancelled (agents whose decisions say handles_cancel are asked to clean up).
     cancelling: bool = False
+    # The agent version the coordinator pinned the task to ("": none named).
+    agent_version: str = ""
 
 
 class Agent(Protocol):

@@ -42,6 +42,7 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
             now=request.now,
             history=list(request.history) if request.history_included else None,
             cancelling=request.cancelling,
+            agent_version=request.agent_version,
         )
         decision = agent.decide(ctx)
         return await decision if inspect.isawaitable(decision) else decision
@@ -51,22 +52,25 @@ class PlannerServicer(planner_pb2_grpc.PlannerServicer):
     ) -> planner_pb2.ValidateResponse:
         agent = get_agent(self.agents, request.agent)
         agent.validate(_json(request.input_json, "input"))
-        return planner_pb2.ValidateResponse()
+        return planner_pb2.ValidateResponse(version=getattr(agent, "version", ""))
 
     async def ListAgents(
         self, request: api.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> api.ListAgentsResponse:
-        return api.ListAgentsResponse(
-            agents=[
-                api.AgentInfo(
-                    name=name,
-                    description=agent.description,
-                    version=getattr(agent, "version", ""),
-                    input_schema_json=_schema_json(agent),
-                )
-                for name, agent in sorted(self.agents.items())
-            ]
+        return api.ListAgentsResponse(agents=agent_infos(self.agents))
+
+
+def agent_infos(agents: dict[str, Agent]) -> list[api.AgentInfo]:
+    """What this planner serves, as it tells the coordinator."""
+    return [
+        api.AgentInfo(
+            name=name,
+            description=agent.description,
+            version=getattr(agent, "version", ""),
+            input_schema_json=_schema_json(agent),
         )
+        for name, agent in sorted(agents.items())
+    ]
 
 
 def _schema_json(agent: Agent) -> str:

@@ -49,6 +49,7 @@ class Runtime:
         self.server = server
         self.health = health
         self._bus: Bus | None = None
+        self.port = 0
         self.service_names: list[str] = []
         self._owned: set[asyncio.Task[Any]] = set()
         self.crashed: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
@@ -142,7 +143,7 @@ async def _serve(service: Service, config: CommonConfig, listen: str) -> int:
         loop.add_signal_handler(signum, on_signal, signum)
 
     try:
-        server.add_insecure_port(listen)
+        rt.port = server.add_insecure_port(listen)  # the port bound: another than asked for if 0
     except RuntimeError as exc:
         log.error("cannot listen on %s: %s", listen, exc)
         rt.close_bus()

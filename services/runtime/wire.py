@@ -60,6 +60,7 @@ def task_to_dict(task: common_pb2.Task) -> dict[str, Any]:
         "cancel_requested": task.cancel_requested,
         "decisions": task.decisions,
         "input_prompt": task.input_prompt or None,
+        "agent_version": task.agent_version or None,
     }
 
 

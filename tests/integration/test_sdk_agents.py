@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from agentmesh.local import TENANT_KEYS, Mesh
+from agentmesh.testing import registered
 from protos.agentmesh.v1 import common_pb2 as pb
 from tests.conftest import client_for, run, run_mesh, wait_for_action_processes
 
@@ -155,11 +156,18 @@ def test_a_code_change_under_an_in_flight_task_is_nondeterminism_unless_patched(
     run(go())
 
 
-@pytest.mark.parametrize("victim", ["coordinator", "planner"])
+@pytest.mark.parametrize("victim", ["coordinator", "worker"])
 def test_kill_9_at_random_points_ends_each_run_once_with_the_uncrashed_result(
     own_mesh, shared_dir: Path, victim: str
 ) -> None:  # type: ignore[no-untyped-def]
-    mesh = own_mesh(extra_env={**SDK_ENV, "AGENTMESH_SHARED_DIR": str(shared_dir)})
+    """`worker`: the agents are served by an agent worker process (`agentmesh worker`), not by the
+    mesh's planner, and that worker is the one killed and started again."""
+    if victim == "coordinator":
+        mesh = own_mesh(extra_env={**SDK_ENV, "AGENTMESH_SHARED_DIR": str(shared_dir)})
+    else:
+        mesh = own_mesh(extra_env={"AGENTMESH_SHARED_DIR": str(shared_dir)})
+        mesh.add_worker("worker", AGENTS, AGENTMESH_STEP_TIMEOUT_S="3")
+        run(wait_registered(mesh, "worker", "sdk-mix"))
     rng = random.Random(7)
     kills = 20
 
@@ -219,8 +227,13 @@ def test_kill_9_at_random_points_ends_each_run_once_with_the_uncrashed_result(
     # only this test's shared dir sees the first run.)
     again = {name: (then, runs[name]) for name, then in recorded.items() if runs[name] != then}
     assert recorded and not again, again
-    if victim == "planner":  # the workers and the coordinator never stopped: nothing ran twice
+    if victim == "worker":  # the executor and the coordinator never stopped: nothing ran twice
         assert set(runs.values()) == {1}, {name: n for name, n in runs.items() if n != 1}
+
+
+async def wait_registered(mesh: Mesh, worker_id: str, agent: str, version: str = "") -> None:
+    async with client_for(mesh) as client:
+        await registered(client, worker_id, agent, version)
 
 
 def mark_counts(shared_dir: Path) -> Counter[str]:

@@ -55,7 +55,7 @@ async def drive(agent_, task: str, cold_from: int = 0) -> tuple[pb.Decision, lis
     memo = None
     for seq in range(1, 100):
         if cold_from and seq >= cold_from:
-            agent_.runs.take(task)
+            agent_.runs.take(task, None)
             with pytest.raises(FailedPrecondition) as refused:
                 await agent_.decide(context(task, seq, results, memo))
             assert refused.value.reason == "HISTORY_REQUIRED"
@@ -101,3 +101,27 @@ def test_blocking_code_fails_its_task_but_not_the_tasks_queued_behind_it() -> No
     assert blocked.final.error.reason == "AGENT_BLOCKED"
     assert "in spin" in json.loads(blocked.final.error.details_json)["traceback"]
     assert [a.exec.tool for a in queued.actions] == ["echo"]  # ran once the thread was free
+
+
+def test_a_first_decision_takes_the_pin_the_coordinator_names() -> None:
+    agents = durable_agents({"count": count}, DurableSettings())
+    ctx = DecideContext("p", {"n": 1}, None, [], 1, now=1.0, agent_version="1")
+    with pytest.raises(Unavailable) as refused:
+        asyncio.run(agents["count"].decide(ctx))
+    assert refused.value.reason == "AGENT_VERSION_UNAVAILABLE"
+
+
+def test_a_live_run_that_answered_a_decision_not_recorded_is_replayed_not_reused() -> None:
+    """Two workers asked for the same decision (the first one's answer was lost): the recorded
+    memo is the other one's, so this worker's live run (advanced with its own clock) is stale."""
+    agents = durable_agents({"count": count}, DurableSettings())
+    live = agents["count"]
+
+    async def go() -> None:
+        first = await live.decide(context("m", 1, []))
+        recorded = json.loads(first.memo_json) | {"now": 99.0}  # another worker's answer, later
+        with pytest.raises(FailedPrecondition) as refused:
+            await live.decide(context("m", 2, answer(first, 1), memo=recorded))
+        assert refused.value.reason == "HISTORY_REQUIRED"
+
+    asyncio.run(go())

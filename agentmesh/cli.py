@@ -91,7 +91,7 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
             child_env["AGENTMESH_METRICS_PORT"] = str(config.metrics_port + index)
         else:
             child_env["AGENTMESH_METRICS_PORT"] = "0"
-        if name == "planner" and args.agents:
+        if name == "planner" and args.agents and args.command == "up":
             child_env["AGENTMESH_AGENTS"] = _agents_spec(args.agents)
         sup.add(Child(name, service_argv(name), probes[name], env=child_env, log_path=logs / f"{name}.log"))
     stop = {"signal": 0}
@@ -124,12 +124,28 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
         console.print(f"  API key for tenant [bold]default[/bold]: {new_key} (kept in {key_file})")
     elif key_file.exists():
         console.print(f"  API key for tenant default is in {key_file}")
-    if args.ready_file:
-        Path(args.ready_file).write_text(
-            json.dumps({"ready_s": ready_s, "pids": {c.name: c.pid for c in sup.children}})
-        )
+    ready = {"ready_s": ready_s, "pids": {c.name: c.pid for c in sup.children}}
+
+    def write_ready(workers: dict[str, int] | None = None) -> None:
+        if args.ready_file:  # with `dev`, written again as its agent workers change
+            Path(args.ready_file).write_text(json.dumps({**ready, "workers": workers or {}}))
+
+    reloader = None
+    if args.command == "dev":
+        from agentmesh.dev import Reloader
+
+        worker_env = {**env, "AGENTMESH_METRICS_PORT": "0"}
+        reloader = Reloader(_agents_spec(args.agents), worker_env, logs, console.print, on_change=write_ready)
+        console.print(f"serving {args.agents} from an agent worker; reloading when the files change")
+        reloader.start()
+    write_ready({c.name: c.pid for c in reloader.workers} if reloader else None)
     exit_code = 0
     while not stop["signal"]:
+        if reloader is not None:
+            for child in reloader.dead():
+                tail = child.log_tail(20)
+                console.print(f"[red]{child.name} exited[/red] (the next change starts another)\n{tail}")
+            reloader.tick()
         dead = sup.dead_children()
         if dead:
             for child in dead:
@@ -140,6 +156,8 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
             break
         time.sleep(0.1)
     console.print("stopping the mesh ...")
+    if reloader is not None:
+        reloader.stop()  # first: a worker that leaves tells the coordinator
     codes = sup.stop(grace_s=args.stop_timeout)
     console.print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()))
     return exit_code
@@ -337,15 +355,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run bus, coordinator, planner, executor, inference and gateway. "
         "Other flags (see `agentmesh serve coordinator --help`) pass through.",
     )
-    up.add_argument("--ready-timeout", type=float, default=60.0)
-    up.add_argument("--stop-timeout", type=float, default=15.0)
-    up.add_argument("--ready-file", default="", help="write readiness time and pids as JSON here")
+    dev = sub.add_parser(
+        "dev",
+        help="run the mesh here with your agents, reloaded when their files change",
+        description="As `up`, with --agents served by an agent worker that is replaced when the files "
+        "change; workers of versions still in use by tasks keep running (docs/agents.md).",
+    )
+    for command in (up, dev):
+        command.add_argument("--ready-timeout", type=float, default=60.0)
+        command.add_argument("--stop-timeout", type=float, default=15.0)
+        command.add_argument("--ready-file", default="", help="write readiness time and pids as JSON here")
     up.add_argument(
         "--agents",
         default="",
         help="your SDK agents, served by the planner beside the built-in ones: module paths or .py files, "
         "comma-separated (docs/agents.md)",
     )
+    dev.add_argument("--agents", required=True, help="module paths or .py files, comma-separated")
 
     serve = sub.add_parser("serve", help="run one service", add_help=False)
     serve.add_argument("service", choices=sorted(SERVICES))
@@ -417,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         from services.planner.worker import main as worker_main
 
         return worker_main(argv[1:])
-    if argv[:1] == ["up"]:
+    if argv[:1] in (["up"], ["dev"]):
         args, rest = parser.parse_known_args(argv)
         return cmd_up(args, rest)
     args = parser.parse_args(argv)

@@ -17,26 +17,11 @@ from agentmesh.local import Mesh
 from agentmesh.testing import registered
 from protos.agentmesh.v1 import common_pb2 as pb
 from tests.conftest import client_for, run
-
-AGENT = '''
-from agentmesh.sdk import Context, agent
-
-
-@agent(name="greeter", version="{version}", description="greets in {steps} steps")
-async def greeter(ctx: Context, inp: dict) -> dict:
-    seen = []
-    for i in range({steps}):
-        seen.append((await ctx.exec("echo", step=i)).output["step"])
-    answer = await ctx.input("go on?") if inp.get("ask") else None
-    seen.append((await ctx.exec("echo", step="last")).output["step"])
-    return {{"version": "{version}", "seen": seen, "answer": answer}}
-'''
+from tests.fixtures.greeter import write_greeter
 
 
 def agent_file(folder: Path, version: str, steps: int = 2) -> str:
-    path = folder / f"greeter_v{version}.py"
-    path.write_text(AGENT.format(version=version, steps=steps))
-    return str(path)
+    return write_greeter(folder, version, steps)
 
 
 async def wait_state(client, task_id: str, state: int, timeout_s: float = 30.0) -> pb.Task:  # type: ignore[no-untyped-def]

@@ -48,6 +48,9 @@ class WorkerConfig(PlannerConfig):
     )
     worker_id: str = setting("", "this worker's name (default: worker-HOST-PID-RANDOM)")
     worker_key: str = setting("", "the coordinator's worker key (default: read from DATA_DIR/worker.key)")
+    coordinators: str = setting(
+        "", "coordinators to register with, comma-separated (default: coordinator_addr); each routes here"
+    )
 
 
 def worker_key(config: WorkerConfig) -> str:
@@ -83,27 +86,33 @@ class AgentWorkerService(PlannerService):
         self.key = worker_key(config)  # fail at start, not at the first heartbeat
         own = f"worker-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
         self.worker_id = config.worker_id or own
-        self._channel: grpc.aio.Channel | None = None
-        self._announcing: asyncio.Task[None] | None = None
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._announcing: list[asyncio.Task[None]] = []
 
     async def warm(self, rt: Runtime) -> None:
-        self._channel = insecure_channel(self.config.coordinator_addr)
-        stub = planner_pb2_grpc.AgentWorkersStub(self._channel)
         request = planner_pb2.RegisterWorkerRequest(
             worker_id=self.worker_id,
             address=advertised(self.worker_config, rt.port),
             agents=agent_infos(self.agents),
         )
-        # One try before SERVING, so that a worker that reports ready is (usually) routed to.
-        with contextlib.suppress(grpc.RpcError):
-            await stub.Register(request, timeout=REGISTER_TIMEOUT_S, metadata=self._metadata())
-        self._announcing = rt.spawn(self._announce(stub, request), "register")
+        addresses = [a.strip() for a in self.worker_config.coordinators.split(",") if a.strip()]
+        for address in addresses or [self.config.coordinator_addr]:
+            channel = insecure_channel(address)
+            self._channels[address] = channel
+            stub = planner_pb2_grpc.AgentWorkersStub(channel)
+            # One try before SERVING, so that a worker that reports ready is (usually) routed to.
+            with contextlib.suppress(grpc.RpcError):
+                await stub.Register(request, timeout=REGISTER_TIMEOUT_S, metadata=self._metadata())
+            self._announcing.append(rt.spawn(self._announce(address, stub, request), f"register {address}"))
 
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.key}"),)
 
     async def _announce(
-        self, stub: planner_pb2_grpc.AgentWorkersStub, request: planner_pb2.RegisterWorkerRequest
+        self,
+        address: str,
+        stub: planner_pb2_grpc.AgentWorkersStub,
+        request: planner_pb2.RegisterWorkerRequest,
     ) -> None:
         """Register, and again every heartbeat; while the coordinator is away, keep trying."""
         delay, registered = 0.2, False
@@ -114,7 +123,7 @@ class AgentWorkerService(PlannerService):
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     log.error("the coordinator refused this worker: %s", exc.details())
                 elif registered:
-                    log.warning("lost the coordinator at %s: %s", self.config.coordinator_addr, exc.code())
+                    log.warning("lost the coordinator at %s: %s", address, exc.code())
                 registered = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
@@ -122,7 +131,7 @@ class AgentWorkerService(PlannerService):
             if not registered:
                 log.info(
                     "registered with the coordinator at %s as %s (%s)",
-                    self.config.coordinator_addr,
+                    address,
                     self.worker_id,
                     request.address,
                 )
@@ -130,23 +139,22 @@ class AgentWorkerService(PlannerService):
             await asyncio.sleep(reply.heartbeat_s)
 
     async def drain(self) -> None:
-        if self._channel is None:
-            return
-        if self._announcing is not None:
-            self._announcing.cancel()  # a heartbeat after leaving would bring it back
-        stub = planner_pb2_grpc.AgentWorkersStub(self._channel)
-        try:
-            await stub.Leave(
-                planner_pb2.LeaveWorkerRequest(worker_id=self.worker_id),
-                timeout=REGISTER_TIMEOUT_S,
-                metadata=self._metadata(),
-            )
-        except grpc.RpcError as exc:
-            log.warning("could not tell the coordinator this worker leaves: %s", exc.code())
+        for task in self._announcing:
+            task.cancel()  # a heartbeat after leaving would bring it back
+        leave = planner_pb2.LeaveWorkerRequest(worker_id=self.worker_id)
+        for address, channel in self._channels.items():
+            try:
+                await planner_pb2_grpc.AgentWorkersStub(channel).Leave(
+                    leave, timeout=REGISTER_TIMEOUT_S, metadata=self._metadata()
+                )
+            except grpc.RpcError as exc:
+                log.warning(
+                    "could not tell the coordinator at %s this worker leaves: %s", address, exc.code()
+                )
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close(grace=None)
+        for channel in self._channels.values():
+            await channel.close(grace=None)
 
 
 def main(argv: list[str]) -> int:

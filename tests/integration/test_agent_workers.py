@@ -178,3 +178,30 @@ def test_a_worker_needs_the_worker_key_and_its_agents(own_mesh, tmp_path: Path) 
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
     run(go())
+
+
+def test_workers_register_again_with_a_restarted_coordinator(own_mesh, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The coordinator keeps registrations in memory only: after kill -9 and a restart, the
+    worker's next heartbeat brings it back, and the parked task goes on on the same version."""
+    mesh: Mesh = own_mesh()
+    mesh.add_worker("w", agent_file(tmp_path, "1"))
+
+    async def park() -> str:
+        async with client_for(mesh) as client:
+            await registered(client, "w", "greeter", "1")
+            task = await client.submit("greeter", {"ask": True})
+            await wait_state(client, task.id, pb.TASK_STATE_WAITING)
+            return task.id
+
+    async def finish(task_id: str) -> None:
+        async with client_for(mesh) as client:
+            await registered(client, "w", "greeter", "1")
+            await client.send_input(task_id, {"after": "restart"})
+            done = await client.wait(task_id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            assert json.loads(done.result_json)["answer"] == {"after": "restart"}
+
+    task_id = run(park())
+    mesh.kill9("coordinator")
+    mesh.restart("coordinator")
+    run(finish(task_id))

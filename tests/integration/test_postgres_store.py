@@ -15,9 +15,11 @@ import pytest
 
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS, Mesh
+from agentmesh.testing import registered
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.procs import pid_alive
 from tests.conftest import client_for, run, wait_for_action_processes
+from tests.fixtures.greeter import write_greeter
 
 
 @pytest.fixture
@@ -250,3 +252,40 @@ def test_a_coordinator_that_lost_its_lease_writes_nothing_more(own_mesh, pg_url:
     run(go())
     assert (shared_dir / "runs").read_text().split() == ["run"]
     assert "is held by elsewhere now" in (mesh.logs / "coordinator.log").read_text()
+
+
+def test_an_agent_worker_serves_two_coordinators_and_a_task_moves_between_them(
+    own_mesh, pg_url: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """One worker registered with both coordinators: a task parked on the first goes on through the
+    second once the first dies, decided by the same worker on the version it started on."""
+    mesh = own_mesh(
+        extra_env={
+            "AGENTMESH_STORE_URL": pg_url,
+            "AGENTMESH_LEASE_S": "2",
+            "AGENTMESH_WORKER_KEY": "wk-0123456789",
+        }
+    )
+    b_addr = mesh.add_coordinator("coordinator-b")
+    mesh.add_worker(
+        "w", write_greeter(tmp_path, "1"), AGENTMESH_COORDINATORS=f"{mesh.coordinator_addr},{b_addr}"
+    )
+
+    async def go() -> None:
+        async with client_for(mesh) as a, AgentMeshClient(b_addr, TENANT_KEYS["alpha"]) as b:
+            await registered(a, "w", "greeter", "1")
+            await registered(b, "w", "greeter", "1")
+            task = await a.submit("greeter", {"ask": True})
+            while (await b.get(task.id)).state != pb.TASK_STATE_WAITING:
+                await asyncio.sleep(0.05)
+            mesh.kill9("coordinator")
+            await b.send_input(task.id, {"ok": True})
+            done = await asyncio.wait_for(b.wait(task.id), 60)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            assert json.loads(done.result_json) == {
+                "version": "1",
+                "seen": [0, 1, "last"],
+                "answer": {"ok": True},
+            }
+
+    run(go())

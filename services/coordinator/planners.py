@@ -188,6 +188,14 @@ class PlannerPool:
             retry_after_s=1.0,
         )
 
+    def _unknown(self, agent: str) -> InvalidArgument:
+        known = sorted({name for m in self.members() for name in m.agents or ()})
+        return InvalidArgument(
+            f"unknown agent {agent!r}; known: {', '.join(known)}",
+            reason="UNKNOWN_AGENT",
+            field_violations=[("agent", "unknown agent")],
+        )
+
     async def _call(self, member: Member, call: str, request: object, timeout: float, **kw: object) -> object:
         member.inflight += 1
         try:
@@ -241,6 +249,8 @@ class PlannerPool:
                     continue  # that worker is gone: ask another, or wait for one
                 assert isinstance(reply, planner_pb2.ValidateResponse)
                 return reply.version or version
+            if not any(m.agents is None or agent in m.agents for m in self.members()):
+                raise self._unknown(agent)
             if left <= 0:
                 raise self._unavailable(agent, version)
             await asyncio.sleep(min(0.05, left))  # a worker that is starting registers soon

@@ -274,6 +274,7 @@ class Context:
 
     def now(self) -> float:
         """Unix seconds of the decision being taken: the same value on replay."""
+        self._run.now_read = True
         return self._run.now
 
     @property

@@ -52,7 +52,6 @@ class Handle(Generic[T]):
         self._value: Any = None
         self._error: BaseException | None = None
         self._callbacks: list[Callable[[Handle[T]], None]] = []
-        self.races: list[Race] = []  # the `ctx.first` races it is a branch of
 
     def done(self) -> bool:
         return self._done
@@ -242,7 +241,6 @@ class Race(Handle[Any]):
         if not handles:
             self.set_error(NoWinner("ctx.first() of nothing"))
         for handle in handles:
-            handle.races.append(self)
             handle.add_done(self._one)
 
     def _wins(self, handle: Handle[Any]) -> bool:

@@ -1,10 +1,12 @@
 """One task's agent coroutine, driven decision by decision, and its replay from the journal.
 
-A decision is a step: the previous decision's results are applied one at a time, in journal
-(position) order, each followed by running the agent until nothing more can run; whatever it asked
-for meanwhile is the next decision. Replay takes the same steps from the recorded decisions and
-checks, at each call, that the code asks for what the journal holds at that position: when it does
-not, the run stops with NONDETERMINISM instead of running or skipping anything.
+A decision is a step: the results handed in (those that settled since the last decision, in the
+order they settled) are applied one at a time, each followed by running the agent until nothing
+more can run; whatever it asked for meanwhile is the next decision, and the actions it has not yet
+heard of stay open beside it. The journal keeps which results each decision was taken on, in
+order. Replay takes the same steps from the recorded decisions and checks, at each call, that the
+code asks for what the journal holds at that position: when it does not, the run stops with
+NONDETERMINISM instead of running or skipping anything.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from agentmesh.sdk import strict as _strict
 from agentmesh.sdk.commands import Command, Kind, Options
 from agentmesh.sdk.context import Action, Context
 from agentmesh.sdk.definition import AgentDefinition
-from agentmesh.sdk.loop import Loop, Race, Task
+from agentmesh.sdk.loop import Loop, Task
 from agentmesh.sdk.results import AgentError, Cancelled, Outcome, Usage
 
 MEMO_FORMAT = 1
@@ -38,6 +40,11 @@ class Final:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+# A result handed to a decision: which action (the decision that asked for it and its index there)
+# and its outcome.
+Delivery = tuple[int, int, Outcome]
+
+
 @dataclass(frozen=True)
 class Recorded:
     """One past decision as the journal holds it: for replay."""
@@ -46,7 +53,7 @@ class Recorded:
     now: float
     patches: tuple[str, ...]
     fingerprints: tuple[str, ...]  # its actions, in order
-    outcomes: tuple[Outcome, ...]  # their results, in the same order
+    delivered: tuple[Delivery, ...]  # the results it was taken on, in the order they were applied
     cancelling: bool = False  # taken while the task was being cancelled
 
 
@@ -58,9 +65,12 @@ class Step:
     events: list[tuple[str, Any]]
     memo: dict[str, Any]
     final: Final | None = None
-    # Every new action is a branch of one `ctx.first` without `where`: the coordinator may stop the
-    # rest as soon as one succeeds.
-    first_success: bool = False
+    # Open actions (decision seq, index) the agent gave up (the losers of a `ctx.first`): to cancel.
+    cancel: list[tuple[int, int]] = field(default_factory=list)
+    # Nothing came of the results handed in (no action, event, cancel, patch, clock read, or end):
+    # the decision need not be recorded. Its seq is not used up; the next decision with that seq
+    # is handed these results again (a live run skips them) together with the newer ones.
+    idle: bool = False
 
 
 class ProtocolError(Exception):
@@ -80,7 +90,11 @@ class Run:
         self.now = 0.0
         self.usage = Usage()
         self._handles: dict[int, Action[Any]] = {}  # unresolved, by position
-        self._open: list[int] = []  # positions the last decision asked for
+        # (decision seq, index) -> position, for the unresolved: how a result names its action.
+        self._where: dict[tuple[int, int], int] = {}
+        self._cancel_sent: set[int] = set()  # given-up positions already asked to be cancelled
+        self._idle_applied: set[tuple[int, int]] = set()  # applied in idle steps since the last kept one
+        self.now_read = False  # ctx.now() was read in this step
         self._main: Task[Any] | None = None
         self._step_commands: list[Command] = []
         self._events: list[tuple[str, Any]] = []
@@ -98,22 +112,27 @@ class Run:
         self,
         seq: int,
         now: float,
-        outcomes: list[Outcome],
+        delivered: list[Delivery],
         replay: Recorded | None = None,
         cancelling: bool = False,
     ) -> Step:
-        """Apply the last decision's outcomes (one per action it asked for, in order) and take
-        decision `seq`. With `replay`, check the code against that recorded decision instead.
-        `cancelling`: the task is being cancelled; from the first such decision on, actions cut
-        off raise `Cancelled` where they are awaited, and so does every new action outside
-        `ctx.shield()`."""
+        """Apply the results handed in, in their order, and take decision `seq`. With `replay`,
+        check the code against that recorded decision instead. `cancelling`: the task is being
+        cancelled; from the first such decision on, actions cut off raise `Cancelled` where they
+        are awaited, and so does every new action outside `ctx.shield()`."""
         first_cancel = cancelling and not self.cancelling
         self.cancelling = self.cancelling or cancelling
         if seq != self.decided + 1:
             raise ProtocolError(f"decision {seq} asked of a run at decision {self.decided}")
-        if len(outcomes) != len(self._open):
-            raise ProtocolError(f"{len(outcomes)} results for a decision of {len(self._open)} actions")
-        self.now = now
+        if self._idle_applied:  # handed in again after an idle step: applied already
+            delivered = [d for d in delivered if (d[0], d[1]) not in self._idle_applied]
+        positions = []
+        for action_seq, index, _ in delivered:
+            position = self._where.get((action_seq, index))
+            if position is None:
+                raise ProtocolError(f"a result for action {action_seq}.{index}, which is not open")
+            positions.append(position)
+        self.now, self.now_read = now, False
         self._step_commands, self._events, self._patches_new = [], [], []
         self._expect = replay.fingerprints if replay is not None else None
         self._expect_base = self.issued
@@ -123,19 +142,29 @@ class Run:
             if self._main is None:
                 self._start()
             self._run_loop(violations)
-            for position, outcome in zip(self._open, outcomes, strict=True):
+            for position, (action_seq, index, outcome) in zip(positions, delivered, strict=True):
                 if self.poison is not None:
                     break
                 self.usage = self.usage + outcome.cost
                 handle = self._handles.pop(position)
+                del self._where[(action_seq, index)]
+                self._cancel_sent.discard(position)
                 if first_cancel and not outcome.ok:
                     handle.set_error(Cancelled("the task was cancelled"))
                 else:
                     handle.resolve(handle.command.result_of(outcome))
                 self._run_loop(violations)
         self.decided = seq
-        self._open = [c.position for c in self._step_commands]
-        return self._step()
+        for index, command in enumerate(self._step_commands):
+            self._where[(seq, index)] = command.position
+        step = self._step()
+        if replay is None and not first_cancel and not self.cancelling and _is_idle(step, self.now_read):
+            step.idle = True
+            self.decided = seq - 1
+            self._idle_applied.update((s, i) for s, i, _ in delivered)
+        else:
+            self._idle_applied.clear()
+        return step
 
     def _start(self) -> None:
         violations = self.definition.input.violations(self.raw_input)
@@ -167,24 +196,21 @@ class Run:
             self._nondeterminism(missing, self._expect[len(self._step_commands)], "", "")
         if self.poison is None and self._main is not None and self._main.done():
             self.poison = self._final_of(self._main)
-        if self.poison is None and not self._step_commands:
+        if self.poison is None and not any(not h.done() for h in self._handles.values()):
             self._fail(
                 "AGENT_STALLED",
                 "the agent waits on nothing the journal can settle "
-                "(it awaits no action, or only one it gave up)",
+                "(it awaits no action, or only ones it gave up)",
             )
         events = [] if replaying else self._events
+        # Given up (a lost race) but still running: the coordinator stops them now.
+        given_up = [p for p, h in self._handles.items() if h.done() and p not in self._cancel_sent]
+        self._cancel_sent.update(given_up)
+        where = {p: w for w, p in self._where.items()} if given_up else {}
+        cancel = [where[p] for p in sorted(given_up)]
         if self.poison is not None:
-            return Step([], events, memo, final=self.poison)
-        return Step(list(self._step_commands), events, memo, first_success=self._is_one_race())
-
-    def _is_one_race(self) -> bool:
-        handles = [self._handles.get(c.position) for c in self._step_commands]
-        races = {id(r) for h in handles if h is not None for r in h.races}
-        if len(races) != 1 or not all(h is not None and len(h.races) == 1 for h in handles):
-            return False
-        race: Race = handles[0].races[0]  # type: ignore[union-attr]
-        return race.where is None and len(race.branches) == len(handles)
+            return Step([], events, memo, final=self.poison, cancel=cancel)
+        return Step(list(self._step_commands), events, memo, cancel=cancel)
 
     # ---------------------------------------------------------------- what Context calls
 
@@ -280,6 +306,10 @@ class Run:
         )
 
 
+def _is_idle(step: Step, now_read: bool) -> bool:
+    return not (step.commands or step.events or step.cancel or step.final or step.memo["patches"] or now_read)
+
+
 def replay(
     definition: AgentDefinition,
     task_id: str,
@@ -289,14 +319,12 @@ def replay(
     strict: bool = False,
 ) -> tuple[Run, Step | None]:
     """A run brought up to the end of the journal. The step is a failure (NONDETERMINISM ...) that
-    stopped the replay, or None when the run is ready for the journal's last outcomes."""
+    stopped the replay, or None when the run is ready for the results that came in since."""
     run = Run(definition, task_id, raw_input, strict=strict)
-    previous: tuple[Outcome, ...] = ()
     for record in journal:
         step = run.advance(
-            record.seq, record.now, list(previous), replay=record, cancelling=record.cancelling
+            record.seq, record.now, list(record.delivered), replay=record, cancelling=record.cancelling
         )
         if step.final is not None:
             return run, step
-        previous = record.outcomes
     return run, None

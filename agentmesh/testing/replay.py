@@ -13,10 +13,10 @@ from google.protobuf import json_format
 from agentmesh.sdk import strict
 from agentmesh.sdk.definition import AgentDefinition
 from agentmesh.sdk.loader import load_agents
-from agentmesh.sdk.run import Run, replay
+from agentmesh.sdk.run import Recorded, Run, replay
 from protos.agentmesh.v1 import agent_service_pb2 as api
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.planner.durable import outcome_of, recorded_of
+from services.planner.durable import journal_of
 
 
 @dataclass(frozen=True)
@@ -49,25 +49,22 @@ def replay_journal(
     raw_input = json.loads(task.input_json) if task.input_json else None
     decisions = list(journal.decisions)
     final = decisions[-1].decision.final if decisions and decisions[-1].decision.HasField("final") else None
-    records = [recorded_of(d) for d in (decisions[:-1] if final is not None else decisions)]
+    records = journal_of(decisions)
     if strict_mode:
         strict.install()
-    run, stopped = replay(definition, task.id, raw_input, records, strict=strict_mode)
+    run, stopped = replay(
+        definition, task.id, raw_input, records[:-1] if final else records, strict=strict_mode
+    )
     if stopped is not None:
         assert stopped.final is not None
         return ReplayReport(**report, ok=False, problem=stopped.final.message, details=stopped.final.details)
     if final is None:
         return ReplayReport(**report, ok=True)
-    return _check_end(run, decisions, final, ReplayReport(**report, ok=True))
+    return _check_end(run, records[-1], final, ReplayReport(**report, ok=True))
 
 
-def _check_end(run: Run, decisions: list[Any], final: pb.Final, report: ReplayReport) -> ReplayReport:
-    last = decisions[-1]
-    previous = [outcome_of(r) for r in decisions[-2].results] if len(decisions) > 1 else []
-    memo = json.loads(last.decision.memo_json) if last.decision.memo_json else {}
-    step = run.advance(
-        last.seq, float(memo.get("now", 0.0)), previous, cancelling=bool(memo.get("cancelling"))
-    )
+def _check_end(run: Run, last: Recorded, final: pb.Final, report: ReplayReport) -> ReplayReport:
+    step = run.advance(last.seq, last.now, list(last.delivered), cancelling=last.cancelling)
     if step.final is None:
         return _differs(report, "the code goes on where the recorded task ended", {})
     if step.final.reason == "NONDETERMINISM":

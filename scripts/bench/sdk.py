@@ -90,13 +90,13 @@ def mesh_rates(opts: argparse.Namespace) -> list[dict]:
 # ----------------------------------------------------------------------------- in-process decisions
 
 
-def _decide_context(task_id: str, seq: int, results: list[pb.ActionResult], history=None):  # type: ignore[no-untyped-def]
+def _decide_context(task_id: str, seq: int, results: list[pb.ActionResult], memo=None, history=None):  # type: ignore[no-untyped-def]
     from services.planner.registry import DecideContext
 
     return DecideContext(
         task_id=task_id,
         input={"n": 10**9},
-        memo=None,
+        memo=memo,
         results=results,
         decision_seq=seq,
         now=1_000.0 + seq,
@@ -130,6 +130,7 @@ async def planner_path(lengths: list[int]) -> list[dict]:
     rows = []
     history: list[pb.RecordedDecision] = []
     results: list[pb.ActionResult] = []
+    memo = None
     per_decision: dict[int, float] = {}
     seq = 0
     window = 50
@@ -139,7 +140,9 @@ async def planner_path(lengths: list[int]) -> list[dict]:
             seq += 1
             if seq == target - window + 1:
                 started = time.perf_counter()
-            decision = await agent.decide(_decide_context("t", seq, results))
+            decision = await agent.decide(_decide_context("t", seq, results, memo))
+            decision.answered.extend(r.action_id for r in results)  # as the coordinator records it
+            memo = json.loads(decision.memo_json)
             results = _echo_results(decision, seq)
             history.append(pb.RecordedDecision(seq=seq, decision=decision, results=results))
         assert started is not None
@@ -150,7 +153,7 @@ async def planner_path(lengths: list[int]) -> list[dict]:
         gc.collect()
         started = time.perf_counter()
         await cold.decide(
-            _decide_context("t", target + 1, list(history[target - 1].results), history[:target])
+            _decide_context("t", target + 1, list(history[target - 1].results), history=history[:target])
         )
         replay_s = time.perf_counter() - started
         rows.append(

@@ -46,7 +46,10 @@ CREATE TABLE IF NOT EXISTS tasks (
   owner TEXT,
   lease_until {double},
   -- The agent version the task runs on: chosen at submit, or at a child's first decision.
-  agent_version TEXT NOT NULL DEFAULT ''
+  agent_version TEXT NOT NULL DEFAULT '',
+  -- Decisions asked for as each action settles: the oldest decision with an action that has no
+  -- result, or a result no decision was taken on yet (what a resume reads from).
+  open_from INTEGER NOT NULL DEFAULT 0
 );
 -- The large values live apart from the small, hot row: SQLite rewrites a whole row on every update,
 -- and `tasks` is updated on every event (last_seq) and result (cost).
@@ -231,6 +234,7 @@ ADDED_COLUMNS = [
     ("owner", "TEXT"),
     ("lease_until", "{double}"),
     ("agent_version", "TEXT NOT NULL DEFAULT ''"),
+    ("open_from", "INTEGER NOT NULL DEFAULT 0"),
 ]
 # Made after the added columns exist.
 LATE_INDEXES = ["CREATE INDEX IF NOT EXISTS tasks_lease ON tasks(lease_until) WHERE state IN (1, 2)"]

@@ -148,6 +148,22 @@ class TaskRun:
     # it before any of its try/except runs, so an interrupt before then is only recorded, and the
     # loop acts on it when it starts.
     started: bool = False
+    # A task whose agent asks to decide as each action settles (Decision.on_each_settle): actions
+    # of several decisions are open at once. `open`: those with no result yet; `opened_at`: the
+    # time of each one's decision (sleeps and input timeouts count from it); `undelivered`: ids of
+    # results the agent has not been handed, in the order they came; `running`: dispatches in
+    # flight; `changed`: set when one ends or a wake comes in.
+    eager: bool = False
+    open: dict[str, pb.Action] = field(default_factory=dict)
+    opened_at: dict[str, float] = field(default_factory=dict)
+    undelivered: list[str] = field(default_factory=list)
+    # Handed to decisions that came to nothing (Decision.nothing_new, not recorded): handed in
+    # again, first, with the next decision, which is recorded as taken on them.
+    applied: list[str] = field(default_factory=list)
+    running: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
+    given_up: set[str] = field(default_factory=set)  # open actions the agent gave up, being stopped
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    dispatch_errors: list[BaseException] = field(default_factory=list)
 
 
 class TaskManager:
@@ -573,6 +589,7 @@ class TaskManager:
         run = self._running.get(task_id)
         if run is not None:
             run.wake_pending = True  # it re-checks before parking, or re-queues itself after
+            run.changed.set()
             return
         self.scheduler.push(task_id, tenant, priority)
         self._pump()
@@ -581,6 +598,7 @@ class TaskManager:
         run = self._running.get(task_id)
         if run is not None:  # running now: it looks again before it parks, or re-queues itself
             run.wake_pending = True
+            run.changed.set()
             return
         row = await self.store.run(
             lambda c: c.execute(
@@ -698,15 +716,19 @@ class TaskManager:
             memo = decision[0].memo_json if decision is not None else ""
             parent = records.parent_of(conn, run.task_id) or ""
             started: set[str] = set()
-            if decision is not None:
+            opened = None
+            if decision is not None and decision[0].on_each_settle:
+                opened = records.load_open(conn, run.task_id)
+                unsettled = [a.id for a, _ in opened[0] if a.WhichOneof("kind") == "exec"]
+            elif decision is not None:
                 unsettled = [
                     a.id
                     for a in decision[0].actions
                     if a.WhichOneof("kind") == "exec" and a.id not in decision[2]
                 ]
-                if unsettled:  # only after a crash: a settled decision has a result for each
-                    started = records.started_actions(conn, run.task_id, unsettled)
-            return (task, memo, decision, parent, started), events
+            if decision is not None and unsettled:  # only after a crash (or with actions open)
+                started = records.started_actions(conn, run.task_id, unsettled)
+            return (task, memo, decision, parent, started, opened), events
 
         loaded = await self._tx(op)
         if loaded is None:
@@ -715,7 +737,7 @@ class TaskManager:
             run.finishing = True  # a later interrupt must not cut this write short
             await self._finish(run.task_id, records.CANCELLED, parent_id=None, fence=self._fence)
             return False
-        task, memo, decision, parent, run.maybe_started = loaded
+        task, memo, decision, parent, run.maybe_started, opened = loaded
         run.agent, run.input_json, run.memo, run.priority = task.agent, task.input_json, memo, task.priority
         run.agent_version = task.agent_version
         run.decisions, run.cost, run.budget, run.deadline = (
@@ -730,6 +752,13 @@ class TaskManager:
             raise AgentMeshError(over, reason="BUDGET_EXCEEDED")
         if decision is not None:
             run.decision, run.decision_at, run.results = decision
+        if opened is not None:
+            open_actions, undelivered = opened
+            run.eager = True
+            run.open = {a.id: a for a, _ in open_actions}
+            run.opened_at = {a.id: at for a, at in open_actions}
+            run.results = {r.action_id: r for r in undelivered}
+            run.undelivered = list(run.results)
         if task.cancel_requested:  # cancelled while it was parked or queued: its agent cleans up now
             run.interrupt = _Interrupt.CANCEL
         return True
@@ -742,6 +771,11 @@ class TaskManager:
             raise asyncio.CancelledError
         while True:
             self._check_deadline(run)
+            if run.eager:
+                turned = await self._run_open(run)
+                if turned is not None:
+                    return turned
+                continue
             decision = run.decision
             if decision is not None and _group_settled(decision, run.results):
                 await self._skip_pending(run)
@@ -770,9 +804,15 @@ class TaskManager:
         """Ask the planner for the next decision and checkpoint it. True when the task finished
         (`cancelling`: when the agent's cleanup has ended; the task's end is the caller's to write)."""
         seq = run.decisions + 1
-        results = (
-            [run.results[a.id] for a in run.decision.actions if a.id in run.results] if run.decision else []
-        )
+        # What this decision is taken on: whatever settled since the last one (an eager task), or
+        # the whole previous decision's results.
+        delivering = [*run.applied, *run.undelivered] if run.eager else []
+        if run.eager:
+            results = [run.results[i] for i in delivering]
+        elif run.decision is not None:
+            results = [run.results[a.id] for a in run.decision.actions if a.id in run.results]
+        else:
+            results = []
         request = planner_pb2.DecideRequest(
             task_id=run.task_id,
             agent=run.agent,
@@ -788,6 +828,7 @@ class TaskManager:
         )
         decision = await self._call_planner(run, request)
         run.agent_version = request.agent_version  # written with the first checkpoint
+        decision.answered.extend(delivering)
         for index, action in enumerate(decision.actions):
             action.id = f"{run.task_id}.{seq}.{index}"
             if action.WhichOneof("kind") is None:
@@ -807,6 +848,9 @@ class TaskManager:
             await self._tx(lambda c: self._checkpoint(c, run, seq, decision, summary, emitted))
             return True
         if decision.HasField("final"):
+            if run.running:  # an eager agent may end with actions still running: stopped, and paid for
+                run.finishing = True
+                await self._stop_inflight(run)
             final = decision.final
             state = records.SUCCEEDED if final.state == records.SUCCEEDED else records.FAILED
             error = final.error if final.error.reason else None
@@ -831,8 +875,33 @@ class TaskManager:
             if a.WhichOneof("kind") == "await_input"
         ]
 
-        run.decision_at = await self._tx(lambda c: self._checkpoint(c, run, seq, decision, summary, asks))
-        run.decision, run.decisions, run.memo, run.results = decision, seq, decision.memo_json, {}
+        if not (run.eager or decision.on_each_settle):
+            run.decision_at = await self._tx(lambda c: self._checkpoint(c, run, seq, decision, summary, asks))
+            run.decision, run.decisions, run.memo, run.results = decision, seq, decision.memo_json, {}
+            return False
+        # Eager from here on: the new actions join those still open.
+        if not run.eager:
+            run.eager, run.results = True, {}
+        delivered = set(delivering)
+        if decision.nothing_new and not (
+            decision.actions or decision.events or decision.cancel_actions or cancelling
+        ):
+            run.applied = delivering  # not recorded: the next decision is taken on them too
+            run.undelivered = [i for i in run.undelivered if i not in delivered]
+            return False
+        still = [i for i in run.undelivered if i not in delivered]
+        open_from = min([seq, *(records.decision_seq_of(i) for i in [*run.open, *still])])
+        at = await self._tx(lambda c: self._checkpoint(c, run, seq, decision, summary, asks, open_from))
+        run.decision, run.decision_at, run.decisions, run.memo = decision, at, seq, decision.memo_json
+        run.undelivered = [i for i in run.undelivered if i not in delivered]
+        run.applied = []
+        for action_id in delivered:
+            run.results.pop(action_id, None)
+        for action in decision.actions:
+            run.open[action.id] = action
+            run.opened_at[action.id] = at
+        for action_id in decision.cancel_actions:
+            await self._give_up(run, action_id)
         return False
 
     def _checkpoint(
@@ -843,10 +912,11 @@ class TaskManager:
         decision: pb.Decision,
         summary: dict[str, Any],
         extra: list[tuple[str, str]],
+        open_from: int = 0,
     ) -> tuple[float, list[EventRow]]:
         pin = run.agent_version if seq == 1 else ""
         created_at, events = records.save_decision(
-            conn, run.task_id, seq, decision, summary, self._fence, pin_version=pin
+            conn, run.task_id, seq, decision, summary, self._fence, pin_version=pin, open_from=open_from
         )
         if extra:
             events = events + records.append_events(conn, run.task_id, extra, created_at)
@@ -863,7 +933,8 @@ class TaskManager:
         try:
             async with asyncio.timeout(CLEANUP_S):
                 for _ in range(MAX_CLEANUP_DECISIONS):
-                    for action in run.decision.actions:
+                    unsettled = list(run.open.values()) if run.eager else run.decision.actions
+                    for action in unsettled:
                         if action.id not in run.results:
                             error = pb.TaskError(reason="CANCELLED", message="the task was cancelled")
                             await self._settle(run, action, CANCELLED_A, error=error)
@@ -912,6 +983,76 @@ class TaskManager:
         request.history_included = True
 
     # ------------------------------------------------------------------ actions
+
+    async def _run_open(self, run: TaskRun) -> bool | None:
+        """One turn of an eager task: start the open actions not yet running, settle the waits that
+        can be, and ask for the next decision as soon as anything settled. None: go on; a bool:
+        the task finished (False) or parked (True: run it again at once)."""
+        run.changed.clear()  # before looking: whatever ends from here on wakes the wait below
+        if run.dispatch_errors:
+            raise run.dispatch_errors[0]
+        self._start_open(run)
+        run.wake_pending = False
+        waits = [a for a in list(run.open.values()) if a.WhichOneof("kind") in WAIT_KINDS]
+        waits = [a for a in waits if not await self._try_resolve(run, a)]
+        if run.undelivered or run.decision is None:
+            return False if await self._decide_next(run) else None
+        if not run.open:
+            raise AgentMeshError("the agent asked for nothing and waits on nothing", reason="AGENT_STALLED")
+        if not run.running:
+            return await self._park_or_sleep(run, waits)
+        wake_at = self._wake_time(run, waits)
+        timeout = None if wake_at is None else max(0.0, wake_at - time.time())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(run.changed.wait(), timeout)
+        return None
+
+    def _start_open(self, run: TaskRun) -> None:
+        new = [
+            a
+            for a in run.open.values()
+            if a.WhichOneof("kind") in DISPATCHED_KINDS and a.id not in run.running
+        ]
+        if not new:
+            return
+        started = [
+            ("action.started", json.dumps({"action_id": a.id, "key": a.key, "kind": a.WhichOneof("kind")}))
+            for a in new
+        ]
+        self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, started)))
+        loop = asyncio.get_running_loop()
+        for action in new:
+            task = loop.create_task(self._dispatch(run, action))
+            run.running[action.id] = task
+            run.inflight.add(task)
+            task.add_done_callback(lambda t, i=action.id: self._dispatch_ended(run, i, t))
+
+    def _dispatch_ended(self, run: TaskRun, action_id: str, task: asyncio.Task[Any]) -> None:
+        run.running.pop(action_id, None)
+        run.inflight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            run.dispatch_errors.append(task.exception())  # type: ignore[arg-type]
+        run.changed.set()
+
+    async def _give_up(self, run: TaskRun, action_id: str) -> None:
+        """An open action the agent no longer waits for (a lost `ctx.first` branch): stop it. It
+        settles CANCELLED, and the agent hears of it with a later decision."""
+        task = run.running.get(action_id)
+        if task is not None:
+            run.given_up.add(action_id)
+            task.cancel()  # the dispatch records what it used, CANCELLED
+            return
+        action = run.open.get(action_id)
+        if action is None:
+            return  # settled meanwhile
+        if action.WhichOneof("kind") == "spawn":
+            children = await self.store.run(lambda c: records.children_of(c, run.task_id, action_id))
+            for child in children:
+                if child.state not in TERMINAL_STATES:
+                    with contextlib.suppress(AgentMeshError):
+                        await self.cancel(None, child.id, "its parent gave it up")
+        error = pb.TaskError(reason="CANCELLED", message="the agent gave it up")
+        await self._settle(run, action, CANCELLED_A, error=error)
 
     async def _run_actions(self, run: TaskRun, pending: list[pb.Action]) -> bool | None:
         """Run what can run now. None: the decision is complete (decide again). True/False: the task
@@ -976,18 +1117,23 @@ class TaskManager:
             await asyncio.gather(*leftovers, return_exceptions=True)
         run.inflight = set()
 
-    async def _park_or_sleep(self, run: TaskRun, waits: list[pb.Action]) -> bool | None:
-        now = time.time()
+    def _wake_time(self, run: TaskRun, waits: list[pb.Action]) -> float | None:
+        """When the first of these waits can settle by itself (a sleep's end, an input's timeout),
+        or the task's deadline passes; None if never."""
         wake_times = []
         for action in waits:
             kind = action.WhichOneof("kind")
             if kind == "sleep":
-                wake_times.append(run.decision_at + action.sleep.seconds)
+                wake_times.append(_opened(run, action) + action.sleep.seconds)
             elif kind == "await_input" and action.await_input.timeout_s > 0:
-                wake_times.append(run.decision_at + action.await_input.timeout_s)
+                wake_times.append(_opened(run, action) + action.await_input.timeout_s)
         if run.deadline:
             wake_times.append(run.deadline)
-        wake_at = min(wake_times) if wake_times else None
+        return min(wake_times) if wake_times else None
+
+    async def _park_or_sleep(self, run: TaskRun, waits: list[pb.Action]) -> bool | None:
+        now = time.time()
+        wake_at = self._wake_time(run, waits)
         only_sleeps = all(a.WhichOneof("kind") == "sleep" for a in waits)
         if only_sleeps and wake_at is not None and wake_at - now <= INLINE_SLEEP_S:
             await asyncio.sleep(max(0.0, wake_at - now))
@@ -1015,13 +1161,13 @@ class TaskManager:
         kind = action.WhichOneof("kind")
         now = time.time()
         if kind == "sleep":
-            if now < run.decision_at + action.sleep.seconds:
+            if now < _opened(run, action) + action.sleep.seconds:
                 return False
             await self._settle(run, action, OK, output_json=json.dumps({"slept_s": action.sleep.seconds}))
             return True
         if kind == "await_input":
             timeout = action.await_input.timeout_s
-            timed_out = bool(timeout) and now >= run.decision_at + timeout
+            timed_out = bool(timeout) and now >= _opened(run, action) + timeout
             data = await self.store.run(lambda c: records.take_input(c, run.task_id, action.id))
             if data is not None:
                 await self._settle(run, action, OK, output_json=data)
@@ -1236,7 +1382,9 @@ class TaskManager:
         has no result then, and runs again when the task resumes."""
         if run.interrupt == _Interrupt.SHUTDOWN:
             return
-        if run.interrupt == _Interrupt.FAIL and run.fail_error is not None:
+        if action.id in run.given_up:
+            why = "the agent gave it up"
+        elif run.interrupt == _Interrupt.FAIL and run.fail_error is not None:
             why = f"the task failed ({run.fail_error.reason})"
         elif run.interrupt:
             why = "the task was cancelled"
@@ -1288,7 +1436,8 @@ class TaskManager:
                     ),
                 )
             )
-        decision_seq = run.decisions
+        # Under the decision that asked for it (an eager task's later decisions may be taken since).
+        decision_seq = records.decision_seq_of(result.action_id)
 
         def op(conn: Any) -> tuple[None, list[EventRow] | None]:
             return None, records.save_result(
@@ -1300,6 +1449,9 @@ class TaskManager:
         # their writes in this same order.
         count_spend(run.agent, result.cost)
         run.results[result.action_id] = result
+        if run.open.pop(result.action_id, None) is not None:
+            run.opened_at.pop(result.action_id, None)
+            run.undelivered.append(result.action_id)
         run.cost = total
         await self._tx(op)
         over = _over_budget(total, run.budget)
@@ -1353,6 +1505,11 @@ class TaskManager:
 
 
 # ---------------------------------------------------------------------- pure helpers
+
+
+def _opened(run: TaskRun, action: pb.Action) -> float:
+    """When the decision that asked for `action` was taken."""
+    return run.opened_at.get(action.id, run.decision_at)
 
 
 def _log_failed_write(future: asyncio.Future[Any]) -> None:

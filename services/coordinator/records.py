@@ -370,6 +370,41 @@ def load_history(
     return history
 
 
+def load_open(
+    conn: Connection, task_id: str
+) -> tuple[list[tuple[pb.Action, float]], list[pb.ActionResult]]:
+    """A task whose decisions are asked for as each action settles (Decision.on_each_settle) has
+    actions of several decisions open at once. Its open actions (each with its decision's time),
+    and the results no decision was taken on yet, oldest decision first. Read from `open_from`, the
+    oldest decision the last checkpoint still had anything open of."""
+    (since,) = conn.execute("SELECT open_from FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    results: dict[str, pb.ActionResult] = {}
+    for action_id, body in conn.execute(
+        "SELECT action_id, body FROM results WHERE task_id = ? AND decision_seq >= ?", (task_id, since)
+    ):
+        results[action_id] = pb.ActionResult.FromString(body)
+    open_actions: list[tuple[pb.Action, float]] = []
+    answered: set[str] = set()
+    for body, created_at in conn.execute(
+        "SELECT body, created_at FROM decisions WHERE task_id = ? AND seq >= ? ORDER BY seq", (task_id, since)
+    ):
+        decision = pb.Decision.FromString(body)
+        answered.update(decision.answered)
+        open_actions += [(a, created_at) for a in decision.actions if a.id not in results]
+    ordered = sorted(results.items(), key=_by_position)
+    return open_actions, [r for action_id, r in ordered if action_id not in answered]
+
+
+def _by_position(item: tuple[str, Any]) -> tuple[int, int]:
+    _, seq, index = item[0].rsplit(".", 2)
+    return int(seq), int(index)
+
+
+def decision_seq_of(action_id: str) -> int:
+    """The decision that asked for an action (ids are TASK.SEQ.INDEX)."""
+    return int(action_id.rsplit(".", 2)[1])
+
+
 def wants_cleanup(conn: Connection, task_id: str, seq: int) -> bool:
     """Whether the task's latest decision asks to hear of a cancel (Decision.handles_cancel)."""
     if not seq:
@@ -386,9 +421,11 @@ def save_decision(
     summary: dict[str, Any],
     fence: str | None = None,
     pin_version: str = "",
+    open_from: int = 0,
 ) -> tuple[float, list[EventRow]]:
     """The checkpoint: the decision (holding the agent's new memo), atomically with its event.
-    `pin_version`: the agent version a task without one took this decision on (its first)."""
+    `pin_version`: the agent version a task without one took this decision on (its first).
+    `open_from`: see `load_open`."""
     now = time.time()
     conn.execute(
         "INSERT INTO decisions (task_id, seq, body, created_at) VALUES (?, ?, ?, ?)",
@@ -397,6 +434,8 @@ def save_decision(
     also_set, also_params = "decisions = ?, updated_at = ?", (seq, now)
     if pin_version:
         also_set, also_params = also_set + ", agent_version = ?", (*also_params, pin_version)
+    if open_from:
+        also_set, also_params = also_set + ", open_from = ?", (*also_params, open_from)
     events = append_events(
         conn,
         task_id,

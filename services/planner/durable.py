@@ -23,7 +23,7 @@ from typing import Any
 from agentmesh.sdk.commands import Command, Join, Kind
 from agentmesh.sdk.definition import AgentDefinition
 from agentmesh.sdk.results import Outcome, Status, Usage
-from agentmesh.sdk.run import Final, Recorded, Run, Step, replay
+from agentmesh.sdk.run import Delivery, Final, Recorded, Run, Step, replay
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.registry import DecideContext, refuse_input
 from services.runtime.errors import HISTORY_REQUIRED, FailedPrecondition, Unavailable
@@ -161,12 +161,16 @@ def action_of(command: Command) -> pb.Action:
     return action
 
 
-def decision_of(step: Step) -> pb.Decision:
+def decision_of(step: Step, task_id: str) -> pb.Decision:
     decision = pb.Decision(
         memo_json=json.dumps(step.memo),
         actions=[action_of(c) for c in step.commands],
-        first_success=step.first_success,
         handles_cancel=True,
+        # An SDK agent is asked again as each of its actions settles: work it can start only after
+        # one result starts then, not when the rest of the wave is done.
+        on_each_settle=True,
+        nothing_new=step.idle,
+        cancel_actions=[action_id(task_id, seq, index) for seq, index in step.cancel],
         events=[pb.AgentEvent(kind=k, data_json=json.dumps(d)) for k, d in step.events],
     )
     if step.final is not None:
@@ -181,25 +185,48 @@ def final_of(final: Final) -> pb.Final:
     return pb.Final(state=pb.TASK_STATE_FAILED, error=error)
 
 
-def recorded_of(record: pb.RecordedDecision) -> Recorded:
-    memo = json.loads(record.decision.memo_json) if record.decision.memo_json else {}
-    results = {r.action_id: r for r in record.results}
-    outcomes = []
-    for action in record.decision.actions:
-        result = results.get(action.id)
-        if result is None:  # the coordinator settles every action before it decides again
+def action_id(task_id: str, seq: int, index: int) -> str:
+    """The coordinator's id for action `index` of decision `seq` (planner.proto, decision_seq)."""
+    return f"{task_id}.{seq}.{index}"
+
+
+def delivery_of(result: pb.ActionResult) -> Delivery:
+    _, seq, index = result.action_id.rsplit(".", 2)
+    return int(seq), int(index), outcome_of(result)
+
+
+def journal_of(history: list[pb.RecordedDecision]) -> list[Recorded]:
+    """The recorded decisions as replay reads them, each with the results it was taken on: those
+    it names (`answered`, after a decision that asked to hear of each settle), or else all of the
+    previous decision's, in its actions' order (the coordinator then settles a whole group first)."""
+    results = {r.action_id: r for record in history for r in record.results}
+    journal = []
+    previous: pb.Decision | None = None
+    for record in history:
+        if previous is None:
+            answered: list[str] = []
+        elif previous.on_each_settle:
+            answered = list(record.decision.answered)
+        else:
+            answered = [a.id for a in previous.actions]
+        missing = [i for i in answered if i not in results]
+        if missing:
             raise FailedPrecondition(
-                f"the journal has no result for {action.id}", reason="JOURNAL_INCOMPLETE"
+                f"the journal has no result for {missing[0]}", reason="JOURNAL_INCOMPLETE"
             )
-        outcomes.append(outcome_of(result))
-    return Recorded(
-        seq=record.seq,
-        now=float(memo.get("now", 0.0)),
-        patches=tuple(memo.get("patches", ())),
-        fingerprints=tuple(a.fingerprint for a in record.decision.actions),
-        outcomes=tuple(outcomes),
-        cancelling=bool(memo.get("cancelling")),
-    )
+        memo = json.loads(record.decision.memo_json) if record.decision.memo_json else {}
+        journal.append(
+            Recorded(
+                seq=record.seq,
+                now=float(memo.get("now", 0.0)),
+                patches=tuple(memo.get("patches", ())),
+                fingerprints=tuple(a.fingerprint for a in record.decision.actions),
+                delivered=tuple(delivery_of(results[i]) for i in answered),
+                cancelling=bool(memo.get("cancelling")),
+            )
+        )
+        previous = record.decision
+    return journal
 
 
 # ------------------------------------------------------------------------- the agent
@@ -253,25 +280,28 @@ class DurableAgent:
                 wait = limit if began is None else began + limit - time.monotonic()
                 if wait <= 0:
                     final = self._blocked(int(holder["thread"]), limit)
-                    return decision_of(Step([], [], memo, final=final))
-        decision = decision_of(step)
+                    return decision_of(Step([], [], memo, final=final), ctx.task_id)
+        decision = decision_of(step, ctx.task_id)
         if step.final is None:
-            # Kept with the memo as the coordinator will hand it back (JSON's lists, not tuples).
-            self.runs.put(ctx.task_id, run, json.loads(decision.memo_json))
+            # Kept with the memo as the coordinator will hand it back (JSON's lists, not tuples); an
+            # idle decision is not recorded, so the next call brings this call's memo again.
+            self.runs.put(ctx.task_id, run, memo if step.idle else json.loads(decision.memo_json))
         return decision
 
     def _step(self, ctx: DecideContext, run: Run | None, holder: dict[str, float]) -> tuple[Run, Step]:
         holder["thread"] = threading.get_ident()
         holder["began"] = time.monotonic()
         if run is None:
-            journal = [recorded_of(r) for r in ctx.history or ()]
+            journal = journal_of(ctx.history or [])
             run, stopped = replay(
                 self.definition, ctx.task_id, ctx.input, journal, strict=self.settings.strict
             )
             if stopped is not None:
                 return run, stopped
-        outcomes = [outcome_of(r) for r in ctx.results]
-        return run, run.advance(ctx.decision_seq, ctx.now or time.time(), outcomes, cancelling=ctx.cancelling)
+        delivered = [delivery_of(r) for r in ctx.results]
+        return run, run.advance(
+            ctx.decision_seq, ctx.now or time.time(), delivered, cancelling=ctx.cancelling
+        )
 
     def _blocked(self, thread: int, limit: float) -> Final:
         frame = sys._current_frames().get(thread)

@@ -156,6 +156,44 @@ def test_a_code_change_under_an_in_flight_task_is_nondeterminism_unless_patched(
     run(go())
 
 
+def test_each_step_starts_as_soon_as_its_own_dependency_is_done(sdk_mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(sdk_mesh) as client:
+            task = await client.submit("sdk-chains", {"slow_s": 3, "quick": 4})
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            assert json.loads(done.result_json) == {"slow": "slow", "quick": [0, 1, 2, 3]}
+            finished = [
+                json.loads(e.data_json)["action_id"]
+                async for e in client.watch(task.id)
+                if e.kind == "action.finished"
+            ]
+            slow_id = f"{task.id}.1.0"
+            # The whole quick chain ran while the slow step (asked for first) was still running.
+            assert finished[-1] == slow_id and len(finished) == 5, finished
+
+    run(go())
+
+
+def test_a_lost_race_branch_is_stopped_as_soon_as_the_race_is_won(sdk_mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(sdk_mesh) as client:
+            started = time.monotonic()
+            task = await client.submit("sdk-race", {})
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            assert json.loads(done.result_json) == {"winner": {"fast": True}, "after": {"after": True}}
+            assert time.monotonic() - started < 30  # not the 60 s of the loser
+            journal = await client.journal(task.id)
+            results = {r.action_id: r for d in journal.decisions for r in d.results}
+            loser = results[f"{task.id}.1.0"]
+            assert loser.status == pb.ACTION_STATUS_CANCELLED, loser
+            assert loser.error.message == "the agent gave it up"
+        assert not sdk_mesh.action_processes()
+
+    run(go())
+
+
 @pytest.mark.parametrize("victim", ["coordinator", "worker"])
 def test_kill_9_at_random_points_ends_each_run_once_with_the_uncrashed_result(
     own_mesh, shared_dir: Path, victim: str

@@ -1,5 +1,7 @@
-"""Drive an SDK agent in memory the way the coordinator does (a wave of actions per decision), with
-made-up action outcomes: for unit tests of the SDK's stepping and replay."""
+"""Drive an SDK agent in memory the way the coordinator does, with made-up action outcomes: for
+unit tests of the SDK's stepping and replay. The agent is asked again as actions settle; by
+default every open action settles before the next decision (`batch`: at most that many, oldest
+first, so later actions start while earlier ones still run)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Any
 from agentmesh.sdk.commands import Command
 from agentmesh.sdk.definition import AgentDefinition
 from agentmesh.sdk.results import Outcome, Status, Usage
-from agentmesh.sdk.run import Final, Recorded, Run, Step, replay
+from agentmesh.sdk.run import Delivery, Final, Recorded, Run, Step, replay
 
 
 def ok(output: Any = None, **fields: Any) -> Outcome:
@@ -20,18 +22,23 @@ def failed(reason: str = "EXIT_STATUS", **fields: Any) -> Outcome:
     return Outcome(Status.FAILED, reason=reason, message="it failed", **fields)
 
 
-def settle(step: Step, answer: Callable[[Command], Outcome]) -> list[Outcome]:
-    """The wave's outcomes; with first_success, the ones after the first success are SKIPPED."""
-    outcomes: list[Outcome] = []
-    won = False
-    for command in step.commands:
-        if won:
-            outcomes.append(Outcome(Status.SKIPPED, reason="SKIPPED"))
-            continue
-        outcome = answer(command)
-        won = step.first_success and outcome.ok
-        outcomes.append(outcome)
-    return outcomes
+CANCELLED = Outcome(Status.CANCELLED, reason="CANCELLED", message="the agent gave it up")
+
+
+def answers(seq: int, *outcomes: Outcome) -> list[Delivery]:
+    """Results for decision `seq`'s actions, in their order."""
+    return [(seq, index, outcome) for index, outcome in enumerate(outcomes)]
+
+
+def record(seq: int, now: float, step: Step, delivered: list[Delivery], cancelling: bool = False) -> Recorded:
+    return Recorded(
+        seq,
+        now,
+        tuple(step.memo["patches"]),
+        tuple(c.fingerprint for c in step.commands),
+        tuple(delivered),
+        cancelling=cancelling,
+    )
 
 
 def drive(
@@ -42,31 +49,35 @@ def drive(
     task_id: str = "task-1",
     replay_every_step: bool = False,
     max_steps: int = 10_000,
+    batch: int = 0,
 ) -> tuple[Final, list[Recorded], list[Step]]:
     """Run to the end; with `replay_every_step`, each decision is taken by a fresh run replayed from
     the journal (a cold worker every time)."""
     run = Run(definition, task_id, inp, strict=True)
     journal: list[Recorded] = []
     steps: list[Step] = []
-    previous: list[Outcome] = []
-    for seq in range(1, max_steps + 1):
-        now = 1_000.0 + seq
+    delivered: list[Delivery] = []
+    running: list[tuple[int, int, Command]] = []
+    seq = 1
+    for _ in range(max_steps):
+        now = 1_000.0 + len(steps) + 1
         if replay_every_step and journal:
             run, stopped = replay(definition, task_id, inp, journal, strict=True)
             if stopped is not None:
                 return stopped.final, journal, steps  # type: ignore[return-value]
-        step = run.advance(seq, now, previous)
+        step = run.advance(seq, now, delivered)
         steps.append(step)
         if step.final is not None:
             return step.final, journal, steps
-        previous = settle(step, answer)
-        journal.append(
-            Recorded(
-                seq,
-                now,
-                tuple(step.memo["patches"]),
-                tuple(c.fingerprint for c in step.commands),
-                tuple(previous),
-            )
-        )
+        if step.idle:  # not recorded: the next decision, under the same seq, gets these again
+            kept = delivered
+        else:
+            journal.append(record(seq, now, step, delivered))
+            seq, kept = seq + 1, []
+        running += [(seq - 1, index, command) for index, command in enumerate(step.commands)]
+        given_up = set(step.cancel)
+        settling, running = (running[:batch], running[batch:]) if batch else (running, [])
+        delivered = kept + [
+            (s, i, CANCELLED if (s, i) in given_up else answer(command)) for s, i, command in settling
+        ]
     raise AssertionError("the agent did not finish")

@@ -62,9 +62,11 @@ async def drive(agent_, task: str, cold_from: int = 0) -> tuple[pb.Decision, lis
             decision = await agent_.decide(context(task, seq, results, memo, history=list(history)))
         else:
             decision = await agent_.decide(context(task, seq, results, memo))
-        assert decision.handles_cancel and all(a.fingerprint for a in decision.actions)
+        assert decision.handles_cancel and decision.on_each_settle
+        assert all(a.fingerprint for a in decision.actions)
         if decision.HasField("final"):
             return decision, history
+        decision.answered.extend(r.action_id for r in results)  # as the coordinator records it
         results = answer(decision, seq)
         memo = json.loads(decision.memo_json)
         history.append(pb.RecordedDecision(seq=seq, decision=decision, results=results))

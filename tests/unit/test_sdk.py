@@ -12,7 +12,7 @@ from agentmesh.sdk import ActionFailed, Context, agent
 from agentmesh.sdk.commands import Command
 from agentmesh.sdk.results import Outcome, Status
 from agentmesh.sdk.run import Recorded, Run, replay
-from tests.unit.sdk_sim import drive, failed, ok
+from tests.unit.sdk_sim import answers, drive, failed, ok
 
 
 def echo_answer(command: Command) -> Outcome:
@@ -44,7 +44,7 @@ async def wide(ctx: Context, inp: dict) -> dict:
     return {"win": win.stdout, "ok": ok_, "child": kid.result, "id": str(ctx.uuid()), "now": ctx.now()}
 
 
-def test_steps_are_waves_in_call_order_and_the_race_may_stop_early():
+def test_steps_follow_the_calls_and_positions_are_handed_out_in_call_order():
     final, journal, steps = drive(wide, echo_answer)
     assert final.ok, final
     result = json.loads(final.result_json)
@@ -53,7 +53,6 @@ def test_steps_are_waves_in_call_order_and_the_race_may_stop_early():
     assert kinds == [["exec"], ["infer"] * 3, ["exec"] * 3, ["input"], ["spawn"], ["sleep"], []]
     # Positions are handed out as ctx.* is called, in argument order.
     assert [c.position for s in steps for c in s.commands] == list(range(10))
-    assert [s.first_success for s in steps][:4] == [False, False, True, False]
     assert steps[-1].events == [("done", {"winner": "text-2"})]
     # ctx.now() is the clock the decision was taken at.
     assert result["now"] == 1_000.0 + len(steps)
@@ -104,7 +103,32 @@ def test_first_with_where_waits_for_its_branches_and_picks_by_the_predicate():
 
     final, _, steps = drive(where, echo_answer)
     assert json.loads(final.result_json) == {"n": 2}
-    assert steps[0].first_success is False  # the coordinator cannot judge `where`
+    # Results one at a time: once n=2 wins, the one still running is given up, to be cancelled.
+    final, _, steps = drive(where, echo_answer, batch=1)
+    assert json.loads(final.result_json) == {"n": 2}
+    assert [s.cancel for s in steps] == [[], [], [], [(1, 3)]]
+
+
+def test_work_that_needs_one_result_starts_as_soon_as_that_result_is_in():
+    """Two chains in a gather: each chain's next step is asked for as soon as its own step settles,
+    not once the other chain's has too, and a replay hands the results in the same order."""
+
+    async def chain(ctx: Context, name: str, n: int) -> list:
+        return [(await ctx.exec("echo", chain=name, i=i)).output["i"] for i in range(n)]
+
+    @agent(name="chains")
+    async def chains(ctx: Context, inp: dict) -> list:
+        return await ctx.gather(chain(ctx, "a", 3), chain(ctx, "b", 2))
+
+    final, journal, steps = drive(chains, echo_answer, batch=1)
+    assert json.loads(final.result_json) == [[0, 1, 2], [0, 1]]
+    asked = [[(c.body["args"]["chain"], c.body["args"]["i"]) for c in s.commands] for s in steps]
+    assert asked == [[("a", 0), ("b", 0)], [("a", 1)], [("b", 1)], [("a", 2)], [], []]
+    # b's end asks for nothing new: that decision is idle, not recorded, and its result is handed
+    # in again with a's last one.
+    assert [s.idle for s in steps] == [False, False, False, False, True, False]
+    assert len(journal) == 4
+    assert drive(chains, echo_answer, batch=1, replay_every_step=True)[:2] == (final, journal)
 
 
 def test_sub_coroutines_in_a_gather_number_their_actions_deterministically():
@@ -179,12 +203,12 @@ def test_patched_takes_the_new_path_only_where_the_change_first_ran():
     # ... and behind ctx.patched the replay keeps the old path, then finishes on it.
     run, stopped = replay(patched, "task-1", None, journal[:3])
     assert stopped is None
-    step = run.advance(4, 2_000.0, list(journal[2].outcomes))
+    step = run.advance(4, 2_000.0, answers(3, ok({"step": 3})))
     assert json.loads(step.final.result_json) == "{'step': 3}"
     # A task that had not reached step three yet takes the new path from there.
     run, stopped = replay(patched, "task-1", None, journal[:2])
     assert stopped is None
-    assert [c.target for c in run.advance(3, 2_000.0, list(journal[1].outcomes)).commands] == ["python"]
+    assert [c.target for c in run.advance(3, 2_000.0, answers(2, ok({"step": 2}))).commands] == ["python"]
     # A fresh task takes the new path and records the patch, and its own replay agrees.
     final, fresh, steps = drive(patched, echo_answer)
     assert json.loads(final.result_json) == "new"
@@ -260,9 +284,9 @@ def test_results_must_match_the_decision_they_answer():
     run = Run(wide, "t", {})
     run.advance(1, 1.0, [])
     with pytest.raises(ProtocolError):
-        run.advance(2, 2.0, [])  # one action asked, no result given
+        run.advance(2, 2.0, answers(1, ok(), ok()))  # one action asked, two results given
     with pytest.raises(ProtocolError):
-        run.advance(5, 2.0, [ok()])
+        run.advance(5, 2.0, answers(1, ok()))
 
 
 def test_a_10000_action_agent_steps_in_linear_time():
@@ -296,14 +320,14 @@ def test_cancel_reaches_the_agent_and_shielded_cleanup_replays():
     run = Run(careful, "t", {})
     first = run.advance(1, 1.0, [])
     cut = Outcome(Status.CANCELLED, reason="CANCELLED", cost=Outcome(Status.OK).cost)
-    cleanup = run.advance(2, 2.0, [cut], cancelling=True)
+    cleanup = run.advance(2, 2.0, answers(1, cut), cancelling=True)
     assert [c.body["args"]["step"] for c in cleanup.commands] == ["undo", "report"]
     assert cleanup.memo["cancelling"] is True
-    end = run.advance(3, 3.0, [ok({"step": "undo"}), ok({"step": "report"})], cancelling=True)
+    end = run.advance(3, 3.0, answers(2, ok({"step": "undo"}), ok({"step": "report"})), cancelling=True)
     assert end.final is not None and end.final.reason == "CANCELLED"
     journal = [
-        Recorded(1, 1.0, (), tuple(c.fingerprint for c in first.commands), (cut,)),
-        Recorded(2, 2.0, (), tuple(c.fingerprint for c in cleanup.commands), (ok(), ok()), cancelling=True),
+        Recorded(1, 1.0, (), tuple(c.fingerprint for c in first.commands), ()),
+        Recorded(2, 2.0, (), tuple(c.fingerprint for c in cleanup.commands), (*answers(1, cut),), True),
     ]
     again, stopped = replay(careful, "t", {}, journal)
     assert stopped is None and again.cancelling and again.issued == 3

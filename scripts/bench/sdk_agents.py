@@ -52,3 +52,48 @@ class SeqClassAgent:
 
 
 seq_class = SeqClassAgent()
+
+
+@agent(name="bench-chains", version="1")
+async def chains(ctx: Context, inp: dict) -> dict:
+    """Two chains of shell steps side by side (each step's input: the durations of its chain)."""
+
+    async def chain(durations: list[float]) -> int:
+        for seconds in durations:
+            await ctx.exec("shell", command=f"sleep {seconds}")
+        return len(durations)
+
+    done = await ctx.gather(*(chain(durations) for durations in inp["chains"]))
+    return {"steps": sum(done)}
+
+
+class ChainsPerWaveAgent:
+    """`bench-chains` as an agent that decides per wave (low-level class API): step i of every
+    chain, then, once all of them are done, step i+1."""
+
+    name = "bench-chains-waves"
+    description = "chains of sleep steps, one wave per step index"
+
+    def validate(self, input: Any) -> None:  # noqa: A002
+        pass
+
+    def decide(self, ctx: Any) -> pb.Decision:
+        i = (ctx.memo or {"i": -1})["i"] + 1
+        chains = ctx.input["chains"]
+        wave = [
+            pb.Action(key=f"c{c}s{i}", exec=pb.ExecAction(tool="shell", args_json=_sleep(d[i])))
+            for c, d in enumerate(chains)
+            if i < len(d)
+        ]
+        memo = json.dumps({"i": i})
+        if not wave:
+            done = pb.Final(state=pb.TASK_STATE_SUCCEEDED, result_json="{}")
+            return pb.Decision(memo_json=memo, final=done)
+        return pb.Decision(memo_json=memo, actions=wave)
+
+
+def _sleep(seconds: float) -> str:
+    return json.dumps({"command": f"sleep {seconds}"})
+
+
+chains_per_wave = ChainsPerWaveAgent()

@@ -154,6 +154,8 @@ class TaskRun:
     # results the agent has not been handed, in the order they came; `running`: dispatches in
     # flight; `changed`: set when one ends or a wake comes in.
     eager: bool = False
+    # The agent's latest answer asked to hear of each settle (else: once all open actions have).
+    each: bool = False
     open: dict[str, pb.Action] = field(default_factory=dict)
     opened_at: dict[str, float] = field(default_factory=dict)
     undelivered: list[str] = field(default_factory=list)
@@ -754,7 +756,7 @@ class TaskManager:
             run.decision, run.decision_at, run.results = decision
         if opened is not None:
             open_actions, undelivered = opened
-            run.eager = True
+            run.eager, run.each = True, decision[0].on_each_settle
             run.open = {a.id: a for a, _ in open_actions}
             run.opened_at = {a.id: at for a, at in open_actions}
             run.results = {r.action_id: r for r in undelivered}
@@ -883,6 +885,7 @@ class TaskManager:
         if not run.eager:
             run.eager, run.results = True, {}
         delivered = set(delivering)
+        run.each = decision.on_each_settle
         if decision.nothing_new and not (
             decision.actions or decision.events or decision.cancel_actions or cancelling
         ):
@@ -995,7 +998,7 @@ class TaskManager:
         run.wake_pending = False
         waits = [a for a in list(run.open.values()) if a.WhichOneof("kind") in WAIT_KINDS]
         waits = [a for a in waits if not await self._try_resolve(run, a)]
-        if run.undelivered or run.decision is None:
+        if run.undelivered and (run.each or not run.open):
             return False if await self._decide_next(run) else None
         if not run.open:
             raise AgentMeshError("the agent asked for nothing and waits on nothing", reason="AGENT_STALLED")

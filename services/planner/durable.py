@@ -197,15 +197,17 @@ def delivery_of(result: pb.ActionResult) -> Delivery:
 
 def journal_of(history: list[pb.RecordedDecision]) -> list[Recorded]:
     """The recorded decisions as replay reads them, each with the results it was taken on: those
-    it names (`answered`, after a decision that asked to hear of each settle), or else all of the
+    it names (`answered`, once a decision has asked to hear of each settle), or else all of the
     previous decision's, in its actions' order (the coordinator then settles a whole group first)."""
     results = {r.action_id: r for record in history for r in record.results}
     journal = []
     previous: pb.Decision | None = None
+    eager = False  # from the first on_each_settle decision on, every decision names its results
     for record in history:
+        eager = eager or (previous is not None and previous.on_each_settle)
         if previous is None:
             answered: list[str] = []
-        elif previous.on_each_settle:
+        elif eager:
             answered = list(record.decision.answered)
         else:
             answered = [a.id for a in previous.actions]

@@ -317,3 +317,30 @@ def test_every_attempt_of_a_retried_step_is_paid_for(mesh: Mesh) -> None:
             assert step["cost"]["wall_ms"] >= 900 and done.cost.wall_ms >= 900, (step["cost"], done.cost)
 
     run(go())
+
+
+def test_a_pipeline_step_starts_when_its_own_dependencies_are_done(mesh: Mesh) -> None:
+    """Chain a: one slow step; chain b: three quick ones. b's steps each start as soon as the one
+    before them is done, while a's slow step still runs (not once the first wave is over)."""
+    spec = {
+        "steps": [
+            {"id": "a1", "tool": "shell", "args": {"command": "sleep 3"}},
+            {"id": "b1", "tool": "echo", "args": {"n": 1}},
+            {"id": "b2", "tool": "echo", "args": {"n": 2}, "depends_on": ["b1"]},
+            {"id": "b3", "tool": "echo", "args": {"n": 3}, "depends_on": ["b2"]},
+            {"id": "a2", "tool": "echo", "args": {"after": "a1"}, "depends_on": ["a1"]},
+        ]
+    }
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            task = await client.submit("pipeline", spec)
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            steps = json.loads(done.result_json)["steps"]
+            assert [steps[s]["output"] for s in ("b1", "b2", "b3")] == [{"n": 1}, {"n": 2}, {"n": 3}]
+            events = [e async for e in client.watch(task.id)]
+            finished = [json.loads(e.data_json)["key"] for e in events if e.kind == "action.finished"]
+            assert finished == ["b1", "b2", "b3", "a1", "a2"], finished
+
+    run(go())

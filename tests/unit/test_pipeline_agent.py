@@ -372,12 +372,39 @@ def test_first_decision_runs_exactly_the_steps_without_dependencies_concurrently
     assert not decision.fail_fast  # siblings are independent: one failing does not cancel the others
 
 
-def test_memo_marks_every_step_pending_at_first():
+def test_a_step_starts_when_its_own_dependencies_are_done_not_the_whole_wave():
+    """As the coordinator drives an on_each_settle decision: results one by one, a decision that
+    comes to nothing is dropped (its memo too) and its results are handed in again."""
     run = Run(design_spec())
-    run.decide()
-    assert run.memo == {
-        "steps": {sid: {"status": "pending"} for sid in ["fetch", "check", "ask", "sum", "vec"]}
+    run.decide()  # fetch, sum, vec
+    assert keys(run.decide([result("fetch", output=None, stdout="42\n")])) == ["check"]
+    recorded = run.memo
+    idle = run.decide([result("sum", output={"text": "hi"})])  # nothing waits on sum
+    assert idle.nothing_new and not idle.actions and not idle.HasField("final")
+    run.memo = recorded  # not recorded: the next decision gets sum's result again
+    nxt = run.decide([result("sum", output={"text": "hi"}), result("check")])
+    assert keys(nxt) == ["ask"] and not nxt.nothing_new
+    # ask (an approval) and vec are all that is left, and nothing waits on them: the coordinator
+    # need not ask again until both have settled.
+    assert not nxt.on_each_settle
+    done = run.decide([result("vec", output={"vectors": []}), result("ask", output={"approved": True})])
+    assert {sid: out["status"] for sid, out in final_result(done)["steps"].items()} == {
+        "fetch": "ok", "check": "ok", "ask": "ok", "sum": "ok", "vec": "ok"
     }
+
+
+def test_memo_marks_the_started_steps_running_and_the_rest_pending():
+    run = Run(design_spec())
+    decision = run.decide()
+    started = {"fetch", "sum", "vec"}
+    assert run.memo == {
+        "steps": {
+            sid: {"status": "running" if sid in started else "pending"}
+            for sid in ["fetch", "check", "ask", "sum", "vec"]
+        }
+    }
+    # `check` waits on the running `fetch`: the agent asks to hear of each step as it settles.
+    assert decision.on_each_settle
 
 
 def test_results_advance_the_dag_to_success():

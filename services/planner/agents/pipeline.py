@@ -60,6 +60,8 @@ REQUIRED_ARGS: dict[str, dict[str, tuple[type, ...]]] = {
 }
 
 PENDING, OK, FAILED, SKIPPED = "pending", "ok", "failed", "skipped"
+# Asked for, no result yet (the memo's view between two decisions taken while steps run).
+RUNNING = "running"
 # A step whose worker died mid-run, waiting for a person to say whether to run it again.
 ASKING = "asking"
 CONFIRM = "#confirm"  # the key suffix of that question's await_input action
@@ -365,11 +367,28 @@ class PipelineAgent:
             if outcomes[s["id"]]["status"] == PENDING
             and all(outcomes[d]["status"] in (OK, FAILED) for d in s.get("depends_on", []))
         ]
-        decision = pb.Decision(memo_json=json.dumps(memo))
-        asking = [sid for sid, out in outcomes.items() if out["status"] == ASKING]
+        asking = [sid for sid, out in outcomes.items() if out["status"] == ASKING and not out.get("asked")]
+        for step in ready:
+            outcomes[step["id"]]["status"] = RUNNING
+        for sid in asking:
+            outcomes[sid]["asked"] = True
+        # Asked again as each step settles while a pending step waits on a running one, so that
+        # it starts as soon as its own dependencies are done; else once everything running has
+        # settled (a plain fan-out: one decision, not one per step).
+        running = {sid for sid, out in outcomes.items() if out["status"] == RUNNING or out.get("asked")}
+        each = any(
+            outcomes[s["id"]]["status"] == PENDING and running.intersection(s.get("depends_on", ()))
+            for s in steps
+        )
+        decision = pb.Decision(memo_json=json.dumps(memo), on_each_settle=each)
         if ready or asking:
             decision.actions.extend(_action(step) for step in ready)
             decision.actions.extend(_confirm(sid, outcomes[sid]) for sid in asking)
+            return decision
+        if running:
+            # Nothing new to start: not worth a checkpoint. The coordinator hands these results in
+            # again with the next decision (this one's memo is dropped with it).
+            decision.nothing_new = True
             return decision
         failed = [
             sid
@@ -410,6 +429,7 @@ def _confirm(sid: str, outcome: dict[str, Any]) -> pb.Action:
 def _answered(outcome: dict[str, Any], result: pb.ActionResult) -> None:
     """A person's answer to _confirm: run the step again, or let it fail."""
     answer = json.loads(result.output_json) if result.output_json else None
+    outcome.pop("asked", None)
     if result.status == pb.ACTION_STATUS_OK and isinstance(answer, dict) and answer.get("rerun") is True:
         reruns = outcome.get("reruns", 0) + 1
         outcome.clear()

@@ -93,6 +93,13 @@ class AgentMeshClient:
     async def cancel(self, task_id: str, reason: str = "") -> common_pb2.Task:
         return await self._unary(self._stub.CancelTask, api.CancelTaskRequest(id=task_id, reason=reason))
 
+    async def resolve(
+        self, task_id: str, action: str, version: str = "", to_decision: int = 0
+    ) -> common_pb2.Task:
+        """Decide what happens to a held task: "resume", "reset" (keep `to_decision` decisions) or "fail"."""
+        request = api.ResolveTaskRequest(id=task_id, action=action, version=version, to_decision=to_decision)
+        return await self._unary(self._stub.ResolveTask, request)
+
     async def send_input(self, task_id: str, data: Any) -> api.SendInputResponse:
         request = api.SendInputRequest(id=task_id, data_json=json.dumps(data))
         return await self._unary(self._stub.SendInput, request)

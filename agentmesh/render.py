@@ -30,7 +30,10 @@ def print_task(console: Console, task: pb.Task, as_json: bool = False) -> None:
     console.print(f"[bold]{task.id}[/bold]  {task.agent}  [{STATE_STYLE.get(state, 'white')}]{state}[/]")
     if data["error"]:
         console.print(f"  error: {data['error']['reason']}: {data['error']['message']}")
-    if data["input_prompt"]:
+    if data["held"]:
+        console.print(f"  [yellow]held[/yellow] for an operator: {data['input_prompt']}")
+        console.print("  decide with: agentmesh resolve TASK_ID resume|reset|fail  (docs/agents.md)")
+    elif data["input_prompt"]:
         console.print(f"  waiting for input: {data['input_prompt']}")
     cost = data["cost"]
     console.print(

@@ -156,6 +156,25 @@ DOCUMENT: dict[str, Any] = {
                 },
             },
         },
+        "/v1/tasks/{task_id}/resolve": {
+            "post": {
+                "operationId": "resolveTask",
+                "summary": "Decide what happens to a held task",
+                "description": "A task is held (`held: true`, WAITING, `error.reason` NONDETERMINISM) when "
+                "its agent's code no longer matches its journal. `resume` goes on (on `version`, default "
+                "the one it is pinned to); `reset` keeps its first `to_decision` decisions and goes on "
+                "from there (the later ones' actions run again as the code asks); `fail` ends it FAILED.",
+                "parameters": [TASK_ID],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ResolveRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("Task"), "The task, queued again or FAILED"),
+                    **_errors("400", "404", "409", "413", *COMMON_ERRORS),
+                },
+            },
+        },
         "/v1/tasks/{task_id}/input": {
             "post": {
                 "operationId": "sendInput",
@@ -332,6 +351,21 @@ DOCUMENT: dict[str, Any] = {
                 "additionalProperties": False,
                 "properties": {"reason": {"type": "string", "maxLength": 1024}},
             },
+            "ResolveRequest": {
+                "type": "object",
+                "required": ["action"],
+                "additionalProperties": False,
+                "properties": {
+                    "action": {"type": "string", "enum": ["resume", "reset", "fail"]},
+                    "version": {"type": "string", "maxLength": 128, "description": "the version to go on on"},
+                    "to_decision": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": 2147483647,
+                        "description": "reset: how many decisions to keep",
+                    },
+                },
+            },
             "InputRequest": {
                 "type": "object",
                 "required": ["data"],
@@ -380,6 +414,11 @@ DOCUMENT: dict[str, Any] = {
                     "agent_version": {
                         "type": ["string", "null"],
                         "description": "The agent version the task runs on (pinned when it starts)",
+                    },
+                    "held": {
+                        "type": "boolean",
+                        "description": "WAITING for an operator: its agent's code no longer matches its "
+                        "journal (see error; POST /v1/tasks/{id}/resolve)",
                     },
                 },
             },

@@ -33,6 +33,7 @@ from gateway.validation import (
     validate_cancel,
     validate_input,
     validate_list_query,
+    validate_resolve,
     validate_submit,
 )
 from services.runtime.errors import AgentMeshError
@@ -146,6 +147,14 @@ async def cancel_task(request: Request) -> Response:
 
 
 @api
+async def resolve_task(request: Request) -> Response:
+    how = validate_resolve(await _json_object(request))
+    task_id = request.path_params["task_id"]
+    task = await _client(request).resolve(task_id, how.action, how.version, how.to_decision)
+    return JSONResponse(task_to_dict(task))
+
+
+@api
 async def send_input(request: Request) -> Response:
     data = validate_input(await _json_object(request))
     reply = await _client(request).send_input(request.path_params["task_id"], data)
@@ -242,6 +251,7 @@ ROUTES = [
     Route("/v1/tasks", tasks_collection, methods=["GET", "POST"]),
     Route("/v1/tasks/{task_id}", get_task, methods=["GET"]),
     Route("/v1/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+    Route("/v1/tasks/{task_id}/resolve", resolve_task, methods=["POST"]),
     Route("/v1/tasks/{task_id}/input", send_input, methods=["POST"]),
     Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
 ]

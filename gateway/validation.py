@@ -283,6 +283,34 @@ def validate_cancel(body: Mapping[str, Any]) -> str:
     return reason
 
 
+RESOLVE_ACTIONS = ("resume", "reset", "fail")
+
+
+@dataclass(frozen=True)
+class Resolve:
+    action: str
+    version: str
+    to_decision: int
+
+
+def validate_resolve(body: Mapping[str, Any]) -> Resolve:
+    """The `{action, version?, to_decision?}` of `POST /v1/tasks/{id}/resolve`."""
+    bad = Violations()
+    _unknown_fields(body, frozenset({"action", "version", "to_decision"}), bad)
+    action = _check_string(body.get("action"), "action", 16, bad, required=True)
+    if action and action not in RESOLVE_ACTIONS:
+        bad.add("action", "must be resume, reset or fail")
+    version = _check_string(body.get("version"), "version", 128, bad)
+    to_decision = body.get("to_decision", 0)
+    if isinstance(to_decision, bool) or not isinstance(to_decision, int) or not 0 <= to_decision < 2**31:
+        bad.add("to_decision", "must be an integer from 0")
+        to_decision = 0
+    elif to_decision and action != "reset":
+        bad.add("to_decision", "is only for reset")
+    bad.raise_if_any("invalid resolve request")
+    return Resolve(action, version, to_decision)
+
+
 def validate_input(body: Mapping[str, Any]) -> Any:
     """The `{data}` of `POST /v1/tasks/{id}/input`; returns data (any JSON value, null included)."""
     bad = Violations()

@@ -8,6 +8,7 @@ fingerprint recorded when the action was first asked for.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -81,7 +82,7 @@ class Command:
     check: bool = True
     call_site: str = ""  # file:line of the ctx.* call, for errors
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         digest = hashlib.sha256(_canonical(self.body).encode()).hexdigest()[:16]
         return f"{self.kind}:{self.target}:{digest}" + (f":{self.key}" if self.key else "")

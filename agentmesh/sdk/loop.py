@@ -127,7 +127,9 @@ class Task(Handle[T]):
         except StopIteration as stop:
             self.set_result(stop.value)
             return
-        except Exception as exc:  # noqa: BLE001 - the agent's own error becomes the task's
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the agent's own error (sys.exit too) is the task's
             self.set_error(exc)
             return
         finally:

@@ -229,6 +229,10 @@ class Run:
                 "the task is being cancelled: start cleanup actions inside `async with ctx.shield():`"
             )
         command = Command(self.issued, kind, target, body, options, key, check, call_site)
+        try:
+            command.fingerprint  # noqa: B018 - computed here, so that bad arguments fail at the call
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"ctx.{kind.value} arguments must be JSON: {exc}") from None
         self.issued += 1
         handle: Action[Any] = Action(self.loop, command)
         if self._expect is not None and self.poison is None:

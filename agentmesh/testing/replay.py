@@ -17,6 +17,7 @@ from agentmesh.sdk.run import Recorded, Run, replay
 from protos.agentmesh.v1 import agent_service_pb2 as api
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.durable import journal_of
+from services.runtime.errors import NONDETERMINISM
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,7 @@ def _check_end(run: Run, last: Recorded, final: pb.Final, report: ReplayReport) 
     step = run.advance(last.seq, last.now, list(last.delivered), cancelling=last.cancelling)
     if step.final is None:
         return _differs(report, "the code goes on where the recorded task ended", {})
-    if step.final.reason == "NONDETERMINISM":
+    if step.final.reason == NONDETERMINISM:
         return _differs(report, step.final.message, step.final.details)
     recorded_ok = final.state == pb.TASK_STATE_SUCCEEDED
     if recorded_ok != step.final.ok:

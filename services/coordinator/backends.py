@@ -49,7 +49,12 @@ CREATE TABLE IF NOT EXISTS tasks (
   agent_version TEXT NOT NULL DEFAULT '',
   -- Decisions asked for as each action settles: the oldest decision with an action that has no
   -- result, or a result no decision was taken on yet (what a resume reads from).
-  open_from INTEGER NOT NULL DEFAULT 0
+  open_from INTEGER NOT NULL DEFAULT 0,
+  -- Waiting for an operator (its code no longer matches its journal): see ResolveTask.
+  held INTEGER NOT NULL DEFAULT 0,
+  -- How often an operator reset it to an earlier decision: its later action ids carry it, so no
+  -- worker mistakes a new action for a dropped one of the same place.
+  resets INTEGER NOT NULL DEFAULT 0
 );
 -- The large values live apart from the small, hot row: SQLite rewrites a whole row on every update,
 -- and `tasks` is updated on every event (last_seq) and result (cost).
@@ -235,6 +240,8 @@ ADDED_COLUMNS = [
     ("lease_until", "{double}"),
     ("agent_version", "TEXT NOT NULL DEFAULT ''"),
     ("open_from", "INTEGER NOT NULL DEFAULT 0"),
+    ("held", "INTEGER NOT NULL DEFAULT 0"),
+    ("resets", "INTEGER NOT NULL DEFAULT 0"),
 ]
 # Made after the added columns exist.
 LATE_INDEXES = ["CREATE INDEX IF NOT EXISTS tasks_lease ON tasks(lease_until) WHERE state IN (1, 2)"]

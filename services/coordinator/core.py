@@ -41,8 +41,10 @@ from services.coordinator.store import EventRow, LeaseLost, Store
 from services.coordinator.workers import Workers
 from services.runtime.errors import (
     HISTORY_REQUIRED,
+    NONDETERMINISM,
     AgentMeshError,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
@@ -120,6 +122,8 @@ class TaskRun:
     agent: str = ""
     # The agent version it is pinned to; empty until its first decision names one.
     agent_version: str = ""
+    # What its actions' ids start with (TASK, or TASK~rN after an operator's reset).
+    id_prefix: str = ""
     input_json: str = ""
     memo: str = ""
     parent_id: str = ""
@@ -709,6 +713,8 @@ class TaskManager:
             task = records.get_task(conn, run.task_id)
             if task.state in TERMINAL_STATES:
                 return None, None
+            if task.held:  # its code no longer matches its journal: nothing runs until ResolveTask
+                return ("cancel" if task.cancel_requested else None), None
             if task.cancel_requested and not records.wants_cleanup(conn, run.task_id, task.decisions):
                 return "cancel", None
             events = None
@@ -717,6 +723,7 @@ class TaskManager:
             decision = records.load_decision(conn, run.task_id, task.decisions) if task.decisions else None
             memo = decision[0].memo_json if decision is not None else ""
             parent = records.parent_of(conn, run.task_id) or ""
+            prefix = records.action_prefix(conn, run.task_id)
             started: set[str] = set()
             opened = None
             if decision is not None and decision[0].on_each_settle:
@@ -730,7 +737,7 @@ class TaskManager:
                 ]
             if decision is not None and unsettled:  # only after a crash (or with actions open)
                 started = records.started_actions(conn, run.task_id, unsettled)
-            return (task, memo, decision, parent, started, opened), events
+            return (task, memo, decision, parent, started, opened, prefix), events
 
         loaded = await self._tx(op)
         if loaded is None:
@@ -739,7 +746,7 @@ class TaskManager:
             run.finishing = True  # a later interrupt must not cut this write short
             await self._finish(run.task_id, records.CANCELLED, parent_id=None, fence=self._fence)
             return False
-        task, memo, decision, parent, run.maybe_started, opened = loaded
+        task, memo, decision, parent, run.maybe_started, opened, run.id_prefix = loaded
         run.agent, run.input_json, run.memo, run.priority = task.agent, task.input_json, memo, task.priority
         run.agent_version = task.agent_version
         run.decisions, run.cost, run.budget, run.deadline = (
@@ -830,9 +837,12 @@ class TaskManager:
         )
         decision = await self._call_planner(run, request)
         run.agent_version = request.agent_version  # written with the first checkpoint
+        if _diverged(decision) and not cancelling:
+            await self._hold(run, decision.final.error)
+            return True
         decision.answered.extend(delivering)
         for index, action in enumerate(decision.actions):
-            action.id = f"{run.task_id}.{seq}.{index}"
+            action.id = f"{run.id_prefix or run.task_id}.{seq}.{index}"
             if action.WhichOneof("kind") is None:
                 raise InvalidArgument(
                     f"planner returned action {index} with no kind", reason="INVALID_DECISION"
@@ -903,9 +913,65 @@ class TaskManager:
         for action in decision.actions:
             run.open[action.id] = action
             run.opened_at[action.id] = at
-        for action_id in decision.cancel_actions:
-            await self._give_up(run, action_id)
+        for ref in decision.cancel_actions:  # SEQ.INDEX
+            await self._give_up(run, f"{run.id_prefix or run.task_id}.{ref}")
         return False
+
+    async def _hold(self, run: TaskRun, error: pb.TaskError) -> None:
+        """The agent's code no longer matches the task's journal: stop the task for an operator
+        (ResolveTask), journal untouched. What runs of it is stopped as on a shutdown: nothing
+        recorded, so it runs again (or is asked after, if it may not) when the task goes on."""
+        run.finishing, run.interrupt = True, _Interrupt.SHUTDOWN
+        await self._stop_inflight(run)
+        await self._tx(lambda c: (None, records.hold(c, run.task_id, error, self._fence)))
+        log.warning("task %s held: %s", run.task_id, error.message)
+
+    async def resolve(
+        self, tenant: str, task_id: str, action: str, version: str = "", to_decision: int = 0
+    ) -> pb.Task:
+        """An operator's answer for a held task: resume (on `version`, default its own), reset (keep
+        its first `to_decision` decisions; the later ones' actions run again as the code asks) or
+        fail (FAILED with the error that held it)."""
+        if action not in ("resume", "reset", "fail"):
+            raise InvalidArgument(
+                f"action must be resume, reset or fail, not {action!r}",
+                field_violations=[("action", "resume, reset or fail")],
+            )
+
+        def op(conn: Any) -> tuple[tuple[pb.Task, list[str]], list[EventRow]]:
+            task = records.get_task(conn, task_id, tenant)
+            if not task.held:
+                raise FailedPrecondition(
+                    f"task {task_id} is not held (it is {STATE_NAMES[task.state]})", reason="NOT_HELD"
+                )
+            if action == "fail":
+                events = records.finish(conn, task_id, records.FAILED, error=task.error)
+            else:
+                keep = None
+                if action == "reset":
+                    if not 0 <= to_decision <= task.decisions:
+                        raise InvalidArgument(
+                            f"to_decision must be 0 to {task.decisions}",
+                            field_violations=[("to_decision", f"0 to {task.decisions}")],
+                        )
+                    keep = to_decision
+                dropped = [] if keep is None else records.unfinished_children_of_dropped(conn, task_id, keep)
+                events = records.release(conn, task_id, version or task.agent_version, keep)
+                return (records.get_task(conn, task_id), dropped), events
+            return (records.get_task(conn, task_id), []), events
+
+        task, dropped = await self._tx(op)
+        if dropped:  # spawned by decisions the reset dropped: nothing waits for them any more
+            self._spawn_bg(self._cancel_children(task_id, dropped, "its parent was reset"))
+        if action == "fail":
+            self._count_finish(records.FAILED)
+            parent = await self.store.run(lambda c: records.parent_of(c, task_id))
+            if parent:
+                self._spawn_bg(self._wake(parent))
+        else:
+            self.scheduler.push(task.id, task.tenant, task.priority)
+            self._pump()
+        return task
 
     def _checkpoint(
         self,
@@ -1508,6 +1574,11 @@ class TaskManager:
 
 
 # ---------------------------------------------------------------------- pure helpers
+
+
+def _diverged(decision: pb.Decision) -> bool:
+    """The agent ended its task because its code no longer matches the journal."""
+    return decision.HasField("final") and decision.final.error.reason == NONDETERMINISM
 
 
 def _opened(run: TaskRun, action: pb.Action) -> float:

@@ -27,7 +27,7 @@ SUCCEEDED, FAILED, CANCELLED = pb.TASK_STATE_SUCCEEDED, pb.TASK_STATE_FAILED, pb
 TASK_COLUMNS = (
     "t.id, t.tenant, t.agent, b.input, t.priority, t.budget_usd, t.budget_tokens, t.deadline, t.labels, "
     "t.idem_key, t.parent_id, t.state, b.result, t.error, t.cost, t.decisions, t.last_seq, "
-    "t.cancel_requested, t.input_prompt, t.created_at, t.updated_at, t.finished_at, t.agent_version"
+    "t.cancel_requested, t.input_prompt, t.created_at, t.updated_at, t.finished_at, t.agent_version, t.held"
 )
 TASK_FROM = "tasks t JOIN task_blobs b ON b.id = t.id"
 
@@ -62,6 +62,7 @@ def row_to_task(row: tuple[Any, ...]) -> pb.Task:
         updated_at,
         finished_at,
         agent_version,
+        held,
     ) = row
     task = pb.Task(
         id=tid,
@@ -84,6 +85,7 @@ def row_to_task(row: tuple[Any, ...]) -> pb.Task:
         updated_at=updated_at,
         finished_at=finished_at,
         agent_version=agent_version,
+        held=bool(held),
     )
     if error:
         task.error.ParseFromString(error)
@@ -213,9 +215,7 @@ def finish(
     A waiting parent is marked due, so its join is looked at again even after a restart. With
     `fence`, only while that coordinator holds the task (else LeaseLost)."""
     now = time.time() if now is None else now
-    current = conn.execute(
-        "SELECT state, parent_id, owner FROM tasks WHERE id = ?", (task_id,)
-    ).fetchone()
+    current = conn.execute("SELECT state, parent_id, owner FROM tasks WHERE id = ?", (task_id,)).fetchone()
     if current is None or current[0] in TERMINAL_STATES:
         return []
     if fence is not None and current[2] != fence:
@@ -224,7 +224,7 @@ def finish(
         conn.execute("UPDATE task_blobs SET result = ? WHERE id = ?", (result_json, task_id))
     conn.execute(
         "UPDATE tasks SET state = ?, error = ?, updated_at = ?, finished_at = ?, wake_at = NULL, "
-        "input_prompt = '' WHERE id = ?",
+        "input_prompt = '', held = 0 WHERE id = ?",
         (
             state,
             error.SerializeToString() if error is not None and error.reason else None,
@@ -370,9 +370,7 @@ def load_history(
     return history
 
 
-def load_open(
-    conn: Connection, task_id: str
-) -> tuple[list[tuple[pb.Action, float]], list[pb.ActionResult]]:
+def load_open(conn: Connection, task_id: str) -> tuple[list[tuple[pb.Action, float]], list[pb.ActionResult]]:
     """A task whose decisions are asked for as each action settles (Decision.on_each_settle) has
     actions of several decisions open at once. Its open actions (each with its decision's time),
     and the results no decision was taken on yet, oldest decision first. Read from `open_from`, the
@@ -514,6 +512,75 @@ def park(
         also_params=(WAITING, wake_at, prompt, now),
     )
     return [] if parked is None else parked  # a finished task stays as it is
+
+
+def hold(conn: Connection, task_id: str, error: pb.TaskError, fence: str | None) -> list[EventRow] | None:
+    """Stop a running task for an operator (WAITING, held): its code no longer matches its journal.
+    Nothing of it runs until ResolveTask; the journal is left as it was."""
+    now = time.time()
+    prompt = f"held: {error.reason}: {error.message}"[:1000]
+    data = {
+        "reason": error.reason,
+        "message": error.message,
+        "details": json.loads(error.details_json or "null"),
+    }
+    return append_events(
+        conn,
+        task_id,
+        [("task.held", json.dumps(data)), state_event(WAITING, held=True)],
+        now,
+        live_only=True,
+        also_set="state = ?, held = 1, error = ?, wake_at = NULL, input_prompt = ?, updated_at = ?, "
+        "owner = NULL, lease_until = NULL",
+        also_params=(WAITING, error.SerializeToString(), prompt, now),
+        fence=fence,
+    )
+
+
+def release(conn: Connection, task_id: str, version: str, keep_decisions: int | None) -> list[EventRow]:
+    """A held task back to the queue, pinned to `version`; with `keep_decisions`, its later
+    decisions (and the results of their actions) dropped first. Inputs those actions consumed are
+    queued again, for the waits that take their places."""
+    if keep_decisions is not None:
+        conn.execute("DELETE FROM decisions WHERE task_id = ? AND seq > ?", (task_id, keep_decisions))
+        conn.execute("DELETE FROM results WHERE task_id = ? AND decision_seq > ?", (task_id, keep_decisions))
+        consumed = conn.execute(
+            "SELECT seq, consumed_by FROM inputs WHERE task_id = ? AND consumed_by IS NOT NULL", (task_id,)
+        ).fetchall()
+        for seq, action_id in consumed:
+            if decision_seq_of(action_id) > keep_decisions:
+                conn.execute(
+                    "UPDATE inputs SET consumed_by = NULL WHERE task_id = ? AND seq = ?", (task_id, seq)
+                )
+        conn.execute(
+            "UPDATE tasks SET decisions = ?, open_from = 0, resets = resets + 1 WHERE id = ?",
+            (keep_decisions, task_id),
+        )
+    now = time.time()
+    rows = append_events(
+        conn,
+        task_id,
+        [state_event(QUEUED)],
+        now,
+        also_set="state = ?, held = 0, error = NULL, input_prompt = '', agent_version = ?, updated_at = ?",
+        also_params=(QUEUED, version, now),
+    )
+    return rows or []
+
+
+def action_prefix(conn: Connection, task_id: str) -> str:
+    """What the ids of the task's new actions start with: the task id, and after an operator's
+    reset the reset's number (TASK~rN), so that a new action never takes a dropped one's id."""
+    (resets,) = conn.execute("SELECT resets FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    return f"{task_id}~r{resets}" if resets else task_id
+
+
+def unfinished_children_of_dropped(conn: Connection, task_id: str, keep_decisions: int) -> list[str]:
+    """Children still running of spawn actions in decisions after `keep_decisions`."""
+    rows = conn.execute(
+        "SELECT id, parent_action FROM tasks WHERE parent_id = ? AND state IN (1, 2, 3)", (task_id,)
+    ).fetchall()
+    return [child for child, action in rows if action and decision_seq_of(action) > keep_decisions]
 
 
 def due_wakeups(conn: Connection, now: float, limit: int) -> list[tuple[str, str, int]]:

@@ -71,6 +71,13 @@ class AgentServicer(api_grpc.AgentServiceServicer):
         async for event in self.manager.watch(self._tenant(context), request.id, request.after_seq):
             yield event
 
+    async def ResolveTask(
+        self, request: api.ResolveTaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Task:
+        return await self.manager.resolve(
+            self._tenant(context), request.id, request.action, request.version, request.to_decision
+        )
+
     async def ListAgents(
         self, request: api.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> api.ListAgentsResponse:

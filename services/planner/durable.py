@@ -161,7 +161,7 @@ def action_of(command: Command) -> pb.Action:
     return action
 
 
-def decision_of(step: Step, task_id: str) -> pb.Decision:
+def decision_of(step: Step) -> pb.Decision:
     decision = pb.Decision(
         memo_json=json.dumps(step.memo),
         actions=[action_of(c) for c in step.commands],
@@ -170,7 +170,7 @@ def decision_of(step: Step, task_id: str) -> pb.Decision:
         # one result starts then, not when the rest of the wave is done.
         on_each_settle=True,
         nothing_new=step.idle,
-        cancel_actions=[action_id(task_id, seq, index) for seq, index in step.cancel],
+        cancel_actions=[f"{seq}.{index}" for seq, index in step.cancel],
         events=[pb.AgentEvent(kind=k, data_json=json.dumps(d)) for k, d in step.events],
     )
     if step.final is not None:
@@ -183,11 +183,6 @@ def final_of(final: Final) -> pb.Final:
         return pb.Final(state=pb.TASK_STATE_SUCCEEDED, result_json=final.result_json)
     error = pb.TaskError(reason=final.reason, message=final.message, details_json=json.dumps(final.details))
     return pb.Final(state=pb.TASK_STATE_FAILED, error=error)
-
-
-def action_id(task_id: str, seq: int, index: int) -> str:
-    """The coordinator's id for action `index` of decision `seq` (planner.proto, decision_seq)."""
-    return f"{task_id}.{seq}.{index}"
 
 
 def delivery_of(result: pb.ActionResult) -> Delivery:
@@ -282,8 +277,8 @@ class DurableAgent:
                 wait = limit if began is None else began + limit - time.monotonic()
                 if wait <= 0:
                     final = self._blocked(int(holder["thread"]), limit)
-                    return decision_of(Step([], [], memo, final=final), ctx.task_id)
-        decision = decision_of(step, ctx.task_id)
+                    return decision_of(Step([], [], memo, final=final))
+        decision = decision_of(step)
         if step.final is None:
             # Kept with the memo as the coordinator will hand it back (JSON's lists, not tuples); an
             # idle decision is not recorded, so the next call brings this call's memo again.

@@ -217,3 +217,6 @@ def json_details(value: Any) -> str:
 # The planner holds no live state for an SDK agent's task: the coordinator calls Decide again with
 # the task's recorded decisions (DecideRequest.history).
 HISTORY_REQUIRED = "HISTORY_REQUIRED"
+# An SDK agent's code no longer matches its task's journal: the coordinator holds the task for an
+# operator (AgentService.ResolveTask) instead of ending it.
+NONDETERMINISM = "NONDETERMINISM"

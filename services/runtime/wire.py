@@ -61,6 +61,7 @@ def task_to_dict(task: common_pb2.Task) -> dict[str, Any]:
         "decisions": task.decisions,
         "input_prompt": task.input_prompt or None,
         "agent_version": task.agent_version or None,
+        "held": task.held,
     }
 
 

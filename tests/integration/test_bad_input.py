@@ -139,3 +139,24 @@ def test_tenants_never_see_each_other(mesh: Mesh) -> None:
         assert http.get(f"/v1/tasks/{task_id}").status_code == 401
         assert http.get(f"/v1/tasks/{task_id}", headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert http.post(f"/v1/tasks/{task_id}/cancel", headers=AUTH).status_code == 202
+
+
+def test_resolve_is_refused_clearly_for_bad_bodies_and_tasks_that_are_not_held(mesh: Mesh) -> None:
+    spec = {"agent": "pipeline", "input": {"steps": [{"id": "a", "tool": "echo"}]}}
+    with httpx.Client(base_url=mesh.gateway_url, timeout=30) as http:
+        task_id = http.post("/v1/tasks", json=spec, headers=AUTH).json()["id"]
+        cases = [
+            ({}, 400, "INVALID_ARGUMENT"),
+            ({"action": "explode"}, 400, "INVALID_ARGUMENT"),
+            ({"action": "reset", "to_decision": -1}, 400, "INVALID_ARGUMENT"),
+            ({"action": "resume", "to_decision": 2}, 400, "INVALID_ARGUMENT"),
+            ({"action": "resume", "bogus": 1}, 400, "INVALID_ARGUMENT"),
+            ({"action": "resume"}, 409, "NOT_HELD"),
+        ]
+        for body, status, reason in cases:
+            reply = http.post(f"/v1/tasks/{task_id}/resolve", json=body, headers=AUTH)
+            assert reply.status_code == status, (body, reply.text)
+            assert reply.json()["error"]["reason"] == reason, (body, reply.text)
+        missing = http.post("/v1/tasks/nope/resolve", json={"action": "fail"}, headers=AUTH)
+        assert missing.status_code == 404, missing.text
+    assert mesh.all_alive()

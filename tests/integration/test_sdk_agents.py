@@ -18,6 +18,7 @@ import pytest
 from agentmesh.local import TENANT_KEYS, Mesh
 from agentmesh.testing import registered
 from protos.agentmesh.v1 import common_pb2 as pb
+from services.runtime.errors import AgentMeshError
 from tests.conftest import client_for, run, run_mesh, wait_for_action_processes
 
 AGENTS = str(Path(__file__).resolve().parents[1] / "fixtures" / "sdk_agents.py")
@@ -113,7 +114,9 @@ def test_agent_code_that_blocks_fails_and_the_planner_serves_others_meanwhile(sd
     run(go())
 
 
-def test_a_code_change_under_an_in_flight_task_is_nondeterminism_unless_patched(own_mesh) -> None:  # type: ignore[no-untyped-def]
+def test_a_code_change_under_an_in_flight_task_holds_it_unless_patched(own_mesh) -> None:  # type: ignore[no-untyped-def]
+    """A changed agent under a parked task: the task is held (NONDETERMINISM, its journal kept) for
+    an operator to resume it on the old code, reset it, or fail it; behind ctx.patched it goes on."""
     mesh = own_mesh(extra_env=SDK_ENV)
     planner = mesh.children["planner"]
 
@@ -129,20 +132,46 @@ def test_a_code_change_under_an_in_flight_task_is_nondeterminism_unless_patched(
                 return task.id
         raise AssertionError("the task ended before it asked for input")
 
+    async def held(client, task_id: str) -> pb.Task:  # type: ignore[no-untyped-def]
+        await client.send_input(task_id, {"go": 1})
+        for _ in range(400):
+            task = await client.get(task_id)
+            if task.held:
+                return task
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"task {task_id} was not held: {task}")
+
     async def go() -> None:
         async with client_for(mesh) as client:
-            unguarded, guarded = await park(client), await park(client)
+            failing, resumed, reset, guarded = [await park(client) for _ in range(4)]
             redeploy("unguarded")
-            await client.send_input(unguarded, {})
-            done = await client.wait(unguarded)
-            assert done.state == pb.TASK_STATE_FAILED and done.error.reason == "NONDETERMINISM", done.error
-            details = json.loads(done.error.details_json)
+            task = await held(client, failing)
+            assert task.state == pb.TASK_STATE_WAITING and task.error.reason == "NONDETERMINISM", task
+            details = json.loads(task.error.details_json)
             assert (
                 details["agent"] == "sdk-changing" and details["version"] == "1" and details["position"] == 0
             )
             assert details["journal_fingerprint"].startswith("exec:echo:")
             assert details["code_fingerprint"].startswith("exec:python:")
             assert details["call_site"].startswith(AGENTS + ":")
+            assert len((await client.journal(failing)).decisions) == 2  # nothing run again, nothing lost
+            done = await client.resolve(failing, "fail")
+            assert done.state == pb.TASK_STATE_FAILED and done.error.reason == "NONDETERMINISM"
+            with pytest.raises(AgentMeshError) as refused:
+                await client.resolve(failing, "resume")
+            assert refused.value.reason == "NOT_HELD"
+            # Reset to the start: the new code runs it from its first step, on the same input.
+            await held(client, reset)
+            await client.resolve(reset, "reset", to_decision=0)
+            done = await client.wait(reset)
+            assert json.loads(done.result_json) == {"out": "new"}, done
+            # Resume on the old code, deployed again: it goes on as if nothing had happened.
+            await held(client, resumed)
+            redeploy("")
+            await client.resolve(resumed, "resume")
+            done = await client.wait(resumed)
+            assert done.state == pb.TASK_STATE_SUCCEEDED and not done.held, done
+            assert json.loads(done.result_json) == {"out": {"step": "old"}}
             redeploy("patched")
             await client.send_input(guarded, {})
             done = await client.wait(guarded)
@@ -152,44 +181,6 @@ def test_a_code_change_under_an_in_flight_task_is_nondeterminism_unless_patched(
             await client.send_input(fresh.id, {})
             done = await client.wait(fresh.id)
             assert json.loads(done.result_json) == {"out": "new"}, done
-
-    run(go())
-
-
-def test_each_step_starts_as_soon_as_its_own_dependency_is_done(sdk_mesh: Mesh) -> None:
-    async def go() -> None:
-        async with client_for(sdk_mesh) as client:
-            task = await client.submit("sdk-chains", {"slow_s": 3, "quick": 4})
-            done = await client.wait(task.id)
-            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
-            assert json.loads(done.result_json) == {"slow": "slow", "quick": [0, 1, 2, 3]}
-            finished = [
-                json.loads(e.data_json)["action_id"]
-                async for e in client.watch(task.id)
-                if e.kind == "action.finished"
-            ]
-            slow_id = f"{task.id}.1.0"
-            # The whole quick chain ran while the slow step (asked for first) was still running.
-            assert finished[-1] == slow_id and len(finished) == 5, finished
-
-    run(go())
-
-
-def test_a_lost_race_branch_is_stopped_as_soon_as_the_race_is_won(sdk_mesh: Mesh) -> None:
-    async def go() -> None:
-        async with client_for(sdk_mesh) as client:
-            started = time.monotonic()
-            task = await client.submit("sdk-race", {})
-            done = await client.wait(task.id)
-            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
-            assert json.loads(done.result_json) == {"winner": {"fast": True}, "after": {"after": True}}
-            assert time.monotonic() - started < 30  # not the 60 s of the loser
-            journal = await client.journal(task.id)
-            results = {r.action_id: r for d in journal.decisions for r in d.results}
-            loser = results[f"{task.id}.1.0"]
-            assert loser.status == pb.ACTION_STATUS_CANCELLED, loser
-            assert loser.error.message == "the agent gave it up"
-        assert not sdk_mesh.action_processes()
 
     run(go())
 

@@ -344,3 +344,28 @@ def test_a_caught_gather_failure_with_a_later_success_does_not_break_the_run():
 
     final, _, _ = drive(gathers, echo_answer)
     assert json.loads(final.result_json) == {"caught": True}
+
+
+def test_an_agent_that_calls_sys_exit_fails_its_task_not_the_planner():
+    import sys
+
+    @agent(name="exits")
+    async def exits(ctx: Context, inp: dict) -> dict:
+        await ctx.exec("echo")
+        sys.exit(3)
+
+    final, _, _ = drive(exits, echo_answer)
+    assert final.reason == "AGENT_ERROR" and final.message == "SystemExit: 3"
+
+
+def test_arguments_that_are_not_json_fail_at_the_call():
+    @agent(name="odd")
+    async def odd(ctx: Context, inp: dict) -> dict:
+        try:
+            ctx.exec("echo", when=object())
+        except TypeError as exc:
+            return {"refused": str(exc)}
+        return {}
+
+    final, _, _ = drive(odd, echo_answer)
+    assert json.loads(final.result_json)["refused"].startswith("ctx.exec arguments must be JSON")

@@ -92,8 +92,9 @@ class Run:
         self._handles: dict[int, Action[Any]] = {}  # unresolved, by position
         # (decision seq, index) -> position, for the unresolved: how a result names its action.
         self._where: dict[tuple[int, int], int] = {}
-        self._cancel_sent: set[int] = set()  # given-up positions already asked to be cancelled
-        self._idle_applied: set[tuple[int, int]] = set()  # applied in idle steps since the last kept one
+        # Made when first needed (an empty set is 216 bytes, and tens of thousands of runs park):
+        self._cancel_sent: set[int] | None = None  # given-up positions already asked to be cancelled
+        self._idle_applied: set[tuple[int, int]] | None = None  # applied in idle steps since a kept one
         self.now_read = False  # ctx.now() was read in this step
         self._main: Task[Any] | None = None
         self._step_commands: list[Command] = []
@@ -148,7 +149,8 @@ class Run:
                 self.usage = self.usage + outcome.cost
                 handle = self._handles.pop(position)
                 del self._where[(action_seq, index)]
-                self._cancel_sent.discard(position)
+                if self._cancel_sent:
+                    self._cancel_sent.discard(position)
                 if first_cancel and not outcome.ok:
                     handle.set_error(Cancelled("the task was cancelled"))
                 else:
@@ -161,9 +163,9 @@ class Run:
         if replay is None and not first_cancel and not self.cancelling and _is_idle(step, self.now_read):
             step.idle = True
             self.decided = seq - 1
-            self._idle_applied.update((s, i) for s, i, _ in delivered)
+            self._idle_applied = (self._idle_applied or set()) | {(s, i) for s, i, _ in delivered}
         else:
-            self._idle_applied.clear()
+            self._idle_applied = None
         return step
 
     def _start(self) -> None:
@@ -196,7 +198,11 @@ class Run:
             self._nondeterminism(missing, self._expect[len(self._step_commands)], "", "")
         if self.poison is None and self._main is not None and self._main.done():
             self.poison = self._final_of(self._main)
-        if self.poison is None and not any(not h.done() for h in self._handles.values()):
+        if (
+            self.poison is None
+            and not self._step_commands
+            and all(h.done() for h in self._handles.values())
+        ):
             self._fail(
                 "AGENT_STALLED",
                 "the agent waits on nothing the journal can settle "
@@ -204,10 +210,13 @@ class Run:
             )
         events = [] if replaying else self._events
         # Given up (a lost race) but still running: the coordinator stops them now.
-        given_up = [p for p, h in self._handles.items() if h.done() and p not in self._cancel_sent]
-        self._cancel_sent.update(given_up)
-        where = {p: w for w, p in self._where.items()} if given_up else {}
-        cancel = [where[p] for p in sorted(given_up)]
+        sent = self._cancel_sent or ()
+        given_up = [p for p, h in self._handles.items() if h.done() and p not in sent]
+        cancel: list[tuple[int, int]] = []
+        if given_up:
+            self._cancel_sent = {*sent, *given_up}
+            where = {p: w for w, p in self._where.items()}
+            cancel = [where[p] for p in sorted(given_up)]
         if self.poison is not None:
             return Step([], events, memo, final=self.poison, cancel=cancel)
         return Step(list(self._step_commands), events, memo, cancel=cancel)

@@ -56,7 +56,7 @@ class LiveRuns:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._runs: OrderedDict[str, tuple[Run, Any]] = OrderedDict()
+        self._runs: OrderedDict[str, tuple[Run, tuple[Any, Any]]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
@@ -67,7 +67,7 @@ class LiveRuns:
         answer was recorded instead, or none) is stale: None, and the journal is replayed."""
         with self._lock:
             entry = self._runs.pop(task_id, None)
-            if entry is None or entry[1] != memo:
+            if entry is None or entry[1] != _answer_of(memo):
                 self.misses += 1
                 return None
             self.hits += 1
@@ -77,12 +77,19 @@ class LiveRuns:
         if self.capacity <= 0:
             return
         with self._lock:
-            self._runs[task_id] = (run, memo)
+            self._runs[task_id] = (run, _answer_of(memo))
             while len(self._runs) > self.capacity:
                 self._runs.popitem(last=False)
 
     def __len__(self) -> int:
         return len(self._runs)
+
+
+def _answer_of(memo: Any) -> tuple[Any, Any]:
+    """What tells one answer to a decision from another: the coordinator's clock at the call (a
+    new value per call) and the positions handed out by then. Kept instead of the whole memo: a
+    few bytes per parked run, not a dict."""
+    return (memo.get("now"), memo.get("issued")) if isinstance(memo, dict) else (None, None)
 
 
 # ------------------------------------------------------------------------- protobuf <-> SDK data
@@ -199,30 +206,33 @@ def journal_of(history: list[pb.RecordedDecision]) -> list[Recorded]:
     previous: pb.Decision | None = None
     eager = False  # from the first on_each_settle decision on, every decision names its results
     for record in history:
+        decision = record.decision  # one wrapper per record: each access makes a new one
         eager = eager or (previous is not None and previous.on_each_settle)
         if previous is None:
             answered: list[str] = []
         elif eager:
-            answered = list(record.decision.answered)
+            answered = list(decision.answered)
         else:
             answered = [a.id for a in previous.actions]
-        missing = [i for i in answered if i not in results]
-        if missing:
+        try:
+            delivered = tuple(delivery_of(results[i]) for i in answered)
+        except KeyError as missing:
             raise FailedPrecondition(
-                f"the journal has no result for {missing[0]}", reason="JOURNAL_INCOMPLETE"
-            )
-        memo = json.loads(record.decision.memo_json) if record.decision.memo_json else {}
+                f"the journal has no result for {missing.args[0]}", reason="JOURNAL_INCOMPLETE"
+            ) from None
+        memo_json = decision.memo_json
+        memo = json.loads(memo_json) if memo_json else {}
         journal.append(
             Recorded(
                 seq=record.seq,
                 now=float(memo.get("now", 0.0)),
                 patches=tuple(memo.get("patches", ())),
-                fingerprints=tuple(a.fingerprint for a in record.decision.actions),
-                delivered=tuple(delivery_of(results[i]) for i in answered),
+                fingerprints=tuple(a.fingerprint for a in decision.actions),
+                delivered=delivered,
                 cancelling=bool(memo.get("cancelling")),
             )
         )
-        previous = record.decision
+        previous = decision
     return journal
 
 
@@ -280,9 +290,9 @@ class DurableAgent:
                     return decision_of(Step([], [], memo, final=final))
         decision = decision_of(step)
         if step.final is None:
-            # Kept with the memo as the coordinator will hand it back (JSON's lists, not tuples); an
-            # idle decision is not recorded, so the next call brings this call's memo again.
-            self.runs.put(ctx.task_id, run, memo if step.idle else json.loads(decision.memo_json))
+            # Kept with what identifies the answer; an idle decision is not recorded, so the next
+            # call brings this call's memo again.
+            self.runs.put(ctx.task_id, run, memo if step.idle else step.memo)
         return decision
 
     def _step(self, ctx: DecideContext, run: Run | None, holder: dict[str, float]) -> tuple[Run, Step]:

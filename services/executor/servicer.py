@@ -1,4 +1,5 @@
-"""Executor over gRPC: output chunks as they come, then the result; a cancelled call kills the run."""
+"""Executor over gRPC: one session stream per caller; output chunks as they come, then each result;
+a cancelled action, or a broken session, kills the runs."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from protos.agentmesh.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.core import Executor
 from services.runtime.errors import AgentMeshError
 
-_DONE = object()
 log = logging.getLogger(__name__)
 
 
@@ -34,45 +34,6 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             only_if_known=request.only_if_known,
             spent=spent,
         )
-
-    async def Exec(
-        self, request: executor_pb2.ExecRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[executor_pb2.ExecEvent]:
-        if request.action.tool == "echo":  # the fast path: no process, no stream plumbing
-            result = await self._run(request, _ignore)
-            yield executor_pb2.ExecEvent(result=result)
-            return
-        queue: asyncio.Queue[object] = asyncio.Queue()
-
-        def sink(stream: str, data: bytes) -> None:
-            queue.put_nowait(
-                executor_pb2.ExecEvent(output=executor_pb2.OutputChunk(stream=stream, data=data))
-            )
-
-        async def work() -> pb.ActionResult:
-            try:
-                return await self._run(request, sink)
-            finally:
-                queue.put_nowait(_DONE)
-
-        runner = asyncio.ensure_future(work())
-        try:
-            while True:
-                item = await queue.get()
-                if item is _DONE:
-                    break
-                yield item  # type: ignore[misc]
-            yield executor_pb2.ExecEvent(result=await runner)
-        finally:
-            # The caller went away or cancelled: the run (and its process tree) goes too.
-            if not runner.done():
-                runner.cancel()
-                await asyncio.gather(runner, return_exceptions=True)
-
-    async def Run(
-        self, request: executor_pb2.ExecRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ActionResult:
-        return await self._run(request, _ignore)
 
     async def Session(
         self, requests: AsyncIterator[executor_pb2.SessionRequest], context: grpc.aio.ServicerContext
@@ -159,6 +120,9 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
             while True:
                 event = await events.get()
                 if event is None:
+                    error = reader.exception() if reader.done() and not reader.cancelled() else None
+                    if isinstance(error, AgentMeshError):  # a malformed request: say so, not OK
+                        raise error
                     return
                 yield event
         finally:
@@ -172,7 +136,3 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServicer):
         self, request: executor_pb2.GetCapabilitiesRequest, context: grpc.aio.ServicerContext
     ) -> executor_pb2.Capabilities:
         return executor_pb2.Capabilities(**self.executor.capabilities())
-
-
-def _ignore(stream: str, data: bytes) -> None:
-    return None

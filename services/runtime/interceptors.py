@@ -35,6 +35,12 @@ RPC_SECONDS = metrics.Histogram(
     ["method"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
 )
+# A long-lived stream (Executor.Session carries every exec action) is counted in RPC_TOTAL only when
+# it ends: its traffic shows here, message by message, and how many are open.
+STREAM_MESSAGES = metrics.Counter(
+    "agentmesh_rpc_stream_messages_total", "messages on streaming RPCs", ["method", "direction"]
+)
+STREAMS_OPEN = metrics.Gauge("agentmesh_rpc_streams_open", "request streams open now", ["method"])
 
 
 def remaining_timeout(default: float, margin: float = 0.05) -> float:
@@ -112,16 +118,33 @@ def _wrap_unary(method: str, behavior: Callable[..., Awaitable[Any]]) -> Callabl
     return handler
 
 
+async def _checked(requests: AsyncIterator[Any], received: Any) -> AsyncIterator[Any]:
+    """A request stream whose messages are checked (see _check) and counted as they come."""
+    async for request in requests:
+        received.inc()
+        _check(request)
+        yield request
+
+
 def _wrap_stream(
-    method: str, behavior: Callable[..., AsyncIterator[Any]]
+    method: str, behavior: Callable[..., AsyncIterator[Any]], streamed_requests: bool = False
 ) -> Callable[..., AsyncIterator[Any]]:
+    """A handler that answers with a stream; `streamed_requests`: it also takes one (bidi)."""
+
     async def handler(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         _set_deadline(context)
         started = time.perf_counter()
         code = "OK"
+        sent = STREAM_MESSAGES.labels(method, "sent")  # looked up once, not per message
+        if streamed_requests:
+            STREAMS_OPEN.labels(method).inc()
         try:
-            _check(request)
+            if streamed_requests:
+                request = _checked(request, STREAM_MESSAGES.labels(method, "received"))
+            else:
+                _check(request)
             async for item in behavior(request, context):
+                sent.inc()
                 yield item
         except AgentMeshError as exc:
             code = exc.code.name
@@ -133,6 +156,8 @@ def _wrap_stream(
             code = "INTERNAL"
             await _abort(context, _on_unexpected(method, exc))
         finally:
+            if streamed_requests:
+                STREAMS_OPEN.labels(method).dec()
             RPC_TOTAL.labels(method, code).inc()
             RPC_SECONDS.labels(method).observe(time.perf_counter() - started)
 
@@ -157,4 +182,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 unary_stream=_wrap_stream(method, handler.unary_stream),
                 request_deserializer=_tolerant(handler.request_deserializer),
             )
-        return handler
+        if handler.stream_stream is not None:  # Executor.Session: every exec action goes through it
+            return handler._replace(
+                stream_stream=_wrap_stream(method, handler.stream_stream, streamed_requests=True),
+                request_deserializer=_tolerant(handler.request_deserializer),
+            )
+        return handler  # no stream-unary RPC is declared

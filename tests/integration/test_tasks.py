@@ -344,3 +344,34 @@ def test_a_pipeline_step_starts_when_its_own_dependencies_are_done(mesh: Mesh) -
             assert finished == ["b1", "b2", "b3", "a1", "a2"], finished
 
     run(go())
+
+
+def test_the_executor_session_stream_is_measured_and_refuses_malformed_messages(mesh: Mesh) -> None:
+    """Every exec action goes over Executor.Session: its messages and open streams are metrics,
+    and a message that is not protobuf ends the stream with INVALID_ARGUMENT, not INTERNAL."""
+    import grpc
+
+    spec = {"steps": [{"id": "a", "tool": "shell", "args": {"command": "echo hi"}}]}
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            done = await client.wait((await client.submit("pipeline", spec)).id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+        async with grpc.aio.insecure_channel(mesh.env["AGENTMESH_EXECUTOR_ADDR"]) as channel:
+            session = channel.stream_stream("/agentmesh.v1.Executor/Session")
+            call = session(iter([b"\\xff\\xff\\xff"]), timeout=10)
+            try:
+                async for _ in call:
+                    pass
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc
+            else:
+                raise AssertionError("a malformed Session message was accepted")
+
+    run(go())
+    body = httpx.get(f"http://127.0.0.1:{mesh.metrics_ports['executor']}/metrics", timeout=10).text
+    method = 'method="/agentmesh.v1.Executor/Session"'
+    assert _metric(body, "agentmesh_rpc_stream_messages_total", f'direction="received",{method}') >= 1
+    assert _metric(body, "agentmesh_rpc_stream_messages_total", f'direction="sent",{method}') >= 2
+    assert _metric(body, "agentmesh_rpc_streams_open", method) >= 1  # the coordinator's session
+    assert mesh.all_alive()

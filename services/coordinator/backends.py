@@ -148,10 +148,10 @@ class SqliteBackend:
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA.format(double="REAL", blob="BLOB", without_rowid=" WITHOUT ROWID"))
-        have = {row[1] for row in conn.execute("PRAGMA table_info(tasks)")}
-        for name, kind in ADDED_COLUMNS:
+        for table, name, kind in ADDED_COLUMNS:
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             if name not in have:  # a store made by an older release
-                conn.execute(f"ALTER TABLE tasks ADD COLUMN {name} {kind.format(double='REAL')}")
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind.format(double='REAL')}")
         for statement in LATE_INDEXES:
             conn.execute(statement)
         return conn
@@ -206,9 +206,9 @@ class PostgresBackend:
             SCHEMA.format(double="DOUBLE PRECISION", blob="BYTEA", without_rowid="")
         ):
             conn.execute(statement)
-        for name, kind in ADDED_COLUMNS:
+        for table, name, kind in ADDED_COLUMNS:
             column = f"{name} {kind.format(double='DOUBLE PRECISION')}"
-            conn.execute(f"ALTER TABLE tasks ADD COLUMN IF NOT EXISTS {column}")
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column}")
         for statement in LATE_INDEXES:
             conn.execute(statement)
         conn.execute("COMMIT")
@@ -234,14 +234,15 @@ class PostgresBackend:
 SCHEMA_LOCK = int.from_bytes(b"agntmesh", "big", signed=True)
 # No statement of the store takes long; one that does means the server is in trouble.
 STATEMENT_TIMEOUT_MS = 60_000
-# Columns added after the first release: (name, type). Added to older tables at start.
+# Columns added after the first release: (table, name, type). Added to older tables at start.
 ADDED_COLUMNS = [
-    ("owner", "TEXT"),
-    ("lease_until", "{double}"),
-    ("agent_version", "TEXT NOT NULL DEFAULT ''"),
-    ("open_from", "INTEGER NOT NULL DEFAULT 0"),
-    ("held", "INTEGER NOT NULL DEFAULT 0"),
-    ("resets", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "owner", "TEXT"),
+    ("tasks", "lease_until", "{double}"),
+    ("tasks", "agent_version", "TEXT NOT NULL DEFAULT ''"),
+    ("tasks", "open_from", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "held", "INTEGER NOT NULL DEFAULT 0"),
+    ("tasks", "resets", "INTEGER NOT NULL DEFAULT 0"),
+    ("results", "settled", "BIGINT NOT NULL DEFAULT 0"),
 ]
 # Made after the added columns exist.
 LATE_INDEXES = ["CREATE INDEX IF NOT EXISTS tasks_lease ON tasks(lease_until) WHERE state IN (1, 2)"]

@@ -168,6 +168,8 @@ class TaskRun:
     applied: list[str] = field(default_factory=list)
     running: dict[str, asyncio.Task[Any]] = field(default_factory=dict)
     given_up: set[str] = field(default_factory=set)  # open actions the agent gave up, being stopped
+    # Cancels (SEQ.INDEX) recorded with decisions a crash may have cut off before they were done.
+    pending_cancels: list[str] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     dispatch_errors: list[BaseException] = field(default_factory=list)
 
@@ -559,6 +561,19 @@ class TaskManager:
         self._publish_cancel(task_id, reason)
         self._interrupt(run, _Interrupt.CANCEL)
 
+    async def _cancel_spawned(self, parent_id: str, spawn_ids: list[str], reason: str) -> None:
+        """Cancel the unfinished children of these spawn actions."""
+
+        def op(conn: Any) -> list[str]:
+            return [
+                c.id
+                for spawn_id in spawn_ids
+                for c in records.children_of(conn, parent_id, spawn_id)
+                if c.state not in TERMINAL_STATES
+            ]
+
+        await self._cancel_children(parent_id, await self.store.run(op), reason)
+
     async def _cancel_children(self, parent_id: str, children: list[str], reason: str) -> None:
         """All at once: each child's kill need not wait for its siblings' durable writes."""
 
@@ -725,9 +740,8 @@ class TaskManager:
             parent = records.parent_of(conn, run.task_id) or ""
             prefix = records.action_prefix(conn, run.task_id)
             started: set[str] = set()
-            opened = None
-            if decision is not None and decision[0].on_each_settle:
-                opened = records.load_open(conn, run.task_id)
+            opened = records.load_open(conn, run.task_id) if decision is not None else None
+            if opened is not None:
                 unsettled = [a.id for a, _ in opened[0] if a.WhichOneof("kind") == "exec"]
             elif decision is not None:
                 unsettled = [
@@ -762,7 +776,7 @@ class TaskManager:
         if decision is not None:
             run.decision, run.decision_at, run.results = decision
         if opened is not None:
-            open_actions, undelivered = opened
+            open_actions, undelivered, run.pending_cancels = opened
             run.eager, run.each = True, decision[0].on_each_settle
             run.open = {a.id: a for a, _ in open_actions}
             run.opened_at = {a.id: at for a, at in open_actions}
@@ -863,6 +877,9 @@ class TaskManager:
             if run.running:  # an eager agent may end with actions still running: stopped, and paid for
                 run.finishing = True
                 await self._stop_inflight(run)
+            spawns = [a.id for a in run.open.values() if a.WhichOneof("kind") == "spawn"]
+            if spawns:  # children nobody waits for any more
+                self._spawn_bg(self._cancel_spawned(run.task_id, spawns, "its parent ended"))
             final = decision.final
             state = records.SUCCEEDED if final.state == records.SUCCEEDED else records.FAILED
             error = final.error if final.error.reason else None
@@ -914,7 +931,7 @@ class TaskManager:
             run.open[action.id] = action
             run.opened_at[action.id] = at
         for ref in decision.cancel_actions:  # SEQ.INDEX
-            await self._give_up(run, f"{run.id_prefix or run.task_id}.{ref}")
+            await self._give_up(run, ref)
         return False
 
     async def _hold(self, run: TaskRun, error: pb.TaskError) -> None:
@@ -925,6 +942,8 @@ class TaskManager:
         await self._stop_inflight(run)
         await self._tx(lambda c: (None, records.hold(c, run.task_id, error, self._fence)))
         log.warning("task %s held: %s", run.task_id, error.message)
+        if (await self.get(run.tenant, run.task_id)).cancel_requested:  # it came while holding
+            await self._finish(run.task_id, records.CANCELLED, parent_id=run.parent_id)
 
     async def resolve(
         self, tenant: str, task_id: str, action: str, version: str = "", to_decision: int = 0
@@ -945,7 +964,7 @@ class TaskManager:
                     f"task {task_id} is not held (it is {STATE_NAMES[task.state]})", reason="NOT_HELD"
                 )
             if action == "fail":
-                events = records.finish(conn, task_id, records.FAILED, error=task.error)
+                return (task, []), []  # ended below, as every task ends
             else:
                 keep = None
                 if action == "reset":
@@ -964,10 +983,8 @@ class TaskManager:
         if dropped:  # spawned by decisions the reset dropped: nothing waits for them any more
             self._spawn_bg(self._cancel_children(task_id, dropped, "its parent was reset"))
         if action == "fail":
-            self._count_finish(records.FAILED)
-            parent = await self.store.run(lambda c: records.parent_of(c, task_id))
-            if parent:
-                self._spawn_bg(self._wake(parent))
+            await self._finish(task_id, records.FAILED, parent_id=None, error=task.error)
+            return await self.get(tenant, task_id)
         else:
             self.scheduler.push(task.id, task.tenant, task.priority)
             self._pump()
@@ -1046,6 +1063,9 @@ class TaskManager:
             # An agent may be waiting on the executor's tools (react): hand in what is known now.
             del request.tools[:]
             request.tools.extend(await self.workers.tools.listed())
+            if request.decision_seq == 1 and not run.agent_version and not request.agent_version:
+                # A child whose agent nobody served when it first ran: pin it once somebody does.
+                request.agent_version = await self.workers.newest(run.agent)
 
     async def _add_history(self, run: TaskRun, request: planner_pb2.DecideRequest) -> None:
         request.history.extend((await self.journal(run.tenant, run.task_id)).decisions)
@@ -1060,6 +1080,8 @@ class TaskManager:
         run.changed.clear()  # before looking: whatever ends from here on wakes the wait below
         if run.dispatch_errors:
             raise run.dispatch_errors[0]
+        while run.pending_cancels:  # resumed: what the agent gave up before a crash stays given up
+            await self._give_up(run, run.pending_cancels.pop())
         self._start_open(run)
         run.wake_pending = False
         waits = [a for a in list(run.open.values()) if a.WhichOneof("kind") in WAIT_KINDS]
@@ -1103,9 +1125,12 @@ class TaskManager:
             run.dispatch_errors.append(task.exception())  # type: ignore[arg-type]
         run.changed.set()
 
-    async def _give_up(self, run: TaskRun, action_id: str) -> None:
-        """An open action the agent no longer waits for (a lost `ctx.first` branch): stop it. It
-        settles CANCELLED, and the agent hears of it with a later decision."""
+    async def _give_up(self, run: TaskRun, ref: str) -> None:
+        """An open action the agent no longer waits for (a lost `ctx.first` branch), named SEQ.INDEX:
+        stop it. It settles CANCELLED, and the agent hears of it with a later decision."""
+        action_id = next((i for i in run.open if i.endswith("." + ref) and _ref_of(i) == ref), "")
+        if not action_id:
+            return  # settled meanwhile
         task = run.running.get(action_id)
         if task is not None:
             run.given_up.add(action_id)
@@ -1115,11 +1140,7 @@ class TaskManager:
         if action is None:
             return  # settled meanwhile
         if action.WhichOneof("kind") == "spawn":
-            children = await self.store.run(lambda c: records.children_of(c, run.task_id, action_id))
-            for child in children:
-                if child.state not in TERMINAL_STATES:
-                    with contextlib.suppress(AgentMeshError):
-                        await self.cancel(None, child.id, "its parent gave it up")
+            await self._cancel_spawned(run.task_id, [action_id], "its parent gave it up")
         error = pb.TaskError(reason="CANCELLED", message="the agent gave it up")
         await self._settle(run, action, CANCELLED_A, error=error)
 
@@ -1579,6 +1600,11 @@ class TaskManager:
 def _diverged(decision: pb.Decision) -> bool:
     """The agent ended its task because its code no longer matches the journal."""
     return decision.HasField("final") and decision.final.error.reason == NONDETERMINISM
+
+
+def _ref_of(action_id: str) -> str:
+    """SEQ.INDEX of an action id (TASK.SEQ.INDEX, or TASK~rN.SEQ.INDEX after a reset)."""
+    return ".".join(action_id.rsplit(".", 2)[1:])
 
 
 def _opened(run: TaskRun, action: pb.Action) -> float:

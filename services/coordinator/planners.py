@@ -74,6 +74,9 @@ class Member:
     down_until: float = 0.0
     inflight: int = 0
     decided: int = 0
+    # Replaced or gone: its channel is closed once its last call ends (closing it under a call
+    # would cancel that call's awaiting task as if the task itself were being cancelled).
+    retired: bool = False
     registered_at: float = field(default_factory=time.time)
 
     def serves(self, agent: str, version: str) -> bool:
@@ -81,6 +84,12 @@ class Member:
             return True  # unknown: worth asking (it answers UNKNOWN_AGENT otherwise)
         served = self.agents.get(agent)
         return served is not None and (not version or served.version == version)
+
+
+def _retire(member: Member) -> None:
+    member.retired = True
+    if not member.inflight:
+        asyncio.ensure_future(member.channel.close(grace=None))
 
 
 def _served(infos: list[api.AgentInfo]) -> dict[str, Served]:
@@ -107,7 +116,7 @@ class PlannerPool:
         member = self._workers.get(worker_id)
         if member is None or member.address != address:
             if member is not None:
-                asyncio.ensure_future(member.channel.close(grace=None))
+                _retire(member)
             channel = insecure_channel(address)
             member = Member(worker_id, address, channel, planner_pb2_grpc.PlannerStub(channel))
             self._workers[worker_id] = member
@@ -125,7 +134,7 @@ class PlannerPool:
         member = self._workers.pop(worker_id, None)
         if member is not None:
             log.info("agent worker %s left", worker_id)
-            asyncio.ensure_future(member.channel.close(grace=None))
+            _retire(member)
 
     def members(self) -> list[Member]:
         """The mesh planner and every worker whose registration holds."""
@@ -203,12 +212,21 @@ class PlannerPool:
         except grpc.RpcError as exc:
             error = from_rpc_error(exc)
             if member is not self.mesh and exc.code() == grpc.StatusCode.UNAVAILABLE:
-                # Gone or going: its tasks go elsewhere until it registers again.
-                member.down_until = time.monotonic() + DOWN_S
-                log.warning("agent worker %s unreachable: %s", member.id, error.message)
+                if error.reason != VERSION_UNAVAILABLE:  # a live worker of another version is fine
+                    # Gone or going: its tasks go elsewhere until it registers again.
+                    member.down_until = time.monotonic() + DOWN_S
+                    log.warning("agent worker %s unreachable: %s", member.id, error.message)
             raise error from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller is being cancelled
+            # The call was cut off here (its channel closed): the worker is gone, not the task.
+            raise Unavailable(f"agent worker {member.id} went away mid-call") from None
         finally:
             member.inflight -= 1
+            if member.retired and not member.inflight:
+                asyncio.ensure_future(member.channel.close(grace=None))
 
     async def decide(self, request: planner_pb2.DecideRequest, timeout: float) -> pb.Decision:
         await self._fresh()
@@ -240,9 +258,12 @@ class PlannerPool:
             left = deadline - time.monotonic()
             if member is not None:
                 try:
-                    # wait_for_ready: a planner that just restarted is back before the channel's
-                    # reconnect backoff would notice.
-                    reply = await self._call(member, "Validate", request, max(left, 0.1), wait_for_ready=True)
+                    # wait_for_ready (the mesh planner): one that just restarted is back before the
+                    # channel's reconnect backoff would notice. A worker that is gone is passed
+                    # over instead (it registers again when it is back).
+                    reply = await self._call(
+                        member, "Validate", request, max(left, 0.1), wait_for_ready=member is self.mesh
+                    )
                 except Unavailable:
                     if member is self.mesh or left <= 0:
                         raise

@@ -370,31 +370,41 @@ def load_history(
     return history
 
 
-def load_open(conn: Connection, task_id: str) -> tuple[list[tuple[pb.Action, float]], list[pb.ActionResult]]:
+def load_open(
+    conn: Connection, task_id: str
+) -> tuple[list[tuple[pb.Action, float]], list[pb.ActionResult], list[str]] | None:
     """A task whose decisions are asked for as each action settles (Decision.on_each_settle) has
     actions of several decisions open at once. Its open actions (each with its decision's time),
-    and the results no decision was taken on yet, oldest decision first. Read from `open_from`, the
-    oldest decision the last checkpoint still had anything open of."""
+    the results no decision was taken on yet (in the order they settled), and the cancels those
+    decisions asked for (SEQ.INDEX). Read from `open_from`, the oldest decision the last
+    checkpoint still had anything open of; None for a task that has always decided per wave."""
     (since,) = conn.execute("SELECT open_from FROM tasks WHERE id = ?", (task_id,)).fetchone()
+    if not since:
+        return None
     results: dict[str, pb.ActionResult] = {}
-    for action_id, body in conn.execute(
-        "SELECT action_id, body FROM results WHERE task_id = ? AND decision_seq >= ?", (task_id, since)
+    settled: dict[str, int] = {}
+    for action_id, body, order in conn.execute(
+        "SELECT action_id, body, settled FROM results WHERE task_id = ? AND decision_seq >= ?",
+        (task_id, since),
     ):
         results[action_id] = pb.ActionResult.FromString(body)
+        settled[action_id] = order
     open_actions: list[tuple[pb.Action, float]] = []
     answered: set[str] = set()
+    cancels: list[str] = []
     for body, created_at in conn.execute(
         "SELECT body, created_at FROM decisions WHERE task_id = ? AND seq >= ? ORDER BY seq", (task_id, since)
     ):
         decision = pb.Decision.FromString(body)
         answered.update(decision.answered)
+        cancels += decision.cancel_actions
         open_actions += [(a, created_at) for a in decision.actions if a.id not in results]
-    ordered = sorted(results.items(), key=_by_position)
-    return open_actions, [r for action_id, r in ordered if action_id not in answered]
+    undelivered = sorted((i for i in results if i not in answered), key=lambda i: (settled[i], *_position(i)))
+    return open_actions, [results[i] for i in undelivered], cancels
 
 
-def _by_position(item: tuple[str, Any]) -> tuple[int, int]:
-    _, seq, index = item[0].rsplit(".", 2)
+def _position(action_id: str) -> tuple[int, int]:
+    _, seq, index = action_id.rsplit(".", 2)
     return int(seq), int(index)
 
 
@@ -468,11 +478,12 @@ def save_result(
     )
     if rows is None:
         return None
+    # `settled`: the seq of its first event, which orders results by when they came.
     conn.execute(
-        "INSERT INTO results (task_id, action_id, decision_seq, body) VALUES (?, ?, ?, ?) "
+        "INSERT INTO results (task_id, action_id, decision_seq, body, settled) VALUES (?, ?, ?, ?, ?) "
         "ON CONFLICT (task_id, action_id) DO UPDATE SET decision_seq = excluded.decision_seq, "
-        "body = excluded.body",
-        (task_id, result.action_id, decision_seq, result.SerializeToString()),
+        "body = excluded.body, settled = excluded.settled",
+        (task_id, result.action_id, decision_seq, result.SerializeToString(), rows[0].seq if rows else 0),
     )
     return rows
 
@@ -552,9 +563,11 @@ def release(conn: Connection, task_id: str, version: str, keep_decisions: int | 
                 conn.execute(
                     "UPDATE inputs SET consumed_by = NULL WHERE task_id = ? AND seq = ?", (task_id, seq)
                 )
+        # A task that decided as each action settled goes on doing so, from its first decision.
         conn.execute(
-            "UPDATE tasks SET decisions = ?, open_from = 0, resets = resets + 1 WHERE id = ?",
-            (keep_decisions, task_id),
+            "UPDATE tasks SET decisions = ?, resets = resets + 1, "
+            "open_from = CASE WHEN open_from > 0 AND ? > 0 THEN 1 ELSE 0 END WHERE id = ?",
+            (keep_decisions, keep_decisions, task_id),
         )
     now = time.time()
     rows = append_events(

@@ -259,7 +259,8 @@ class DurableAgent:
 
     async def decide(self, ctx: DecideContext) -> pb.Decision:
         memo = ctx.memo if isinstance(ctx.memo, dict) else {}
-        started_on = memo.get("version") or ctx.agent_version or None
+        # The coordinator's pin wins: an operator may resume a held task on another version.
+        started_on = ctx.agent_version or memo.get("version") or None
         if started_on is not None and started_on != self.version:
             # Pinned: a task is only ever decided by the version it started on.
             raise Unavailable(

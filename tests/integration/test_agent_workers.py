@@ -205,3 +205,39 @@ def test_workers_register_again_with_a_restarted_coordinator(own_mesh, tmp_path:
     mesh.kill9("coordinator")
     mesh.restart("coordinator")
     run(finish(task_id))
+
+
+def test_workers_stopped_gracefully_under_a_running_task_hand_it_on(own_mesh, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """SIGTERM to the worker deciding a task (it leaves while a decision may be in flight), then to
+    the other one: the task moves on to the next worker each time and ends whole."""
+    mesh: Mesh = own_mesh()
+    code = agent_file(tmp_path, "1", steps=40)
+    mesh.add_worker("a", code)
+    mesh.add_worker("b", code)
+
+    async def decided(client, task_id: str, at_least: int) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + 60
+        while (await client.get(task_id)).decisions < at_least:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+
+    def stop(name: str) -> None:
+        mesh.children[name].proc.terminate()  # type: ignore[union-attr]
+        assert mesh.children[name].proc.wait(15) == 0  # type: ignore[union-attr]
+
+    async def go() -> None:
+        async with client_for(mesh) as client:
+            await registered(client, "a", "greeter", "1")
+            await registered(client, "b", "greeter", "1")
+            task = await client.submit("greeter", {})
+            await decided(client, task.id, 8)
+            stop("a")
+            await decided(client, task.id, 16)
+            mesh.add_worker("c", code)
+            await registered(client, "c", "greeter", "1")
+            stop("b")
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            assert json.loads(done.result_json)["seen"] == [*range(40), "last"]
+
+    run(go())

@@ -1102,7 +1102,9 @@ class TaskManager:
         new = [
             a
             for a in run.open.values()
-            if a.WhichOneof("kind") in DISPATCHED_KINDS and a.id not in run.running
+            if a.WhichOneof("kind") in DISPATCHED_KINDS
+            and a.id not in run.running
+            and a.id not in run.given_up
         ]
         if not new:
             return
@@ -1123,6 +1125,12 @@ class TaskManager:
         run.inflight.discard(task)
         if not task.cancelled() and task.exception() is not None:
             run.dispatch_errors.append(task.exception())  # type: ignore[arg-type]
+        action = run.open.get(action_id)
+        if task.cancelled() and action is not None and action_id in run.given_up and not run.finishing:
+            # Given up while it waited on another task's identical run: nothing of its own ran,
+            # so nothing recorded it. It settles CANCELLED here, at no cost.
+            error = pb.TaskError(reason="CANCELLED", message="the agent gave it up")
+            self._spawn_bg(self._settle(run, action, CANCELLED_A, error=error))
         run.changed.set()
 
     async def _give_up(self, run: TaskRun, ref: str) -> None:
@@ -1140,7 +1148,9 @@ class TaskManager:
         if action is None:
             return  # settled meanwhile
         if action.WhichOneof("kind") == "spawn":
+            # Settled once its children have ended, with what they spent (the join reads them).
             await self._cancel_spawned(run.task_id, [action_id], "its parent gave it up")
+            return
         error = pb.TaskError(reason="CANCELLED", message="the agent gave it up")
         await self._settle(run, action, CANCELLED_A, error=error)
 

@@ -185,6 +185,26 @@ def test_a_code_change_under_an_in_flight_task_holds_it_unless_patched(own_mesh)
     run(go())
 
 
+def test_a_lost_race_branch_that_spawned_a_child_cancels_the_child(sdk_mesh: Mesh) -> None:
+    async def go() -> None:
+        async with client_for(sdk_mesh) as client:
+            task = await client.submit("sdk-race-spawn", {})
+            done = await client.wait(task.id)
+            assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+            assert json.loads(done.result_json)["winner"] == {"fast": True}
+            children = [t for t in (await client.list(limit=50)).tasks if t.parent_id == task.id]
+            assert [c.agent for c in children] == ["sdk-sleeper"]
+            child = await client.wait(children[0].id)
+            assert child.state == pb.TASK_STATE_CANCELLED, child
+        for _ in range(100):  # the child's sleep is killed with it
+            if not sdk_mesh.action_processes():
+                break
+            await asyncio.sleep(0.05)
+        assert not sdk_mesh.action_processes()
+
+    run(go())
+
+
 @pytest.mark.parametrize("victim", ["coordinator", "worker"])
 def test_kill_9_at_random_points_ends_each_run_once_with_the_uncrashed_result(
     own_mesh, shared_dir: Path, victim: str

@@ -51,7 +51,7 @@ from services.runtime.errors import (
 )
 from services.runtime.logs import current_task_id
 from services.runtime.ratelimit import TokenBucket
-from services.runtime.wire import STATE_NAMES, TERMINAL_STATES, cost_to_dict
+from services.runtime.wire import STATE_NAMES, TERMINAL_STATES, action_place, cost_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -920,7 +920,7 @@ class TaskManager:
             run.undelivered = [i for i in run.undelivered if i not in delivered]
             return False
         still = [i for i in run.undelivered if i not in delivered]
-        open_from = min([seq, *(records.decision_seq_of(i) for i in [*run.open, *still])])
+        open_from = min([seq, *(action_place(i)[0] for i in [*run.open, *still])])
         at = await self._tx(lambda c: self._checkpoint(c, run, seq, decision, summary, asks, open_from))
         run.decision, run.decision_at, run.decisions, run.memo = decision, at, seq, decision.memo_json
         run.undelivered = [i for i in run.undelivered if i not in delivered]
@@ -1108,17 +1108,21 @@ class TaskManager:
         ]
         if not new:
             return
-        started = [
-            ("action.started", json.dumps({"action_id": a.id, "key": a.key, "kind": a.WhichOneof("kind")}))
-            for a in new
-        ]
-        self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, started)))
+        self._announce_started(run, new)
         loop = asyncio.get_running_loop()
         for action in new:
             task = loop.create_task(self._dispatch(run, action))
             run.running[action.id] = task
             run.inflight.add(task)
             task.add_done_callback(lambda t, i=action.id: self._dispatch_ended(run, i, t))
+
+    def _announce_started(self, run: TaskRun, actions: list[pb.Action]) -> None:
+        """One write announces them all, rather than one per action."""
+        started = [
+            ("action.started", json.dumps({"action_id": a.id, "key": a.key, "kind": a.WhichOneof("kind")}))
+            for a in actions
+        ]
+        self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, started)))
 
     def _dispatch_ended(self, run: TaskRun, action_id: str, task: asyncio.Task[Any]) -> None:
         run.running.pop(action_id, None)
@@ -1136,7 +1140,8 @@ class TaskManager:
     async def _give_up(self, run: TaskRun, ref: str) -> None:
         """An open action the agent no longer waits for (a lost `ctx.first` branch), named SEQ.INDEX:
         stop it. It settles CANCELLED, and the agent hears of it with a later decision."""
-        action_id = next((i for i in run.open if i.endswith("." + ref) and _ref_of(i) == ref), "")
+        place = tuple(int(n) for n in ref.split("."))
+        action_id = next((i for i in run.open if action_place(i) == place), "")
         if not action_id:
             return  # settled meanwhile
         task = run.running.get(action_id)
@@ -1166,13 +1171,7 @@ class TaskManager:
         waits = [a for a in waits if not await self._try_resolve(run, a)]
         if dispatched:
             loop = asyncio.get_running_loop()
-            # One write announces the whole wave, rather than one per action.
-            started = [
-                ("action.started", json.dumps({"action_id": a.id, "key": a.key, "kind": kind}))
-                for a in dispatched
-                for kind in (a.WhichOneof("kind"),)
-            ]
-            self._tx_nowait(lambda c: (None, records.append_if_live(c, run.task_id, started)))
+            self._announce_started(run, dispatched)
             await self._await_dispatches(run, {loop.create_task(self._dispatch(run, a)) for a in dispatched})
             if _group_settled(run.decision, run.results):
                 return None
@@ -1537,7 +1536,7 @@ class TaskManager:
                 )
             )
         # Under the decision that asked for it (an eager task's later decisions may be taken since).
-        decision_seq = records.decision_seq_of(result.action_id)
+        decision_seq = action_place(result.action_id)[0]
 
         def op(conn: Any) -> tuple[None, list[EventRow] | None]:
             return None, records.save_result(
@@ -1610,11 +1609,6 @@ class TaskManager:
 def _diverged(decision: pb.Decision) -> bool:
     """The agent ended its task because its code no longer matches the journal."""
     return decision.HasField("final") and decision.final.error.reason == NONDETERMINISM
-
-
-def _ref_of(action_id: str) -> str:
-    """SEQ.INDEX of an action id (TASK.SEQ.INDEX, or TASK~rN.SEQ.INDEX after a reset)."""
-    return ".".join(action_id.rsplit(".", 2)[1:])
 
 
 def _opened(run: TaskRun, action: pb.Action) -> float:

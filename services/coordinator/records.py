@@ -16,7 +16,7 @@ from typing import Any
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.coordinator.store import EventRow, LeaseLost, append_events
 from services.runtime.errors import AlreadyExists, FailedPrecondition, NotFound
-from services.runtime.wire import STATE_NAMES, TERMINAL_STATES
+from services.runtime.wire import STATE_NAMES, TERMINAL_STATES, action_place
 
 # sqlite3's connection, or backends.PgConnection, which reads the same.
 Connection = Any
@@ -399,18 +399,9 @@ def load_open(
         answered.update(decision.answered)
         cancels += decision.cancel_actions
         open_actions += [(a, created_at) for a in decision.actions if a.id not in results]
-    undelivered = sorted((i for i in results if i not in answered), key=lambda i: (settled[i], *_position(i)))
+    undelivered = [i for i in results if i not in answered]
+    undelivered.sort(key=lambda i: (settled[i], *action_place(i)))
     return open_actions, [results[i] for i in undelivered], cancels
-
-
-def _position(action_id: str) -> tuple[int, int]:
-    _, seq, index = action_id.rsplit(".", 2)
-    return int(seq), int(index)
-
-
-def decision_seq_of(action_id: str) -> int:
-    """The decision that asked for an action (ids are TASK.SEQ.INDEX)."""
-    return int(action_id.rsplit(".", 2)[1])
 
 
 def wants_cleanup(conn: Connection, task_id: str, seq: int) -> bool:
@@ -559,7 +550,7 @@ def release(conn: Connection, task_id: str, version: str, keep_decisions: int | 
             "SELECT seq, consumed_by FROM inputs WHERE task_id = ? AND consumed_by IS NOT NULL", (task_id,)
         ).fetchall()
         for seq, action_id in consumed:
-            if decision_seq_of(action_id) > keep_decisions:
+            if action_place(action_id)[0] > keep_decisions:
                 conn.execute(
                     "UPDATE inputs SET consumed_by = NULL WHERE task_id = ? AND seq = ?", (task_id, seq)
                 )
@@ -593,7 +584,7 @@ def unfinished_children_of_dropped(conn: Connection, task_id: str, keep_decision
     rows = conn.execute(
         "SELECT id, parent_action FROM tasks WHERE parent_id = ? AND state IN (1, 2, 3)", (task_id,)
     ).fetchall()
-    return [child for child, action in rows if action and decision_seq_of(action) > keep_decisions]
+    return [child for child, action in rows if action and action_place(action)[0] > keep_decisions]
 
 
 def due_wakeups(conn: Connection, now: float, limit: int) -> list[tuple[str, str, int]]:

@@ -27,6 +27,7 @@ from agentmesh.sdk.run import Delivery, Final, Recorded, Run, Step, replay
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.registry import DecideContext, refuse_input
 from services.runtime.errors import HISTORY_REQUIRED, FailedPrecondition, Unavailable
+from services.runtime.wire import action_place
 
 STATUS = {
     pb.ACTION_STATUS_OK: Status.OK,
@@ -193,8 +194,8 @@ def final_of(final: Final) -> pb.Final:
 
 
 def delivery_of(result: pb.ActionResult) -> Delivery:
-    _, seq, index = result.action_id.rsplit(".", 2)
-    return int(seq), int(index), outcome_of(result)
+    seq, index = action_place(result.action_id)
+    return seq, index, outcome_of(result)
 
 
 def journal_of(history: list[pb.RecordedDecision]) -> list[Recorded]:

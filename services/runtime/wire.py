@@ -14,6 +14,12 @@ TERMINAL_STATES = frozenset(
 )
 
 
+def action_place(action_id: str) -> tuple[int, int]:
+    """(decision seq, index in it) of an action id: TASK.SEQ.INDEX (TASK~rN.SEQ.INDEX after a reset)."""
+    _, seq, index = action_id.rsplit(".", 2)
+    return int(seq), int(index)
+
+
 def loads_or_none(text: str) -> Any:
     return json.loads(text) if text else None
 

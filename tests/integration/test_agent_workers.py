@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from agentmesh.local import Mesh
+from agentmesh.local import TENANT_KEYS, Mesh
 from agentmesh.testing import registered
 from protos.agentmesh.v1 import common_pb2 as pb
 from tests.conftest import client_for, run
@@ -34,6 +34,37 @@ async def wait_state(client, task_id: str, state: int, timeout_s: float = 30.0) 
         await asyncio.sleep(0.05)
 
 
+TENANT_AUTH = f"Bearer {TENANT_KEYS['alpha']}"
+
+
+def two_workers(own_mesh, tmp_path: Path, steps: int) -> Mesh:  # type: ignore[no-untyped-def]
+    """A mesh with workers `a` and `b` serving greeter v1 of `steps` steps."""
+    mesh: Mesh = own_mesh()
+    code = agent_file(tmp_path, "1", steps=steps)
+    mesh.add_worker("a", code)
+    mesh.add_worker("b", code)
+    return mesh
+
+
+async def both_registered(client) -> None:  # type: ignore[no-untyped-def]
+    await registered(client, "a", "greeter", "1")
+    await registered(client, "b", "greeter", "1")
+
+
+async def decided(client, task_id: str, at_least: int) -> None:  # type: ignore[no-untyped-def]
+    """Wait until the task has taken `at_least` decisions."""
+    deadline = time.monotonic() + 60
+    while (await client.get(task_id)).decisions < at_least:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+
+
+def stop(mesh: Mesh, name: str) -> None:
+    """SIGTERM to a worker: it leaves, ends what it was deciding, and exits 0."""
+    mesh.children[name].proc.terminate()  # type: ignore[union-attr]
+    assert mesh.children[name].proc.wait(15) == 0  # type: ignore[union-attr]
+
+
 def test_a_worker_serves_an_agent_file_the_mesh_never_loaded(own_mesh, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     mesh: Mesh = own_mesh()
     mesh.add_worker("w1", agent_file(tmp_path, "1"))
@@ -49,7 +80,7 @@ def test_a_worker_serves_an_agent_file_the_mesh_never_loaded(own_mesh, tmp_path:
             listed = {a.name: a for a in (await client.list_agents()).agents}
             assert "greeter" in listed and "pipeline" in listed  # the mesh's planner serves the built-ins
             assert [(v.version, list(v.workers)) for v in listed["greeter"].versions] == [("1", ["w1"])]
-        headers = {"authorization": f"Bearer {mesh_key()}"}
+        headers = {"authorization": TENANT_AUTH}
         async with httpx.AsyncClient(base_url=mesh.gateway_url, headers=headers) as http:
             body = (await http.get("/v1/agents")).json()
             (greeter,) = [a for a in body["agents"] if a["name"] == "greeter"]
@@ -59,12 +90,6 @@ def test_a_worker_serves_an_agent_file_the_mesh_never_loaded(own_mesh, tmp_path:
             assert shown["agent_version"] == "1"
 
     run(go())
-
-
-def mesh_key() -> str:
-    from agentmesh.local import TENANT_KEYS
-
-    return TENANT_KEYS["alpha"]
 
 
 def test_version_2_takes_new_tasks_while_version_1_tasks_finish_on_1(own_mesh, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -99,21 +124,11 @@ def test_version_2_takes_new_tasks_while_version_1_tasks_finish_on_1(own_mesh, t
 def test_a_killed_worker_is_replaced_and_its_tasks_go_on(own_mesh, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Two workers of one version; kill -9 each in turn under a running task: its decisions move to
     the other, and while none is left they wait for one to come back. The task ends once, whole."""
-    mesh: Mesh = own_mesh()
-    code = agent_file(tmp_path, "1", steps=40)
-    mesh.add_worker("a", code)
-    mesh.add_worker("b", code)
-
-    async def decided(client, task_id: str, at_least: int) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + 60
-        while (await client.get(task_id)).decisions < at_least:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.02)
+    mesh = two_workers(own_mesh, tmp_path, steps=40)
 
     async def go() -> None:
         async with client_for(mesh) as client:
-            await registered(client, "a", "greeter", "1")
-            await registered(client, "b", "greeter", "1")
+            await both_registered(client)
             task = await client.submit("greeter", {})
             await decided(client, task.id, 8)
             mesh.kill9("a")
@@ -131,19 +146,14 @@ def test_a_killed_worker_is_replaced_and_its_tasks_go_on(own_mesh, tmp_path: Pat
 
 
 def test_a_worker_that_stops_leaves_and_its_tasks_move_at_once(own_mesh, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    mesh: Mesh = own_mesh()
-    code = agent_file(tmp_path, "1")
-    mesh.add_worker("a", code)
-    mesh.add_worker("b", code)
+    mesh = two_workers(own_mesh, tmp_path, steps=2)
 
     async def go() -> None:
         async with client_for(mesh) as client:
-            await registered(client, "a", "greeter", "1")
-            await registered(client, "b", "greeter", "1")
+            await both_registered(client)
             task = await client.submit("greeter", {"ask": True})
             await wait_state(client, task.id, pb.TASK_STATE_WAITING)
-            mesh.children["a"].proc.terminate()  # type: ignore[union-attr]
-            assert mesh.children["a"].proc.wait(15) == 0  # type: ignore[union-attr]
+            stop(mesh, "a")
             workers = {a.name: a for a in (await client.list_agents()).agents}["greeter"].versions[0].workers
             assert list(workers) == ["b"]
             await client.send_input(task.id, {})
@@ -172,7 +182,7 @@ def test_a_worker_needs_the_worker_key_and_its_agents(own_mesh, tmp_path: Path) 
         async with grpc.aio.insecure_channel(mesh.coordinator_addr) as channel:
             stub = planner_pb2_grpc.AgentWorkersStub(channel)
             request = planner_pb2.RegisterWorkerRequest(worker_id="x", address="127.0.0.1:1")
-            for metadata in ((), (("authorization", f"Bearer {mesh_key()}"),)):  # a tenant's key is not one
+            for metadata in ((), (("authorization", TENANT_AUTH),)):  # a tenant's key is not one
                 with pytest.raises(grpc.aio.AioRpcError) as refused:
                     await stub.Register(request, metadata=metadata, timeout=10)
                 assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -210,32 +220,18 @@ def test_workers_register_again_with_a_restarted_coordinator(own_mesh, tmp_path:
 def test_workers_stopped_gracefully_under_a_running_task_hand_it_on(own_mesh, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """SIGTERM to the worker deciding a task (it leaves while a decision may be in flight), then to
     the other one: the task moves on to the next worker each time and ends whole."""
-    mesh: Mesh = own_mesh()
-    code = agent_file(tmp_path, "1", steps=40)
-    mesh.add_worker("a", code)
-    mesh.add_worker("b", code)
-
-    async def decided(client, task_id: str, at_least: int) -> None:  # type: ignore[no-untyped-def]
-        deadline = time.monotonic() + 60
-        while (await client.get(task_id)).decisions < at_least:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
-
-    def stop(name: str) -> None:
-        mesh.children[name].proc.terminate()  # type: ignore[union-attr]
-        assert mesh.children[name].proc.wait(15) == 0  # type: ignore[union-attr]
+    mesh = two_workers(own_mesh, tmp_path, steps=40)
 
     async def go() -> None:
         async with client_for(mesh) as client:
-            await registered(client, "a", "greeter", "1")
-            await registered(client, "b", "greeter", "1")
+            await both_registered(client)
             task = await client.submit("greeter", {})
             await decided(client, task.id, 8)
-            stop("a")
+            stop(mesh, "a")
             await decided(client, task.id, 16)
-            mesh.add_worker("c", code)
+            mesh.add_worker("c", agent_file(tmp_path, "1", steps=40))
             await registered(client, "c", "greeter", "1")
-            stop("b")
+            stop(mesh, "b")
             done = await client.wait(task.id)
             assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
             assert json.loads(done.result_json)["seen"] == [*range(40), "last"]

@@ -29,6 +29,7 @@ from agentmesh.sdk.results import (
     SleepResult,
     SpawnResult,
     Status,
+    Tool,
     Usage,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "SleepResult",
     "SpawnResult",
     "Status",
+    "Tool",
     "Usage",
     "agent",
 ]

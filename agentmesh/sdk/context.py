@@ -24,6 +24,7 @@ from agentmesh.sdk.results import (
     Result,
     SleepResult,
     SpawnResult,
+    Tool,
     Usage,
 )
 
@@ -293,6 +294,16 @@ class Context:
 
     def uuid(self) -> _uuid.UUID:
         return _uuid.UUID(int=self._rng.getrandbits(128), version=4)
+
+    def tools(self) -> dict[str, Tool]:
+        """The executor's tools as it declares them (name, description, JSON Schema of the
+        arguments), read at this decision and recorded with it: a replay sees the same catalogue.
+        When the coordinator cannot read them (the executor is down) the decision is asked again
+        later instead."""
+        return {
+            name: Tool(name, spec["description"], spec["args_schema"], spec["repeat"])
+            for name, spec in self._run.read_tools().items()
+        }
 
     @property
     def usage(self) -> Usage:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 import re
 from collections.abc import Callable, Coroutine
@@ -13,7 +14,11 @@ NAME = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 
 class InputSchema:
     """An input declaration: a pydantic (v2) model or a JSON Schema dict. One place checks input,
-    turns it into what the agent receives, and says what it accepts."""
+    turns it into what the agent receives, and says what it accepts.
+
+    A JSON Schema is read as draft 2020-12, with one tightening: "integer" means a JSON integer
+    (`2`, not `2.0`), as a Python agent expects. The `default` of each top-level property is filled
+    in where the input leaves it out, as pydantic does for a model's fields."""
 
     def __init__(self, model: Any = None, schema: dict[str, Any] | None = None) -> None:
         self.model, self.schema = model, schema
@@ -46,17 +51,52 @@ class InputSchema:
             return []
         if self.schema is not None:
             if self._validator is None:
-                import jsonschema
-
-                self._validator = jsonschema.Draft202012Validator(self.schema)
-            return [
-                (".".join(str(p) for p in e.absolute_path) or "input", e.message)
-                for e in sorted(self._validator.iter_errors(value), key=lambda e: list(e.absolute_path))
-            ]
+                self._validator = _strict_validator(self.schema)
+            errors = sorted(
+                self._validator.iter_errors(value), key=lambda e: [str(p) for p in e.absolute_path]
+            )
+            # dict.fromkeys: in order, once each (jsonschema reports each missing property apart).
+            return list(dict.fromkeys(v for error in errors for v in _named(error)))
         return []
 
     def parse(self, value: Any) -> Any:
-        return self.model.model_validate(value) if self.model is not None else value
+        if self.model is not None:
+            return self.model.model_validate(value)
+        defaults = {
+            name: prop["default"]
+            for name, prop in (self.schema or {}).get("properties", {}).items()
+            if isinstance(prop, dict) and "default" in prop
+        }
+        if defaults and isinstance(value, dict):
+            return {**copy.deepcopy(defaults), **value}
+        return value
+
+
+def _strict_validator(schema: dict[str, Any]) -> Any:
+    import jsonschema
+
+    base = jsonschema.Draft202012Validator
+    checker = base.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
+    )
+    return jsonschema.validators.extend(base, type_checker=checker)(schema)
+
+
+def _named(error: Any) -> list[tuple[str, str]]:
+    """(field, what is wrong) for one schema error; a missing or an unexpected property is named as
+    the field itself, not as the object holding it."""
+    where = ".".join(str(p) for p in error.absolute_path)
+    prefix = f"{where}." if where else ""
+    whole = [(where or "input", error.message)]
+    value = error.instance if isinstance(error.instance, dict) else {}
+    if error.validator == "required":
+        missing = [name for name in error.validator_value if name not in value]
+        return [(f"{prefix}{name}", "required") for name in missing] or whole
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        known = set(error.schema.get("properties", {}))
+        extra = sorted(name for name in value if name not in known)
+        return [(f"{prefix}{name}", "unknown field") for name in extra] or whole
+    return whole
 
 
 AgentFn = Callable[..., Coroutine[Any, Any, Any]]

@@ -132,20 +132,35 @@ class SleepResult(Result):
     slept_s: float
 
 
+@dataclass(frozen=True)
+class Tool:
+    """One tool of the executor, as it declares it (`ctx.tools()`)."""
+
+    name: str
+    description: str
+    args_schema: dict[str, Any]  # JSON Schema (draft 2020-12) of the tool's arguments
+    repeat: str  # how safe it is to run again: "REPEAT_SAFETY_SAFE", "..._SANDBOXED", "..._UNSAFE"
+
+
 # --------------------------------------------------------------------------- errors an agent sees
 
 
 class AgentError(Exception):
-    """Raise it (or a subclass) to end the task FAILED with this reason and message."""
+    """Raise it (or a subclass) to end the task FAILED with this reason and message. `result` (JSON)
+    becomes the failed task's result (what was found before it failed: `task_result` here, since an
+    `ActionFailed`'s `.result` is the action's); `details` goes into its error."""
 
     reason = "AGENT_FAILED"
 
-    def __init__(self, message: str, *, reason: str | None = None, details: Any = None) -> None:
+    def __init__(
+        self, message: str, *, reason: str | None = None, details: Any = None, result: Any = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         if reason:
             self.reason = reason
         self.details = details
+        self.task_result = result
 
 
 class ActionFailed(AgentError):

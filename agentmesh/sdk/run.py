@@ -55,6 +55,7 @@ class Recorded:
     fingerprints: tuple[str, ...]  # its actions, in order
     delivered: tuple[Delivery, ...]  # the results it was taken on, in the order they were applied
     cancelling: bool = False  # taken while the task was being cancelled
+    tools: dict[str, Any] | None = None  # the executor's tools, where the decision read them
 
 
 @dataclass
@@ -75,6 +76,18 @@ class Step:
 
 class ProtocolError(Exception):
     """The caller handed in results that do not match the decision they answer."""
+
+
+class Unready(Exception):
+    """The agent asked for something the caller did not hand in (the executor's tools, when the
+    coordinator could not read them): the decision cannot be taken now. The run is spent (the
+    coroutine went on from where it stood); ask again later, replaying from the journal."""
+
+
+class _Suspend(BaseException):
+    # Thrown into agent code at the read that cannot be answered: a BaseException, so that the
+    # agent's own `except Exception` does not swallow it and go on.
+    pass
 
 
 class Run:
@@ -106,6 +119,10 @@ class Run:
         self._patches_new: list[str] = []
         self.poison: Final | None = None  # set once the run can go no further
         self.cancelling = False  # the task's cancel has reached the agent
+        self._tools_given: dict[str, Any] | None = None  # what the caller handed in for this decision
+        self._tools_recorded: dict[str, Any] | None = None  # replaying: what the decision read then
+        self._tools_read: dict[str, Any] | None = None  # read in this decision: goes in its memo
+        self._unready = ""  # what the agent asked for that was not handed in
 
     # ---------------------------------------------------------------- stepping
 
@@ -116,11 +133,14 @@ class Run:
         delivered: list[Delivery],
         replay: Recorded | None = None,
         cancelling: bool = False,
+        tools: dict[str, Any] | None = None,
     ) -> Step:
         """Apply the results handed in, in their order, and take decision `seq`. With `replay`,
         check the code against that recorded decision instead. `cancelling`: the task is being
         cancelled; from the first such decision on, actions cut off raise `Cancelled` where they
-        are awaited, and so does every new action outside `ctx.shield()`."""
+        are awaited, and so does every new action outside `ctx.shield()`. `tools`: the executor's
+        tools (name -> {description, args_schema, repeat}), for `ctx.tools()`. Raises `Unready`
+        when the agent reads what was not handed in."""
         first_cancel = cancelling and not self.cancelling
         self.cancelling = self.cancelling or cancelling
         if seq != self.decided + 1:
@@ -137,6 +157,8 @@ class Run:
         self._step_commands, self._events, self._patches_new = [], [], []
         self._expect = replay.fingerprints if replay is not None else None
         self._expect_base = self.issued
+        self._tools_given, self._tools_read = tools, None
+        self._tools_recorded = replay.tools if replay is not None else None
         if replay is not None:
             self._patches_seen.update(replay.patches)
         with _strict.guard(self.definition.source_file, self.strict) as violations:
@@ -144,7 +166,7 @@ class Run:
                 self._start()
             self._run_loop(violations)
             for position, (action_seq, index, outcome) in zip(positions, delivered, strict=True):
-                if self.poison is not None:
+                if self.poison is not None or self._unready:
                     break
                 self.usage = self.usage + outcome.cost
                 handle = self._handles.pop(position)
@@ -156,6 +178,8 @@ class Run:
                 else:
                     handle.resolve(handle.command.result_of(outcome))
                 self._run_loop(violations)
+        if self._unready:
+            raise Unready(self._unready)
         self.decided = seq
         for index, command in enumerate(self._step_commands):
             self._where[(seq, index)] = command.position
@@ -177,7 +201,9 @@ class Run:
         self._main = Task(self.loop, self.definition.fn(self.ctx, value))
 
     def _run_loop(self, violations: list[str]) -> None:
-        self.loop.run_until_quiet(stop=lambda: self.poison is not None or bool(violations))
+        self.loop.run_until_quiet(
+            stop=lambda: self.poison is not None or bool(violations) or bool(self._unready)
+        )
         if violations and self.poison is None:
             self._fail("NONDETERMINISTIC_CALL", violations[0])
 
@@ -192,17 +218,15 @@ class Run:
         }
         if self.cancelling:
             memo["cancelling"] = True
+        if self._tools_read is not None:
+            memo["tools"] = self._tools_read
         replaying = self._expect is not None
         if self.poison is None and self._expect is not None and len(self._step_commands) < len(self._expect):
             missing = self._expect_base + len(self._step_commands)
             self._nondeterminism(missing, self._expect[len(self._step_commands)], "", "")
         if self.poison is None and self._main is not None and self._main.done():
             self.poison = self._final_of(self._main)
-        if (
-            self.poison is None
-            and not self._step_commands
-            and all(h.done() for h in self._handles.values())
-        ):
+        if self.poison is None and not self._step_commands and all(h.done() for h in self._handles.values()):
             self._fail(
                 "AGENT_STALLED",
                 "the agent waits on nothing the journal can settle "
@@ -252,6 +276,17 @@ class Run:
         self._handles[command.position] = handle
         self._step_commands.append(command)
         return handle
+
+    def read_tools(self) -> dict[str, Any]:
+        """The executor's tools as this decision sees them: on replay, what the decision read when
+        it was first taken (recorded in its memo), so the agent takes the same path."""
+        if self._tools_recorded is not None:
+            return self._tools_recorded
+        if not self._tools_given:
+            self._unready = "the executor's tools are not known now (is the executor up?)"
+            raise _Suspend
+        self._tools_read = self._tools_given
+        return self._tools_given
 
     def patched(self, change_id: str) -> bool:
         if change_id not in self._patch_values:
@@ -310,7 +345,15 @@ class Run:
             details: dict[str, Any] = {"traceback": trace}
             if error.details is not None:
                 details["details"] = error.details
-            return Final(ok=False, reason=error.reason, message=error.message, details=details)
+            result_json = ""
+            if error.task_result is not None:
+                try:
+                    result_json = json.dumps(error.task_result, allow_nan=False)
+                except (TypeError, ValueError) as exc:
+                    return Final(ok=False, reason="RESULT_NOT_JSON", message=f"the agent failed with {exc}")
+            return Final(
+                ok=False, result_json=result_json, reason=error.reason, message=error.message, details=details
+            )
         return Final(
             ok=False,
             reason="AGENT_ERROR",
@@ -320,7 +363,15 @@ class Run:
 
 
 def _is_idle(step: Step, now_read: bool) -> bool:
-    return not (step.commands or step.events or step.cancel or step.final or step.memo["patches"] or now_read)
+    return not (
+        step.commands
+        or step.events
+        or step.cancel
+        or step.final
+        or step.memo["patches"]
+        or now_read
+        or "tools" in step.memo
+    )
 
 
 def replay(
@@ -330,13 +381,20 @@ def replay(
     journal: list[Recorded],
     *,
     strict: bool = False,
+    tools: dict[str, Any] | None = None,
 ) -> tuple[Run, Step | None]:
     """A run brought up to the end of the journal. The step is a failure (NONDETERMINISM ...) that
-    stopped the replay, or None when the run is ready for the results that came in since."""
+    stopped the replay, or None when the run is ready for the results that came in since. `tools`:
+    for a decision that reads them where the journal has none recorded (code that changed)."""
     run = Run(definition, task_id, raw_input, strict=strict)
     for record in journal:
         step = run.advance(
-            record.seq, record.now, list(record.delivered), replay=record, cancelling=record.cancelling
+            record.seq,
+            record.now,
+            list(record.delivered),
+            replay=record,
+            cancelling=record.cancelling,
+            tools=tools,
         )
         if step.final is not None:
             return run, step

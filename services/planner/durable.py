@@ -10,6 +10,7 @@ time limit, so code that blocks fails its task and the planner goes on serving o
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sys
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 from agentmesh.sdk.commands import Command, Join, Kind
 from agentmesh.sdk.definition import AgentDefinition
 from agentmesh.sdk.results import Outcome, Status, Usage
-from agentmesh.sdk.run import Delivery, Final, Recorded, Run, Step, replay
+from agentmesh.sdk.run import Delivery, Final, Recorded, Run, Step, Unready, replay
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.registry import DecideContext, refuse_input
 from services.runtime.errors import HISTORY_REQUIRED, FailedPrecondition, Unavailable
@@ -190,7 +191,29 @@ def final_of(final: Final) -> pb.Final:
     if final.ok:
         return pb.Final(state=pb.TASK_STATE_SUCCEEDED, result_json=final.result_json)
     error = pb.TaskError(reason=final.reason, message=final.message, details_json=json.dumps(final.details))
-    return pb.Final(state=pb.TASK_STATE_FAILED, error=error)
+    return pb.Final(state=pb.TASK_STATE_FAILED, error=error, result_json=final.result_json)
+
+
+def tools_of(specs: dict[str, pb.ToolSpec]) -> dict[str, Any] | None:
+    """The executor's tools as `ctx.tools()` reads them (and the memo records them); None when the
+    coordinator sent none."""
+    if not specs:
+        return None
+    return _tools_of(tuple(spec.SerializeToString(deterministic=True) for spec in specs.values()))
+
+
+@functools.lru_cache(maxsize=8)
+def _tools_of(serialized: tuple[bytes, ...]) -> dict[str, Any]:
+    # The same few catalogues come with every decision: parsed once each.
+    tools = {}
+    for data in serialized:
+        spec = pb.ToolSpec.FromString(data)
+        tools[spec.name] = {
+            "description": spec.description,
+            "args_schema": json.loads(spec.args_schema_json or "{}"),
+            "repeat": pb.RepeatSafety.Name(spec.repeat),
+        }
+    return tools
 
 
 def delivery_of(result: pb.ActionResult) -> Delivery:
@@ -231,6 +254,7 @@ def journal_of(history: list[pb.RecordedDecision]) -> list[Recorded]:
                 fingerprints=tuple(a.fingerprint for a in decision.actions),
                 delivered=delivered,
                 cancelling=bool(memo.get("cancelling")),
+                tools=memo.get("tools"),
             )
         )
         previous = decision
@@ -256,7 +280,12 @@ class DurableAgent:
         return self.definition.input.json_schema()
 
     def validate(self, input: Any) -> None:  # noqa: A002
-        refuse_input(f"input for {self.name}", self.definition.input.violations(input))
+        # Named as in the submitted body, where the agent's input is the field `input`.
+        violations = self.definition.input.violations(input)
+        refuse_input(
+            f"input for {self.name}",
+            [(f"input.{f}" if f != "input" else f, d) for f, d in violations],
+        )
 
     async def decide(self, ctx: DecideContext) -> pb.Decision:
         memo = ctx.memo if isinstance(ctx.memo, dict) else {}
@@ -282,6 +311,9 @@ class DurableAgent:
             try:
                 run, step = await asyncio.wait_for(asyncio.shield(future), wait)
                 break
+            except Unready as exc:
+                # Retryable: the coordinator asks again, with what it could read by then.
+                raise Unavailable(f"{self.name}: {exc}") from None
             except TimeoutError:
                 # The limit counts from when the step started on a thread, not while it queued for
                 # one: tasks waiting behind blocked ones are not failed for them.
@@ -300,16 +332,17 @@ class DurableAgent:
     def _step(self, ctx: DecideContext, run: Run | None, holder: dict[str, float]) -> tuple[Run, Step]:
         holder["thread"] = threading.get_ident()
         holder["began"] = time.monotonic()
+        tools = tools_of(ctx.tools)
         if run is None:
             journal = journal_of(ctx.history or [])
             run, stopped = replay(
-                self.definition, ctx.task_id, ctx.input, journal, strict=self.settings.strict
+                self.definition, ctx.task_id, ctx.input, journal, strict=self.settings.strict, tools=tools
             )
             if stopped is not None:
                 return run, stopped
         delivered = [delivery_of(r) for r in ctx.results]
         return run, run.advance(
-            ctx.decision_seq, ctx.now or time.time(), delivered, cancelling=ctx.cancelling
+            ctx.decision_seq, ctx.now or time.time(), delivered, cancelling=ctx.cancelling, tools=tools
         )
 
     def _blocked(self, thread: int, limit: float) -> Final:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
+from agentmesh.sdk import AgentDefinition, strict
+from agentmesh.sdk.loader import load_agents as load_sdk_agents
 from protos.agentmesh.v1 import planner_pb2, planner_pb2_grpc
 from services.planner.durable import DurableSettings, durable_agents
 from services.planner.registry import Agent, load_agents
@@ -46,22 +49,20 @@ class PlannerService(Service):
         log.info("agents: %s", ", ".join(sorted(agents)))
 
     def _load(self) -> dict[str, Agent]:
-        agents: dict[str, Agent] = dict(load_agents()) if self.builtin else {}
+        if self.config.strict:
+            strict.install()  # before the agents' modules bind time, random ...
+        loaded: dict[str, Any] = dict(load_agents()) if self.builtin else {}
         if self.config.agents:
-            from agentmesh.sdk import AgentDefinition, strict
-            from agentmesh.sdk.loader import load_agents as load_sdk_agents
-
-            if self.config.strict:
-                strict.install()  # before the agents' modules bind time, random ...
-            settings = DurableSettings(
-                strict=self.config.strict,
-                live_runs=self.config.live_runs,
-                step_timeout_s=self.config.step_timeout_s,
-            )
-            loaded = load_sdk_agents(self.config.agents)
-            sdk = {name: a for name, a in loaded.items() if isinstance(a, AgentDefinition)}
-            agents.update({name: a for name, a in loaded.items() if name not in sdk})
-            agents.update(durable_agents(sdk, settings))
+            loaded.update(load_sdk_agents(self.config.agents))
+        sdk = {name: a for name, a in loaded.items() if isinstance(a, AgentDefinition)}
+        settings = DurableSettings(
+            strict=self.config.strict,
+            live_runs=self.config.live_runs,
+            step_timeout_s=self.config.step_timeout_s,
+        )
+        agents: dict[str, Agent] = {name: a for name, a in loaded.items() if name not in sdk}
+        # One pool of agent threads and one bounded set of live runs for all SDK agents served here.
+        agents.update(durable_agents(sdk, settings))
         return agents
 
 

@@ -1,10 +1,11 @@
 """Agents: the built-in ones, those found through the `agentmesh.agents` entry-point group, and
 SDK agents (`agentmesh.sdk.agent`) loaded from the modules or files the planner is told of.
 
-The low-level agent is a class with `name`, `description`, `validate(input) -> None` (raise
-InvalidArgument) and `decide(DecideContext) -> Decision` (or an awaitable of one). It keeps nothing
-between calls: everything it needs comes in the request (input, memo, the previous decision's
-results). SDK agents sit on the same protocol (services/planner/durable.py).
+An entry point names an SDK agent (an `@agent` function) or a low-level agent class. The low-level
+agent has `name`, `description`, `validate(input) -> None` (raise InvalidArgument) and
+`decide(DecideContext) -> Decision` (or an awaitable of one). It keeps nothing between calls:
+everything it needs comes in the request (input, memo, the previous decision's results). SDK agents
+sit on the same protocol (services/planner/durable.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Protocol
 
+from agentmesh.sdk.definition import AgentDefinition
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.errors import InvalidArgument
 
@@ -25,8 +27,8 @@ GROUP = "agentmesh.agents"
 # The agents that ship with agentmesh (also declared as entry points in pyproject.toml).
 BUILTIN = {
     "pipeline": "services.planner.agents.pipeline:PipelineAgent",
-    "codegen": "services.planner.agents.codegen:CodegenAgent",
-    "react": "services.planner.agents.react:ReactAgent",
+    "codegen": "services.planner.agents.codegen:codegen",
+    "react": "services.planner.agents.react:react",
 }
 
 
@@ -69,20 +71,23 @@ def refuse_input(what: str, violations: list[tuple[str, str]], shown: int = 10) 
         )
 
 
-def load_agents() -> dict[str, Agent]:
-    agents: dict[str, Agent] = {}
+def load_agents() -> dict[str, Agent | AgentDefinition]:
+    """name -> a low-level agent, or an SDK agent's definition (for the planner to wrap)."""
+    agents: dict[str, Agent | AgentDefinition] = {}
     for ep in entry_points(group=GROUP):
         try:
-            agent = ep.load()()
+            agents[ep.name] = _instance(ep.load())
         except Exception:  # noqa: BLE001 - one broken plug-in must not stop the planner
             log.exception("cannot load agent %s from %s", ep.name, ep.value)
-            continue
-        agents[ep.name] = agent
     for name, target in BUILTIN.items():  # a source tree without the entry points installed
         if name not in agents:
-            module, _, cls = target.partition(":")
-            agents[name] = getattr(importlib.import_module(module), cls)()
+            module, _, attr = target.partition(":")
+            agents[name] = _instance(getattr(importlib.import_module(module), attr))
     return agents
+
+
+def _instance(loaded: Any) -> Agent | AgentDefinition:
+    return loaded if isinstance(loaded, AgentDefinition) else loaded()
 
 
 def get_agent(agents: dict[str, Agent], name: str) -> Agent:

@@ -74,7 +74,7 @@ def test_an_agent_file_runs_and_shows_its_version_and_schema(sdk_mesh: Mesh) -> 
     )
     assert bad.status_code == 400, bad.text
     violations = bad.json()["error"]["details"]["field_violations"]
-    assert violations == [{"field": "width", "description": "Input should be less than or equal to 16"}]
+    assert violations == [{"field": "input.width", "description": "Input should be less than or equal to 16"}]
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ def record(seq: int, now: float, step: Step, delivered: list[Delivery], cancelli
         tuple(c.fingerprint for c in step.commands),
         tuple(delivered),
         cancelling=cancelling,
+        tools=step.memo.get("tools"),
     )
 
 
@@ -50,6 +51,7 @@ def drive(
     replay_every_step: bool = False,
     max_steps: int = 10_000,
     batch: int = 0,
+    tools: dict[str, Any] | None = None,
 ) -> tuple[Final, list[Recorded], list[Step]]:
     """Run to the end; with `replay_every_step`, each decision is taken by a fresh run replayed from
     the journal (a cold worker every time)."""
@@ -62,10 +64,10 @@ def drive(
     for _ in range(max_steps):
         now = 1_000.0 + len(steps) + 1
         if replay_every_step and journal:
-            run, stopped = replay(definition, task_id, inp, journal, strict=True)
+            run, stopped = replay(definition, task_id, inp, journal, strict=True, tools=tools)
             if stopped is not None:
                 return stopped.final, journal, steps  # type: ignore[return-value]
-        step = run.advance(seq, now, delivered)
+        step = run.advance(seq, now, delivered, tools=tools)
         steps.append(step)
         if step.final is not None:
             return step.final, journal, steps

@@ -1,5 +1,6 @@
 """The `codegen` agent as pure logic: code extraction from model answers of every shape, and its
-decisions (generate -> test -> scan -> fix) driven with hand-made results, no processes."""
+decisions (generate -> test -> scan -> fix) driven over the planner's protocol with hand-made
+results, no processes; some also cold, each decision replayed from the journal."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import pytest
 
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.planner.agents.codeblocks import extract
-from services.planner.agents.codegen import CodegenAgent
+from services.planner.agents.codegen import codegen
 from services.runtime.errors import InvalidArgument
-from tests.unit.agent_driver import AgentDriver
+from tests.unit.agent_driver import AgentDriver, planner_agent
 
-AGENT = CodegenAgent()
+AGENT = planner_agent(codegen)
 ADD = "def add(a, b):\n    return a + b\n"
 INPUT = {"spec": "Write add(a, b).", "tests": "from solution import add\n", "entrypoint": "add"}
 
@@ -124,8 +125,8 @@ def test_bad_input_is_refused_naming_the_field(spec: dict[str, Any], field: str)
 
 
 class Driver(AgentDriver):
-    def __init__(self, **input_fields: Any) -> None:
-        super().__init__(AGENT, {**INPUT, **input_fields})
+    def __init__(self, cold: bool = False, **input_fields: Any) -> None:
+        super().__init__(codegen, {**INPUT, **input_fields}, cold=cold)
         self.step([])
 
 
@@ -189,8 +190,9 @@ def _fanned(key: str, *children: dict) -> pb.ActionResult:
     )
 
 
-def test_the_first_child_to_pass_wins_and_is_scanned() -> None:
-    run = Driver(candidates=2)
+@pytest.mark.parametrize("cold", [False, True])
+def test_the_first_child_to_pass_wins_and_is_scanned(cold: bool) -> None:
+    run = Driver(cold, candidates=2)
     run.step([_fanned("fan.1", _child("CANCELLED"), _child("SUCCEEDED", "passed", passed=1))])
     assert run.keys() == ["scan.0"]
     final = run.step([scan_result("scan.0", 0)]).final
@@ -248,8 +250,9 @@ def test_answers_without_code_go_straight_to_the_next_attempt() -> None:
     assert run.decision.final.error.reason == "TESTS_FAILED"
 
 
-def test_high_severity_findings_get_a_fix_that_is_kept_only_if_it_passes() -> None:
-    run = Driver(candidates=1, max_fixes=2)
+@pytest.mark.parametrize("cold", [False, True])
+def test_high_severity_findings_get_a_fix_that_is_kept_only_if_it_passes(cold: bool) -> None:
+    run = Driver(cold, candidates=1, max_fixes=2)
     run.step([gen_result("gen.1.0", f"```python\n{ADD}```")])
     run.step([junit_result("test.1.0", True)])
     run.step([scan_result("scan.0", 1)])

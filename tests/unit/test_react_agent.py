@@ -1,5 +1,6 @@
-"""The `react` agent as pure logic: parsing the model's tool calls, and the think/act loop driven with
-hand-made results."""
+"""The `react` agent as pure logic: parsing the model's tool calls, and the think/act loop driven over
+the planner's protocol with hand-made results (also cold: each decision replayed from the journal,
+with the tool catalogue the task read at its start)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,19 @@ from typing import Any
 
 import pytest
 
+from agentmesh.sdk import Tool
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.planner.agents.react import ReactAgent, parse_call
+from services.planner.agents.react import parse_call, react
+from services.planner.durable import tools_of
 from services.runtime.errors import InvalidArgument, Unavailable
-from tests.unit.agent_driver import ALL_TOOLS, AgentDriver
+from tests.unit.agent_driver import ALL_TOOLS, AgentDriver, planner_agent
 
-AGENT = ReactAgent()
-TOOLS = {name: ALL_TOOLS[name] for name in ("python", "shell", "pytest")}
+AGENT = planner_agent(react)
+TOOLS = {
+    name: Tool(name, **spec)
+    for name, spec in (tools_of(ALL_TOOLS) or {}).items()
+    if name in ("python", "shell", "pytest")
+}
 
 
 @pytest.mark.parametrize(
@@ -68,8 +75,8 @@ def test_bad_input_is_refused(spec: dict[str, Any]) -> None:
 
 
 class Loop(AgentDriver):
-    def __init__(self, **input_fields: Any) -> None:
-        super().__init__(AGENT, {"goal": "What is 6*7?", **input_fields})
+    def __init__(self, cold: bool = False, **input_fields: Any) -> None:
+        super().__init__(react, {"goal": "What is 6*7?", **input_fields}, cold=cold)
         self.step([])
 
     def think(self, reply: str) -> pb.Decision:
@@ -88,8 +95,9 @@ class Loop(AgentDriver):
         return self.step([pb.ActionResult(key=key, status=status, stdout=stdout, exit_code=0 if ok else 1)])
 
 
-def test_think_act_observe_answer() -> None:
-    loop = Loop()
+@pytest.mark.parametrize("cold", [False, True])
+def test_think_act_observe_answer(cold: bool) -> None:
+    loop = Loop(cold)
     assert loop.decision.actions[0].WhichOneof("kind") == "infer"
     act = loop.think('{"tool": "python", "args": {"code": "print(6*7)"}}')
     assert act.actions[0].exec.tool == "python" and not act.actions[0].exec.network
@@ -134,8 +142,18 @@ def test_a_call_may_give_the_tool_files() -> None:
     assert act.tool == "pytest" and dict(act.files) == {"test_x.py": b"def test_x():\n    assert True\n"}
 
 
+def test_a_replay_offers_the_tools_the_task_read_at_its_start() -> None:
+    loop = Loop(cold=True)
+    first = loop.decision.actions[0].infer.messages[0].content
+    loop.tools = {}  # the executor is down now: the recorded catalogue still answers ctx.tools()
+    again = loop.think("not a call")
+    assert again.actions[0].infer.messages[0].content == first
+    assert loop.memo.get("tools") is None  # recorded once, in the decision that read it
+    assert set(json.loads(loop.history[0].decision.memo_json)["tools"]) == set(ALL_TOOLS)
+
+
 def test_a_tool_the_executor_does_not_have_fails_the_task_clearly() -> None:
-    loop = AgentDriver(AGENT, {"goal": "x", "tools": ["python", "deploy"]})
+    loop = AgentDriver(react, {"goal": "x", "tools": ["python", "deploy"]})
     final = loop.step([]).final
     assert final.state == pb.TASK_STATE_FAILED and final.error.reason == "UNKNOWN_TOOL"
     assert "'deploy'" in final.error.message and "python" in final.error.message
@@ -144,7 +162,7 @@ def test_a_tool_the_executor_does_not_have_fails_the_task_clearly() -> None:
 def test_without_the_executors_tools_the_agent_asks_to_be_called_again() -> None:
     # Unavailable is retryable: the coordinator calls again with the catalogue once it can read it.
     with pytest.raises(Unavailable):
-        AgentDriver(AGENT, {"goal": "x"}, tools={}).step([])
+        AgentDriver(react, {"goal": "x"}, tools={}).step([])
 
 
 def test_only_the_tools_asked_for_are_offered() -> None:

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 from pydantic import BaseModel
 
-from agentmesh.sdk import ActionFailed, Context, agent
+from agentmesh.sdk import ActionFailed, AgentError, Context, agent
 from agentmesh.sdk.commands import Command
 from agentmesh.sdk.results import Outcome, Status
-from agentmesh.sdk.run import Recorded, Run, replay
+from agentmesh.sdk.run import Recorded, Run, Unready, replay
 from tests.unit.sdk_sim import answers, drive, failed, ok
 
 
@@ -369,3 +369,77 @@ def test_arguments_that_are_not_json_fail_at_the_call():
 
     final, _, _ = drive(odd, echo_answer)
     assert json.loads(final.result_json)["refused"].startswith("ctx.exec arguments must be JSON")
+
+
+TOOLS = {
+    "python": {"description": "Run Python.", "args_schema": {"required": ["code"]}, "repeat": "SANDBOXED"},
+    "echo": {"description": "Echo.", "args_schema": {}, "repeat": "REPEAT_SAFETY_SAFE"},
+}
+
+
+@agent(name="toolish")
+async def toolish(ctx: Context, inp: dict) -> dict:
+    tools = ctx.tools()
+    ran = await ctx.exec("echo", names=sorted(tools))
+    return {"names": ran.output["names"], "schema": tools["python"].args_schema}
+
+
+def test_tools_are_read_once_recorded_and_replayed_from_the_journal():
+    final, journal, steps = drive(toolish, echo_answer, tools=TOOLS)
+    assert json.loads(final.result_json) == {"names": ["echo", "python"], "schema": {"required": ["code"]}}
+    assert steps[0].memo["tools"] == TOOLS and "tools" not in steps[1].memo
+    # Cold, each decision replayed with a catalogue that has changed since: the recorded one answers.
+    changed = {"python": TOOLS["python"], "shell": TOOLS["echo"]}
+    again, cold_journal, _ = drive(toolish, echo_answer, replay_every_step=True, tools=changed)
+    assert json.loads(again.result_json)["names"] == ["python", "shell"]  # a fresh run reads it anew
+    run, stopped = replay(toolish, "task-1", None, journal, tools=changed)
+    assert stopped is None and run.issued == 1  # the journal's run, replayed on its own catalogue
+
+
+def test_reading_tools_that_were_not_handed_in_asks_again_later():
+    with pytest.raises(Unready, match="tools"):
+        Run(toolish, "t", None).advance(1, 1.0, [])
+    final, _, _ = drive(toolish, echo_answer, tools=TOOLS)  # a later call, with the catalogue
+    assert final.ok
+
+
+def test_a_failure_may_keep_what_the_agent_found_as_the_task_result():
+    @agent(name="partial")
+    async def partial(ctx: Context, inp: dict) -> dict:
+        out = await ctx.exec("echo", tried=3)
+        raise AgentError("none passed", reason="TESTS_FAILED", result={"tried": out.output["tried"]})
+
+    final, _, _ = drive(partial, echo_answer)
+    assert (final.ok, final.reason, final.message) == (False, "TESTS_FAILED", "none passed")
+    assert json.loads(final.result_json) == {"tried": 3} and "traceback" in final.details
+
+
+def test_a_json_schema_input_fills_defaults_and_names_each_bad_field():
+    schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["n", "name"],
+        "properties": {
+            "n": {"type": "integer", "minimum": 1},
+            "name": {"type": "string"},
+            "mode": {"enum": ["a", "b"], "default": "a"},
+        },
+    }
+
+    @agent(name="schemed", input=schema)
+    async def schemed(ctx: Context, inp: dict) -> dict:
+        return inp
+
+    declared = schemed.input
+    assert declared.violations({"n": 2, "name": "x"}) == []
+    assert declared.violations({"n": 2.0, "name": "x"}) == [("n", "2.0 is not of type 'integer'")]
+    assert declared.violations({"n": True, "name": "x"})[0][0] == "n"
+    assert sorted(f for f, _ in declared.violations({"colour": 1, "size": 2})) == [
+        "colour",
+        "n",
+        "name",
+        "size",
+    ]
+    assert dict(declared.violations({"colour": 1, "n": 1, "name": ""})) == {"colour": "unknown field"}
+    final, _, _ = drive(schemed, echo_answer, {"n": 3, "name": "x"})
+    assert json.loads(final.result_json) == {"n": 3, "name": "x", "mode": "a"}

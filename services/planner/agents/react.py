@@ -1,16 +1,17 @@
-"""The `react` agent: the model picks the next tool call, as JSON, until it gives an answer.
+"""The `react` agent, as an SDK agent: the model picks the next tool call, as JSON, until it gives an
+answer.
 
-Input: `{goal, tools?, max_steps? (8), model?, max_tokens? (256), network? (false)}`. The tools are the
-executor's own, as it declares them (DecideContext.tools): `tools` names the ones to offer, and by
-default every tool but `echo` is offered. The model sees each tool's description and args schema.
+The tools are the executor's own, as it declares them (`ctx.tools()`, read once at the start and
+recorded, so a replay offers the same ones): input `tools` names the ones to offer, and by default
+every tool but `echo` is offered. The model sees each tool's description and args schema.
 
-Each step is one decision: ask the model (infer), then run the tool call it chose in a fresh sandbox
-(exec) and show it the output. A call is `{"tool": NAME, "args": {...}, "files"?: {NAME: TEXT}}`
-(files are put in the tool's working directory) or `{"answer": TEXT}`. A reply that is not a valid
-call (no JSON, an unknown tool, args that break the tool's schema) is fed back with what was wrong
-and costs a step: a small model's malformed JSON never crashes the task. The task SUCCEEDS with the
-model's answer, or FAILS with reason MAX_STEPS and the whole transcript (UNKNOWN_TOOL when `tools`
-names one the executor does not have).
+Each step: ask the model (infer), then run the tool call it chose in a fresh sandbox (exec) and show
+it the output. A call is `{"tool": NAME, "args": {...}, "files"?: {NAME: TEXT}}` (files are put in
+the tool's working directory) or `{"answer": TEXT}`. A reply that is not a valid call (no JSON, an
+unknown tool, args that break the tool's schema) is fed back with what was wrong and costs a step:
+a small model's malformed JSON never crashes the task. The task SUCCEEDS with the model's answer, or
+FAILS with reason MAX_STEPS and the whole transcript (UNKNOWN_TOOL when `tools` names one the
+executor does not have).
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from protos.agentmesh.v1 import common_pb2 as pb
-from services.planner.registry import DecideContext, refuse_input
-from services.runtime.errors import InvalidArgument, Unavailable
+from agentmesh.sdk import AgentError, Context, ExecResult, Tool, agent
 
 # Offered only when asked for by name: it runs nothing, so a model learns nothing from it.
 NOT_OFFERED_BY_DEFAULT = frozenset({"echo"})
@@ -29,8 +28,92 @@ STEP_TIMEOUT_S = 120.0
 GEN_TIMEOUT_S = 600.0
 MAX_FILES = 20
 
+INPUT = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["goal"],
+    "properties": {
+        "goal": {"type": "string", "pattern": r"\S", "description": "what the model is to find out or do"},
+        "tools": {
+            "type": "array",
+            "items": {"type": "string", "minLength": 1},
+            "minItems": 1,
+            "uniqueItems": True,
+            "description": "the executor's tools to offer (default: all but echo)",
+        },
+        "max_steps": {"type": "integer", "minimum": 1, "maximum": 50, "default": 8},
+        "model": {"type": "string", "default": "", "description": "the model to ask ('': the default)"},
+        "max_tokens": {"type": "integer", "minimum": 16, "maximum": 4096, "default": 256},
+        "network": {"type": "boolean", "default": False, "description": "tool calls may reach the network"},
+    },
+}
 
-def parse_call(text: str, specs: dict[str, pb.ToolSpec]) -> tuple[dict[str, Any] | None, str]:
+
+@agent(
+    name="react",
+    version="2",
+    input=INPUT,
+    description="A model picks tool calls (the executor's tools, in a sandbox) until it can answer the goal",
+)
+async def react(ctx: Context, inp: dict[str, Any]) -> dict[str, Any]:
+    transcript: list[dict[str, Any]] = []
+
+    def end(reason: str, message: str) -> AgentError:
+        return AgentError(message, reason=reason, result=_result(ctx, transcript, None))
+
+    specs = _offered(ctx.tools(), inp.get("tools"))
+    if isinstance(specs, str):
+        raise end("UNKNOWN_TOOL", specs)
+    while len(transcript) < inp["max_steps"]:
+        thought = await ctx.infer(
+            messages=_messages(inp["goal"], specs, transcript),
+            model=inp["model"],
+            max_tokens=inp["max_tokens"],
+            temperature=0.0,
+            timeout=GEN_TIMEOUT_S,
+            key=f"think.{len(transcript) + 1}",
+            check=False,
+        )
+        if not thought.ok:
+            raise end("GENERATION_FAILED", f"the model could not generate: {thought.message}")
+        call, problem = parse_call(thought.text, specs)
+        step: dict[str, Any] = {"reply": thought.text, "call": call, "problem": problem}
+        transcript.append(step)
+        if call is not None and "answer" in call:
+            return _result(ctx, transcript, call["answer"])
+        if call is not None:
+            done = await ctx.exec(
+                call["tool"],
+                args=call["args"],
+                files=call.get("files"),
+                network=inp["network"],
+                timeout=STEP_TIMEOUT_S,
+                key=f"act.{len(transcript)}",
+                check=False,
+            )
+            step["observation"] = _observation(done)
+    raise end("MAX_STEPS", f"no answer within {inp['max_steps']} steps")
+
+
+def _result(ctx: Context, transcript: list[dict[str, Any]], answer: str | None) -> dict[str, Any]:
+    tokens = {"in": ctx.usage.tokens_in, "out": ctx.usage.tokens_out}
+    return {"answer": answer, "steps": transcript, "tokens": tokens}
+
+
+def _offered(tools: dict[str, Tool], asked: list[str] | None) -> dict[str, Tool] | str:
+    """The tools to offer the model, or what is wrong with the input's `tools`."""
+    if asked is None:
+        return {name: tool for name, tool in tools.items() if name not in NOT_OFFERED_BY_DEFAULT}
+    unknown = [name for name in asked if name not in tools]
+    if unknown:
+        return f"the executor has no tool {', '.join(map(repr, unknown))} (it has: {', '.join(tools)})"
+    return {name: tools[name] for name in asked}
+
+
+# -- the model's replies --------------------------------------------------------------------------
+
+
+def parse_call(text: str, specs: dict[str, Tool]) -> tuple[dict[str, Any] | None, str]:
     """(the call, '') or (None, what is wrong with it), for a model offered the tools in `specs`.
     The first JSON object in the reply is taken, fenced or not."""
     decoder = json.JSONDecoder()
@@ -66,14 +149,13 @@ def parse_call(text: str, specs: dict[str, pb.ToolSpec]) -> tuple[dict[str, Any]
     return call, ""
 
 
-def _args_problem(spec: pb.ToolSpec, args: Any) -> str:
+def _args_problem(tool: Tool, args: Any) -> str:
     """What is wrong with `args` by the tool's declared JSON Schema; '' when nothing is."""
-    # Imported here: only a planner that runs react agents needs it.
-    from jsonschema import Draft202012Validator  # noqa: PLC0415
+    from jsonschema import Draft202012Validator
 
-    schema = json.loads(spec.args_schema_json or "{}")
     errors = sorted(
-        Draft202012Validator(schema).iter_errors(args), key=lambda e: [str(p) for p in e.schema_path]
+        Draft202012Validator(tool.args_schema).iter_errors(args),
+        key=lambda e: [str(p) for p in e.schema_path],
     )
     # All of them (a few): a missing "code" and an unexpected "command" are one mistake, told whole.
     return "; ".join(
@@ -82,90 +164,7 @@ def _args_problem(spec: pb.ToolSpec, args: Any) -> str:
     )
 
 
-class ReactAgent:
-    name = "react"
-    description = "A model picks tool calls (the executor's tools, in a sandbox) until it can answer the goal"
-
-    def validate(self, input: Any) -> None:  # noqa: A002
-        if not isinstance(input, dict):
-            raise InvalidArgument("react input must be an object", field_violations=[("input", "an object")])
-        violations: list[tuple[str, str]] = []
-        for name in sorted(set(input) - {"goal", "tools", "max_steps", "model", "max_tokens", "network"}):
-            violations.append((f"input.{name}", "unknown field"))
-        if not isinstance(input.get("goal"), str) or not input["goal"].strip():
-            violations.append(("input.goal", "a non-empty string"))
-        tools = input.get("tools", ["-"])
-        if (
-            not isinstance(tools, list)
-            or not tools
-            or not all(isinstance(t, str) and t for t in tools)
-            or len(set(tools)) != len(tools)
-        ):
-            violations.append(("input.tools", "a non-empty list of distinct tool names"))
-        for name, low, high in (("max_steps", 1, 50), ("max_tokens", 16, 4096)):
-            value = input.get(name, low)
-            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                violations.append((f"input.{name}", f"integer from {low} to {high}"))
-        if not isinstance(input.get("model", ""), str):
-            violations.append(("input.model", "a model name"))
-        if not isinstance(input.get("network", False), bool):
-            violations.append(("input.network", "true or false"))
-        refuse_input("react input", violations)
-
-    def decide(self, ctx: DecideContext) -> pb.Decision:
-        max_steps: int = ctx.input.get("max_steps", 8)
-        memo: dict[str, Any] = ctx.memo or {"transcript": [], "tokens": {"in": 0, "out": 0}}
-        if "tools" not in memo:
-            # Chosen once, at the first decision: the prompt stays the same for the whole task.
-            offered, problem = _offered(ctx)
-            if problem:
-                return _end(memo, "UNKNOWN_TOOL", problem)
-            memo["tools"] = offered
-        specs = {name: ctx.tools[name] for name in memo["tools"] if name in ctx.tools}
-        if not specs:
-            raise Unavailable("the executor's tools are not known now (is the executor up?)")
-        transcript: list[dict[str, Any]] = memo["transcript"]
-        for result in ctx.results:
-            memo["tokens"]["in"] += result.cost.tokens_in
-            memo["tokens"]["out"] += result.cost.tokens_out
-            if result.key.startswith("think."):
-                if result.status != pb.ACTION_STATUS_OK:
-                    return _end(
-                        memo, "GENERATION_FAILED", f"the model could not generate: {result.error.message}"
-                    )
-                reply = _text(result)
-                call, problem = parse_call(reply, specs)
-                transcript.append({"reply": reply, "call": call, "problem": problem})
-                if call is not None and "answer" in call:
-                    return _end(memo, "", "", answer=call["answer"])
-                if call is not None:
-                    return _act(memo, call, len(transcript), ctx.input.get("network", False))
-            elif result.key.startswith("act."):
-                transcript[-1]["observation"] = _observation(result)
-        if len(transcript) >= max_steps:
-            return _end(memo, "MAX_STEPS", f"no answer within {max_steps} steps")
-        return _think(memo, ctx.input, specs)
-
-
-def _offered(ctx: DecideContext) -> tuple[list[str], str]:
-    """The tool names to offer the model, and '' (or a problem with the input's `tools`)."""
-    if not ctx.tools:
-        raise Unavailable("the executor's tools are not known yet (is the executor up?)")
-    asked: list[str] | None = ctx.input.get("tools")
-    if asked is None:
-        return [name for name in ctx.tools if name not in NOT_OFFERED_BY_DEFAULT], ""
-    unknown = [name for name in asked if name not in ctx.tools]
-    if unknown:
-        has = ", ".join(ctx.tools)
-        return [], f"the executor has no tool {', '.join(map(repr, unknown))} (it has: {has})"
-    return asked, ""
-
-
-def _text(result: pb.ActionResult) -> str:
-    try:
-        return str(json.loads(result.output_json or "{}").get("text", ""))
-    except ValueError:
-        return ""
+# -- what the model is shown ----------------------------------------------------------------------
 
 
 def _example(schema: dict[str, Any]) -> str:
@@ -177,10 +176,9 @@ def _example(schema: dict[str, Any]) -> str:
     return json.dumps(shown)
 
 
-def _system(specs: dict[str, pb.ToolSpec]) -> str:
+def _system(specs: dict[str, Tool]) -> str:
     described = "\n".join(
-        f"- {name}: {spec.description} Args: {_example(json.loads(spec.args_schema_json or '{}'))}"
-        for name, spec in specs.items()
+        f"- {name}: {tool.description} Args: {_example(tool.args_schema)}" for name, tool in specs.items()
     )
     return (
         "You solve the user's goal step by step with tools. Tools:\n"
@@ -190,9 +188,9 @@ def _system(specs: dict[str, pb.ToolSpec]) -> str:
     )
 
 
-def _think(memo: dict[str, Any], input: dict[str, Any], specs: dict[str, pb.ToolSpec]) -> pb.Decision:  # noqa: A002
-    messages = [("system", _system(specs)), ("user", input["goal"])]
-    for step in memo["transcript"]:
+def _messages(goal: str, specs: dict[str, Tool], transcript: list[dict[str, Any]]) -> list[dict[str, str]]:
+    messages = [("system", _system(specs)), ("user", goal)]
+    for step in transcript:
         messages.append(("assistant", step["reply"]))
         if step["problem"]:
             messages.append(
@@ -200,46 +198,15 @@ def _think(memo: dict[str, Any], input: dict[str, Any], specs: dict[str, pb.Tool
             )
         elif "observation" in step:
             messages.append(("user", f"Result:\n{step['observation']}"))
-    action = pb.Action(key=f"think.{len(memo['transcript']) + 1}", timeout_s=GEN_TIMEOUT_S)
-    action.infer.CopyFrom(
-        pb.InferAction(
-            model=input.get("model", ""),
-            messages=[pb.ChatMessage(role=role, content=content) for role, content in messages],
-            max_tokens=input.get("max_tokens", 256),
-            temperature=0.0,
-        )
-    )
-    return pb.Decision(memo_json=json.dumps(memo), actions=[action])
+    return [{"role": role, "content": content} for role, content in messages]
 
 
-def _act(memo: dict[str, Any], call: dict[str, Any], step: int, network: bool) -> pb.Decision:
-    action = pb.Action(key=f"act.{step}", timeout_s=STEP_TIMEOUT_S)
-    files = {name: text.encode() for name, text in call.get("files", {}).items()}
-    action.exec.CopyFrom(
-        pb.ExecAction(tool=call["tool"], args_json=json.dumps(call["args"]), files=files, network=network)
-    )
-    return pb.Decision(memo_json=json.dumps(memo), actions=[action])
-
-
-def _observation(result: pb.ActionResult) -> str:
+def _observation(result: ExecResult) -> str:
     text = (result.stdout + result.stderr).strip()
-    if result.output_json and result.output_json.strip() not in ("", "{}"):
-        text = (text + "\n" if text else "") + f"Output: {result.output_json}"
+    if result.output not in (None, {}, ""):
+        text = (text + "\n" if text else "") + f"Output: {json.dumps(result.output)}"
     text = text or "(no output)"
     if len(text) > OBSERVATION_CHARS:
         text = text[:OBSERVATION_CHARS] + "\n[truncated]"
-    status = "ok" if result.status == pb.ACTION_STATUS_OK else (result.error.message or "failed")
+    status = "ok" if result.ok else (result.message or "failed")
     return f"[{status}, exit {result.exit_code}]\n{text}"
-
-
-def _end(memo: dict[str, Any], reason: str, message: str, answer: str | None = None) -> pb.Decision:
-    result = {"answer": answer, "steps": memo["transcript"], "tokens": memo["tokens"]}
-    decision = pb.Decision(memo_json=json.dumps(memo))
-    if reason:
-        error = pb.TaskError(reason=reason, message=message)
-        decision.final.CopyFrom(
-            pb.Final(state=pb.TASK_STATE_FAILED, result_json=json.dumps(result), error=error)
-        )
-    else:
-        decision.final.CopyFrom(pb.Final(state=pb.TASK_STATE_SUCCEEDED, result_json=json.dumps(result)))
-    return decision

@@ -23,6 +23,7 @@ SERVICES = {
 }
 # Start order: what others connect to first. Stop order is the reverse.
 UP_ORDER = ("bus", "planner", "executor", "inference", "coordinator", "gateway")
+RESTART_BUDGET = 5  # `agentmesh up --restarts`: see services/runtime/healing.py
 
 
 def _default_data_dir() -> Path:
@@ -51,10 +52,12 @@ def cmd_serve(args: argparse.Namespace, rest: list[str]) -> int:
 
 def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
     from rich.console import Console
+    from rich.markup import escape
 
     from services.coordinator.auth import ensure_default_key
     from services.runtime import config as config_mod
     from services.runtime.config import CommonConfig
+    from services.runtime.healing import STATUS_FILE, CrashLoop, Healer, RestartPolicy
     from services.runtime.procs import (
         Child,
         ChildDied,
@@ -75,14 +78,16 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
     env["AGENTMESH_DATA_DIR"] = str(data_dir)
     if not os.environ.get("AGENTMESH_API_KEYS"):
         env.setdefault("AGENTMESH_API_KEYS_FILE", str(keys_file))
-    probes = {
-        "bus": tcp_ready(config.bus_sub_addr),
-        "coordinator": grpc_ready(config.coordinator_addr),
-        "planner": grpc_ready(config.planner_addr),
-        "executor": grpc_ready(config.executor_addr),
-        "inference": grpc_ready(config.inference_addr),
-        "gateway": http_ready(f"http://{config.gateway_addr}/healthz"),
+    targets = {
+        "bus": ("tcp", config.bus_sub_addr),
+        "coordinator": ("grpc", config.coordinator_addr),
+        "planner": ("grpc", config.planner_addr),
+        "executor": ("grpc", config.executor_addr),
+        "inference": ("grpc", config.inference_addr),
+        "gateway": ("http", f"http://{config.gateway_addr}/healthz"),
     }
+    make_probe = {"tcp": tcp_ready, "grpc": grpc_ready, "http": http_ready}
+    probes = {name: make_probe[kind](target) for name, (kind, target) in targets.items()}
     sup = Supervisor()
     for index, name in enumerate(UP_ORDER):
         child_env = dict(env)
@@ -126,9 +131,26 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
         console.print(f"  API key for tenant default is in {key_file}")
     ready = {"ready_s": ready_s, "pids": {c.name: c.pid for c in sup.children}}
 
+    workers_now: dict[str, int] = {}
+
     def write_ready(workers: dict[str, int] | None = None) -> None:
-        if args.ready_file:  # with `dev`, written again as its agent workers change
-            Path(args.ready_file).write_text(json.dumps({**ready, "workers": workers or {}}))
+        # Written again as services are restarted and (with `dev`) as agent workers change.
+        if workers is not None:
+            workers_now.clear()
+            workers_now.update(workers)
+        ready["pids"] = {c.name: c.pid for c in sup.children}
+        if args.ready_file:
+            Path(args.ready_file).write_text(json.dumps({**ready, "workers": workers_now}))
+
+    policy = RestartPolicy(budget=args.restarts)
+    healer = Healer(
+        sup,
+        policy,
+        data_dir / STATUS_FILE,
+        say=lambda text: console.print(escape(text), style="yellow"),
+        probes={name: {"kind": kind, "target": target} for name, (kind, target) in targets.items()},
+        on_restart=write_ready,
+    )
 
     reloader = None
     if args.command == "dev":
@@ -146,12 +168,10 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
                 tail = child.log_tail(20)
                 console.print(f"[red]{child.name} exited[/red] (the next change starts another)\n{tail}")
             reloader.tick()
-        dead = sup.dead_children()
-        if dead:
-            for child in dead:
-                console.print(
-                    f"[red]{child.name} exited with {child.proc.returncode}[/red]\n{child.log_tail(20)}"
-                )
+        try:
+            healer.tick()
+        except CrashLoop as exc:
+            console.print(f"[red]{exc}[/red]")
             exit_code = 1
             break
         time.sleep(0.1)
@@ -159,6 +179,7 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
     if reloader is not None:
         reloader.stop()  # first: a worker that leaves tells the coordinator
     codes = sup.stop(grace_s=args.stop_timeout)
+    healer.stopped()
     console.print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()))
     return exit_code
 
@@ -172,8 +193,65 @@ def _agents_spec(spec: str) -> str:
 def cmd_health(args: argparse.Namespace, rest: list[str]) -> int:
     from services.runtime.procs import grpc_ready, http_ready
 
+    if args.kind is None:
+        return _mesh_health(Path(args.data_dir), args.json)
+    if not args.target:
+        print("agentmesh health grpc|http TARGET: a target is needed", file=sys.stderr)
+        return 2
     probe = grpc_ready(args.target) if args.kind == "grpc" else http_ready(args.target)
     return 0 if probe() else 1
+
+
+def _mesh_health(data_dir: Path, as_json: bool) -> int:
+    """Each service of the mesh `agentmesh up` runs on `data_dir`: its state, restarts, last exit and
+    whether it answers its probe now. Exit 0 only when every one is running and answers."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from services.runtime.healing import read_status
+    from services.runtime.procs import grpc_ready, http_ready, pid_alive, tcp_ready
+
+    status = read_status(data_dir)
+    if status is None:
+        print(
+            f"no mesh status in {data_dir} (is `agentmesh up` running with this --data-dir?)", file=sys.stderr
+        )
+        return 1
+    supervised = pid_alive(int(status.get("supervisor_pid", 0)))
+    make_probe = {"tcp": tcp_ready, "grpc": grpc_ready, "http": http_ready}
+    services = status["services"]
+    healthy = supervised
+    for service in services.values():
+        probe = service.get("probe") or {}
+        answers = bool(probe) and supervised and make_probe[probe["kind"]](probe["target"])()
+        service["answers"] = answers
+        healthy = healthy and answers and service["state"] == "running"
+    if as_json:
+        print(json.dumps({"healthy": healthy, "supervised": supervised, "services": services}, indent=2))
+        return 0 if healthy else 1
+    console = Console()
+    title = f"mesh in {data_dir}: " + ("[green]healthy[/green]" if healthy else "[red]not healthy[/red]")
+    if not supervised:
+        title += " (agentmesh up is not running)"
+    table = Table(title=title)
+    for column in ("service", "pid", "state", "answers", "restarts", "last exit"):
+        table.add_column(column)
+    for name, service in services.items():
+        when = (
+            time.strftime("%H:%M:%S", time.localtime(service["last_exit_at"]))
+            if service["last_exit_at"]
+            else ""
+        )
+        table.add_row(
+            name,
+            str(service["pid"]),
+            service["state"],
+            "[green]yes[/green]" if service["answers"] else "[red]no[/red]",
+            str(service["restarts"]),
+            f"{service['last_exit']} {when}".strip(),
+        )
+    console.print(table)
+    return 0 if healthy else 1
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
@@ -365,6 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--ready-timeout", type=float, default=60.0)
         command.add_argument("--stop-timeout", type=float, default=15.0)
         command.add_argument("--ready-file", default="", help="write readiness time and pids as JSON here")
+        command.add_argument(
+            "--restarts",
+            type=int,
+            default=RESTART_BUDGET,
+            help="restarts of one service within 2 minutes before the mesh stops as a crash loop "
+            "(0: stop the mesh when any service dies)",
+        )
     up.add_argument(
         "--agents",
         default="",
@@ -381,9 +466,16 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
 
-    health = sub.add_parser("health", help="probe a service: exit 0 when it serves")
-    health.add_argument("kind", choices=("grpc", "http"))
-    health.add_argument("target", help="HOST:PORT for grpc, a URL for http")
+    health = sub.add_parser(
+        "health",
+        help="the mesh's services, their restarts and whether they answer; or probe one service",
+        description="Without arguments: every service of the mesh `agentmesh up` runs on --data-dir. "
+        "With KIND TARGET: probe that one service. Exit 0 when healthy.",
+    )
+    health.add_argument("kind", nargs="?", choices=("grpc", "http"))
+    health.add_argument("target", nargs="?", help="HOST:PORT for grpc, a URL for http")
+    health.add_argument("--data-dir", default=str(_default_data_dir()))
+    health.add_argument("--json", action="store_true", help="machine-readable output")
 
     sandbox = sub.add_parser("sandbox", help="show what isolation the executor gives on its host")
     sandbox.add_argument("--executor", default=os.environ.get("AGENTMESH_EXECUTOR_ADDR", "127.0.0.1:50053"))

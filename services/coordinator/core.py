@@ -71,11 +71,16 @@ NEVER_RETRY = frozenset(
         "BUDGET_EXCEEDED",
     }
 )
-# Failures that say the worker went away rather than that the action failed.
-WORKER_LOST = frozenset({"EXECUTOR_SHUTDOWN", "EXECUTOR_SESSION_LOST", "WORKER_PROTOCOL", "UNAVAILABLE"})
+# Failures that say the worker went away, or is not ready yet (restarting, draining, loading its
+# models), rather than that the action failed: the action waits for a worker within its timeout.
+WORKER_LOST = frozenset(
+    {"EXECUTOR_SHUTDOWN", "EXECUTOR_SESSION_LOST", "WORKER_PROTOCOL", "UNAVAILABLE", "MODELS_LOADING"}
+)
 # Of those, the ones where an exec action was (or may have been) running when its worker went away.
 MID_RUN_LOSS = frozenset({"EXECUTOR_SHUTDOWN", "EXECUTOR_SESSION_LOST", "WORKER_PROTOCOL"})
-MAX_WORKER_LOST = 8
+# A worker that keeps breaking the protocol is not waited for as long as the timeout: a few tries.
+MAX_PROTOCOL_ERRORS = 8
+WORKER_WAIT_MAX_S = 2.0  # the longest pause between two tries of a worker that is not ready
 # A shared store: how often a coordinator looks for tasks nobody holds (released or lapsed).
 TAKEOVER_INTERVAL_S = 1.0
 # How long a task's end waits for the results of its cancelled actions to be written.
@@ -1410,8 +1415,11 @@ class TaskManager:
         # Every attempt is paid for, the failed and the cut-off ones too.
         charged = pb.Cost()
         attempt, lost = 1, 0
+        # Time spent waiting for a worker that is away or starting counts against the attempt's timeout.
+        attempt_ends = time.monotonic() + timeout
         while True:
             spent = pb.Cost()  # what this attempt used, if it is cancelled
+            left = max(0.001, attempt_ends - time.monotonic())
             try:
                 async with self._slots[kind]:
                     if kind == "exec":
@@ -1420,7 +1428,7 @@ class TaskManager:
                         specs = await self.workers.tools.get()
                         known_only = action.id in run.maybe_started and not _may_rerun(action, specs)
                         result = await self.workers.run_exec(
-                            run.task_id, action, timeout, sink, attempt, only_if_known=known_only, spent=spent
+                            run.task_id, action, left, sink, attempt, only_if_known=known_only, spent=spent
                         )
                         # Asked and answered by the executor; until then (unreachable), the next
                         # try must still only ask about it, not start it.
@@ -1430,9 +1438,9 @@ class TaskManager:
                                 result, action, "it was running when the coordinator stopped", specs
                             )
                     elif kind == "infer":
-                        result = await self.workers.run_infer(run.task_id, action, timeout, sink, spent)
+                        result = await self.workers.run_infer(run.task_id, action, left, sink, spent)
                     else:
-                        result = await self.workers.run_embed(run.task_id, action, timeout)
+                        result = await self.workers.run_embed(run.task_id, action, left)
             except AgentMeshError as exc:
                 status = TIMED_OUT_A if exc.reason == "DEADLINE_EXCEEDED" else FAILED_A
                 result = pb.ActionResult(
@@ -1449,13 +1457,18 @@ class TaskManager:
                 what = f"its worker was lost ({result.error.reason}) while it ran"
                 _mark_ambiguous(result, action, what, specs)
                 break
-            if result.status != OK and result.error.reason in WORKER_LOST and lost < MAX_WORKER_LOST:
-                # The worker went away (restart, crash, unreachable): not the action's failure, so it
-                # runs again without spending one of its attempts.
+            if result.status != OK and result.error.reason in WORKER_LOST:
+                # The worker went away or is not ready (restart, crash, unreachable, loading): not the
+                # action's failure, so it runs again without spending one of its attempts, for as
+                # long as its timeout lasts.
                 lost += 1
-                delay = min(5.0, 0.1 * 2**lost)
+                delay = min(WORKER_WAIT_MAX_S, 0.1 * 2**lost)
+                protocol = result.error.reason == "WORKER_PROTOCOL" and lost > MAX_PROTOCOL_ERRORS
+                if protocol or time.monotonic() + delay >= attempt_ends:
+                    _no_worker(result, kind, timeout)
+                    break
                 name = action.key or action.id
-                note = f"worker lost ({result.error.reason}); running {name} again in {delay:.1f}s"
+                note = f"worker not ready ({result.error.reason}); running {name} again in {delay:.1f}s"
             elif result.status == OK or attempt == attempts or not _retryable(result, action.retry):
                 break
             else:
@@ -1465,6 +1478,7 @@ class TaskManager:
                     f"({result.error.reason or ACTION_STATUS_NAMES[result.status]}); retrying in {delay:.2f}s"
                 )
                 attempt += 1
+                attempt_ends = time.monotonic() + delay + timeout
             payload = json.dumps({"message": note, "action_id": action.id})
             self._tx_nowait(lambda c, n=payload: (None, records.append_if_live(c, run.task_id, [("log", n)])))
             try:
@@ -1661,6 +1675,16 @@ def _validate_submit(
     if violations:
         raise InvalidArgument("; ".join(f"{f}: {d}" for f, d in violations), field_violations=violations)
     _parse_json(input_json or "null", "input")
+
+
+def _no_worker(result: pb.ActionResult, kind: str, timeout: float) -> None:
+    """An action that waited its whole timeout for a worker fails UNAVAILABLE, naming the last cause."""
+    worker = {"exec": "executor", "infer": "inference worker", "embed": "inference worker"}.get(kind, kind)
+    cause = f"{result.error.reason}: {result.error.message}"
+    result.status = FAILED_A
+    result.error.CopyFrom(
+        pb.TaskError(reason="UNAVAILABLE", message=f"no {worker} was ready within {timeout:g}s ({cause})")
+    )
 
 
 def _retryable(result: pb.ActionResult, policy: pb.RetryPolicy) -> bool:

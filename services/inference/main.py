@@ -59,7 +59,12 @@ class InferenceService(Service):
 
     async def setup(self, rt: Runtime) -> None:
         # Registered now (handlers must exist before the server starts); filled in by `warm`.
-        self.servicer = InferenceServicer()
+        cfg = self.config
+        wanted = [
+            f"{kind}={name}" for kind, name in (("generate", cfg.generate_model), ("embed", cfg.embed_model))
+        ]
+        loading = ", ".join(w for w in wanted if not w.endswith("=none"))
+        self.servicer = InferenceServicer(loading=loading)
         inference_pb2_grpc.add_InferenceServicer_to_server(self.servicer, rt.server)
         rt.add_service_name(inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name)
 
@@ -82,6 +87,7 @@ class InferenceService(Service):
             )
             log.info("forwarding model %s to %s", cfg.openai_model, cfg.openai_base_url)
         if cfg.generate_model == "none" and cfg.embed_model == "none":
+            self.servicer.loading = ""
             log.info("no local models configured")
             rt.spawn(self._follow_cancels(rt), "cancel-listener")
             return

@@ -44,7 +44,10 @@ CACHE = metrics.Gauge("agentmesh_inference_kv_cache_used", "fraction of KV block
 
 
 class InferenceServicer(inference_pb2_grpc.InferenceServicer):
-    def __init__(self) -> None:
+    def __init__(self, loading: str = "") -> None:
+        # What is still loading ("" once the models are in, or when none is configured): a call that
+        # needs it meanwhile is UNAVAILABLE (retryable: the coordinator waits), not NO_MODEL.
+        self.loading = loading
         self.engine: Engine | None = None
         self.generator: Generator | None = None
         self.embedder: BertEmbedder | None = None
@@ -57,10 +60,18 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
     ) -> None:
         """The models, once loaded (the servicer is registered before the server starts, they later)."""
         self.engine, self.generator, self.embedder, self.device = engine, generator, embedder, device
+        self.loading = ""
         if engine is not None:
             RUNNING.set_function(lambda: engine.stats().running)
             WAITING.set_function(lambda: engine.stats().waiting)
             CACHE.set_function(lambda: engine.stats().cache_used)
+
+    def _refuse_unloaded(self, kind: str) -> None:
+        if self.loading:
+            raise Unavailable(
+                f"the inference worker is still loading its models ({self.loading})", reason="MODELS_LOADING"
+            )
+        raise FailedPrecondition(f"no {kind} model is configured on this inference worker", reason="NO_MODEL")
 
     def cancel_task(self, task_id: str) -> int:
         """Drop every sequence of a task (the bus's `cancel.<id>`); they leave before the next step."""
@@ -75,15 +86,14 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         params = request.params
         remote = self.remote
         if remote is not None and (
-            params.model == remote.name or (not params.model and self.generator is None)
+            # The default model is the local one, once loaded; the remote one only where none loads.
+            params.model == remote.name or (not params.model and self.generator is None and not self.loading)
         ):
             async for event in self._generate_remote(remote, params):
                 yield event
             return
         if self.engine is None or self.generator is None:
-            raise FailedPrecondition(
-                "no generation model is loaded on this inference worker", reason="NO_MODEL"
-            )
+            self._refuse_unloaded("generation")
         if params.model and params.model != self.generator.name:
             served = [self.generator.name] + ([remote.name] if remote is not None else [])
             raise InvalidArgument(
@@ -200,9 +210,7 @@ class InferenceServicer(inference_pb2_grpc.InferenceServicer):
         self, request: inference_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.EmbedResponse:
         if self.embedder is None:
-            raise FailedPrecondition(
-                "no embedding model is loaded on this inference worker", reason="NO_MODEL"
-            )
+            self._refuse_unloaded("embedding")
         texts = list(request.params.texts)
         if not texts:
             raise InvalidArgument("embed needs at least one text")

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
+from services.runtime.procs import grpc_ready, tcp_ready
 from tests.conftest import client_for, inference_running, run, wait_inference_idle
 
 ADD = {
@@ -160,3 +162,29 @@ def test_react_on_the_embedded_model_ends_cleanly_within_its_steps(model_mesh: M
 
     run(go())
     assert not model_mesh.action_processes()
+
+
+def test_an_infer_step_sent_while_the_model_loads_waits_for_it(model_mesh: Mesh) -> None:
+    say = {"steps": [{"id": "say", "tool": "infer", "args": {"prompt": "Say hi.", "max_tokens": 8}}]}
+    address = model_mesh.env["AGENTMESH_INFERENCE_ADDR"]
+    model_mesh.kill9("inference")
+    child = model_mesh.children["inference"]
+    child.is_ready = False
+    child.start()
+    try:
+        # Its port answers (health NOT_SERVING) seconds before its model is in: send the step then.
+        deadline = time.monotonic() + 60
+        while not tcp_ready(address)() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not grpc_ready(address)(), "the model loaded before the step could be sent"
+
+        async def go() -> None:
+            async with client_for(model_mesh) as client:
+                done = await client.wait((await client.submit("pipeline", say)).id)
+                assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
+                notes = [e.data_json async for e in client.watch(done.id) if e.kind == "log"]
+                assert any("MODELS_LOADING" in n for n in notes), notes
+
+        run(go())
+    finally:
+        model_mesh.sup.wait_ready(120)

@@ -192,7 +192,8 @@ def test_one_task_for_twenty_concurrent_submits_with_one_key(mesh: Mesh) -> None
 
 
 def test_infer_step_without_a_model_fails_clearly(mesh: Mesh) -> None:
-    """Until the engine lands, the inference worker refuses at once with NO_MODEL: no hang, no fake text."""
+    """With no model configured, the inference worker refuses at once with NO_MODEL (a model still
+    loading is waited for instead: test_model_agents.py): no hang, no fake text."""
 
     async def go() -> None:
         async with client_for(mesh) as client:

@@ -129,6 +129,7 @@ def cmd_up(args: argparse.Namespace, rest: list[str]) -> int:
         console.print(f"  API key for tenant [bold]default[/bold]: {new_key} (kept in {key_file})")
     elif key_file.exists():
         console.print(f"  API key for tenant default is in {key_file}")
+    console.print(f"  admin key for `agentmesh keys` and `agentmesh audit` in {data_dir / 'admin.key'}")
     ready = {"ready_s": ready_s, "pids": {c.name: c.pid for c in sup.children}}
 
     workers_now: dict[str, int] = {}
@@ -521,6 +522,9 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument(
         "--agents", required=True, help="the code: module paths or .py files, comma-separated"
     )
+    from agentmesh import admin_cli
+
+    admin_cli.add_parsers(sub, _default_data_dir)
     return parser
 
 
@@ -543,6 +547,10 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_health(args, [])
     if args.command == "sandbox":
         return cmd_sandbox(args)
+    if args.command in ("keys", "audit"):
+        from agentmesh import admin_cli
+
+        return admin_cli.run(args)
 
     try:
         return asyncio.run(_client_call(args))

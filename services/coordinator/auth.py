@@ -1,4 +1,9 @@
-"""API keys -> tenants. Keys are kept only as SHA-256 hashes and compared in constant time."""
+"""API keys -> tenants. Keys are kept only as SHA-256 hashes.
+
+Two sources: the configuration (`api_keys`, `api_keys_file`, or the generated default key), fixed
+for the process's life, and the store (`agentmesh keys create|revoke`, services/coordinator/access.py),
+which every coordinator reads again each second, so a revocation takes effect without a restart.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,8 @@ import hashlib
 import hmac
 import os
 import secrets
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from services.runtime.errors import InvalidArgument, Unauthenticated
@@ -14,36 +21,91 @@ KEYS_FILE_NAME = "api_keys"
 DEFAULT_KEY_FILE_NAME = "default.key"
 # The key agent workers register with: one per mesh, kept beside the store, never a tenant's.
 WORKER_KEY_FILE_NAME = "worker.key"
+# The operator's key for the Admin service (API keys, the audit log): one per mesh, likewise.
+ADMIN_KEY_FILE_NAME = "admin.key"
+CONFIG, STORE = "config", "store"
 
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class KeyEntry:
+    id: str
+    tenant: str
+    source: str  # CONFIG or STORE
+    label: str = ""
+    created_at: float = 0.0
+    expires_at: float = 0.0  # 0: never
+    revoked_at: float = 0.0  # 0: not revoked
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request comes from: the tenant, and which of its keys (for the audit log)."""
+
+    tenant: str
+    key_id: str
+
+
+def presented_key(authorization: str | None, what: str = "API key") -> str:
+    """The key in `authorization: Bearer <key>`; Unauthenticated when there is none."""
+    if not authorization:
+        raise Unauthenticated(
+            f"missing {what}: send `authorization: Bearer <key>`", reason=f"MISSING_{_code(what)}"
+        )
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Unauthenticated(
+            "malformed authorization: expected `Bearer <key>`", reason=f"MALFORMED_{_code(what)}"
+        )
+    return key.strip()
+
+
+def _code(what: str) -> str:
+    return what.upper().replace(" ", "_")
+
+
 class KeyRing:
     def __init__(self, hashed: dict[str, str]) -> None:
-        # sha256 hex -> tenant. Looking up by the hash of the presented key does not leak the stored
-        # keys through timing: an attacker cannot steer the hash; the final compare is constant-time.
-        self._by_hash = hashed
+        # sha256 hex -> entry. Looked up by the hash of the presented key: an attacker cannot steer
+        # a SHA-256, so the lookup's timing tells nothing about the keys held.
+        self._config = {
+            digest: KeyEntry(f"config_{digest[:12]}", tenant, CONFIG) for digest, tenant in hashed.items()
+        }
+        self._stored: dict[str, KeyEntry] = {}
 
     def __len__(self) -> int:
-        return len(self._by_hash)
+        return len(self._config) + len(self._stored)
+
+    def replace_stored(self, entries: dict[str, KeyEntry]) -> None:
+        """The store's keys as just read (digest -> entry), in place of the ones read before."""
+        self._stored = entries
+
+    def entries(self) -> list[KeyEntry]:
+        return [*self._config.values(), *self._stored.values()]
+
+    def is_known(self, authorization: str | None) -> bool:
+        try:
+            digest = hash_key(presented_key(authorization))
+        except Unauthenticated:
+            return False
+        return digest in self._config or digest in self._stored
+
+    def caller_for(self, authorization: str | None, now: float | None = None) -> Caller:
+        digest = hash_key(presented_key(authorization))
+        entry = self._config.get(digest) or self._stored.get(digest)
+        if entry is None:
+            raise Unauthenticated("unknown API key", reason="UNKNOWN_API_KEY")
+        if entry.revoked_at:
+            raise Unauthenticated(f"API key {entry.id} was revoked", reason="REVOKED_API_KEY")
+        if entry.expires_at and (time.time() if now is None else now) >= entry.expires_at:
+            raise Unauthenticated(f"API key {entry.id} has expired", reason="EXPIRED_API_KEY")
+        return Caller(entry.tenant, entry.id)
 
     def tenant_for(self, authorization: str | None) -> str:
-        if not authorization:
-            raise Unauthenticated(
-                "missing API key: send `authorization: Bearer <key>`", reason="MISSING_API_KEY"
-            )
-        scheme, _, key = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated(
-                "malformed authorization: expected `Bearer <key>`", reason="MALFORMED_API_KEY"
-            )
-        digest = hash_key(key.strip())
-        for stored, tenant in self._by_hash.items():
-            if hmac.compare_digest(stored, digest):
-                return tenant
-        raise Unauthenticated("unknown API key", reason="UNKNOWN_API_KEY")
+        return self.caller_for(authorization).tenant
 
     @classmethod
     def parse_plain(cls, text: str) -> KeyRing:
@@ -101,29 +163,31 @@ def _write_private(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def ensure_worker_key(data_dir: Path) -> str:
-    """The mesh's worker key (DATA_DIR/worker.key), made on first use."""
-    path = data_dir / WORKER_KEY_FILE_NAME
+def ensure_mesh_key(data_dir: Path, file_name: str) -> str:
+    """One of the mesh's own keys (DATA_DIR/worker.key, DATA_DIR/admin.key), made on first use."""
+    path = data_dir / file_name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
-        _write_private(path, "amw_" + secrets.token_urlsafe(24) + "\n")
+        prefix = {WORKER_KEY_FILE_NAME: "amw_", ADMIN_KEY_FILE_NAME: "ama_"}.get(file_name, "am_")
+        _write_private(path, prefix + secrets.token_urlsafe(24) + "\n")
     return path.read_text().strip()
 
 
-class WorkerKey:
-    """Checks the key an agent worker presents (constant time)."""
+def ensure_worker_key(data_dir: Path) -> str:
+    return ensure_mesh_key(data_dir, WORKER_KEY_FILE_NAME)
 
-    def __init__(self, key: str) -> None:
+
+class MeshKey:
+    """Checks a key that only the mesh's own parts hold (constant time): `role` is who holds it
+    ("worker": agent workers registering; "admin": the operator managing keys)."""
+
+    def __init__(self, key: str, role: str) -> None:
         if not key:
-            raise InvalidArgument("the worker key is empty")
+            raise InvalidArgument(f"the {role} key is empty")
         self._digest = hash_key(key)
+        self.role = role
 
     def check(self, authorization: str | None) -> None:
-        scheme, _, key = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Unauthenticated(
-                "agent workers register with `authorization: Bearer <worker key>`",
-                reason="MISSING_WORKER_KEY",
-            )
-        if not hmac.compare_digest(hash_key(key.strip()), self._digest):
-            raise Unauthenticated("unknown worker key", reason="UNKNOWN_WORKER_KEY")
+        key = presented_key(authorization, f"{self.role} key")
+        if not hmac.compare_digest(hash_key(key), self._digest):
+            raise Unauthenticated(f"unknown {self.role} key", reason=f"UNKNOWN_{self.role.upper()}_KEY")

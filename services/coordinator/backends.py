@@ -90,6 +90,28 @@ CREATE TABLE IF NOT EXISTS events (
   data TEXT NOT NULL,
   PRIMARY KEY (task_id, seq)
 ){without_rowid};
+-- API keys made with `agentmesh keys create` (access.py): only their SHA-256 is kept.
+CREATE TABLE IF NOT EXISTS api_keys (
+  id TEXT PRIMARY KEY,
+  tenant TEXT NOT NULL,
+  digest TEXT NOT NULL UNIQUE,
+  label TEXT NOT NULL DEFAULT '',
+  created_at {double} NOT NULL,
+  expires_at {double} NOT NULL DEFAULT 0,
+  revoked_at {double} NOT NULL DEFAULT 0
+);
+-- Who cancelled, answered, resolved, or changed a key, and when (access.py).
+CREATE TABLE IF NOT EXISTS audit (
+  at {double} NOT NULL,
+  id TEXT NOT NULL,
+  tenant TEXT NOT NULL,
+  key_id TEXT NOT NULL,
+  action TEXT NOT NULL,
+  target TEXT NOT NULL,
+  detail TEXT NOT NULL DEFAULT '{{}}',
+  PRIMARY KEY (at, id)
+);
+CREATE INDEX IF NOT EXISTS audit_tenant ON audit(tenant, at);
 CREATE TABLE IF NOT EXISTS inputs (
   task_id TEXT NOT NULL,
   seq INTEGER NOT NULL,

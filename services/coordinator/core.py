@@ -32,7 +32,8 @@ from typing import Any
 from protos.agentmesh.v1 import agent_service_pb2 as api
 from protos.agentmesh.v1 import bus_pb2, planner_pb2
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.coordinator import records
+from services.coordinator import access, records
+from services.coordinator.auth import Caller
 from services.coordinator.events import EventHub, row_to_event
 from services.coordinator.pricing import BUDGET_EXCEEDED, PriceTable, add_cost, count_spend
 from services.coordinator.repeat import why_not_repeatable
@@ -503,8 +504,11 @@ class TaskManager:
     async def list_agents(self) -> list[Any]:
         return await self.workers.list_agents()
 
-    async def cancel(self, tenant: str | None, task_id: str, reason: str = "") -> pb.Task:
+    async def cancel(
+        self, tenant: str | None, task_id: str, reason: str = "", caller: Caller | None = None
+    ) -> pb.Task:
         """Idempotent. FailedPrecondition if the task already finished otherwise than cancelled.
+        `caller`: the key that asked, for the audit log (None: the mesh itself, e.g. a parent's end).
 
         The reply waits for the cancel intent to be durable, so an acknowledged cancel survives a
         crash. The kill does not wait for it: a task running here has its actions stopped while the
@@ -517,6 +521,8 @@ class TaskManager:
 
         def op(conn: Any) -> tuple[tuple[pb.Task, bool, list[str], str | None, bool], list[EventRow]]:
             task, new, events = records.request_cancel(conn, task_id, tenant, reason)
+            if caller is not None:
+                access.audit(conn, caller, "task.cancel", task_id, {"reason": reason, "first": new})
             # Always asked, not only on the first cancel: a retried cancel finishes an interrupted cascade.
             children = records.unfinished_children(conn, task_id)
             owner = records.owner_of(conn, task_id) if self.shared else None
@@ -588,7 +594,9 @@ class TaskManager:
 
         await asyncio.gather(*(one(child) for child in children))
 
-    async def send_input(self, tenant: str, task_id: str, data_json: str) -> tuple[bool, pb.Task]:
+    async def send_input(
+        self, tenant: str, task_id: str, data_json: str, caller: Caller | None = None
+    ) -> tuple[bool, pb.Task]:
         """Queue an input for the task's current or next `await_input`. Refused for finished tasks."""
         if len(data_json.encode()) > self.limits.max_input_bytes:
             raise InvalidArgument(
@@ -597,7 +605,10 @@ class TaskManager:
         _parse_json(data_json, "data")
 
         def op(conn: Any) -> tuple[pb.Task, list[EventRow]]:
-            return records.add_input(conn, task_id, tenant, data_json)
+            added = records.add_input(conn, task_id, tenant, data_json)
+            if caller is not None:
+                access.audit(conn, caller, "task.input", task_id, {"bytes": len(data_json.encode())})
+            return added
 
         task = await self._tx(op)
         delivered = task.state == records.WAITING and bool(task.input_prompt)
@@ -951,7 +962,13 @@ class TaskManager:
             await self._finish(run.task_id, records.CANCELLED, parent_id=run.parent_id)
 
     async def resolve(
-        self, tenant: str, task_id: str, action: str, version: str = "", to_decision: int = 0
+        self,
+        tenant: str,
+        task_id: str,
+        action: str,
+        version: str = "",
+        to_decision: int = 0,
+        caller: Caller | None = None,
     ) -> pb.Task:
         """An operator's answer for a held task: resume (on `version`, default its own), reset (keep
         its first `to_decision` decisions; the later ones' actions run again as the code asks) or
@@ -968,6 +985,9 @@ class TaskManager:
                 raise FailedPrecondition(
                     f"task {task_id} is not held (it is {STATE_NAMES[task.state]})", reason="NOT_HELD"
                 )
+            if caller is not None:
+                detail = {"action": action, "version": version, "to_decision": to_decision}
+                access.audit(conn, caller, "task.resolve", task_id, detail)
             if action == "fail":
                 return (task, []), []  # ended below, as every task ends
             else:

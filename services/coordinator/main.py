@@ -6,12 +6,19 @@ import logging
 from pathlib import Path
 
 from protos.agentmesh.v1 import agent_service_pb2, agent_service_pb2_grpc, planner_pb2, planner_pb2_grpc
-from services.coordinator.auth import WorkerKey, ensure_worker_key, load_keyring
+from services.coordinator.access import Access
+from services.coordinator.auth import (
+    ADMIN_KEY_FILE_NAME,
+    MeshKey,
+    ensure_mesh_key,
+    ensure_worker_key,
+    load_keyring,
+)
 from services.coordinator.backends import backend_for
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.core import Limits, TaskManager
 from services.coordinator.pricing import PriceTable
-from services.coordinator.servicer import AgentServicer
+from services.coordinator.servicer import AdminServicer, AgentServicer
 from services.coordinator.store import Store
 from services.coordinator.worker_registry import WorkerRegistryServicer
 from services.coordinator.workers import Workers
@@ -34,6 +41,7 @@ class CoordinatorService(Service):
         )
         self.workers: Workers | None = None
         self.manager: TaskManager | None = None
+        self.access: Access | None = None
 
     async def setup(self, rt: Runtime) -> None:
         cfg = self.config
@@ -58,9 +66,16 @@ class CoordinatorService(Service):
         )
         manager = TaskManager(self.store, self.workers, rt.bus.publish, limits, PriceTable.parse(cfg.prices))
         self.manager = manager
-        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(manager, keys), rt.server)
+        self.access = access = Access(self.store, keys)
+        await access.refresh()  # the keys made with `agentmesh keys create`, before the first call
+        agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(manager, access), rt.server)
         rt.add_service_name(agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name)
-        worker_key = WorkerKey(cfg.worker_key or ensure_worker_key(Path(cfg.data_dir)))
+        admin_key = MeshKey(
+            cfg.admin_key or ensure_mesh_key(Path(cfg.data_dir), ADMIN_KEY_FILE_NAME), "admin"
+        )
+        agent_service_pb2_grpc.add_AdminServicer_to_server(AdminServicer(access, admin_key), rt.server)
+        rt.add_service_name(agent_service_pb2.DESCRIPTOR.services_by_name["Admin"].full_name)
+        worker_key = MeshKey(cfg.worker_key or ensure_worker_key(Path(cfg.data_dir)), "worker")
         planner_pb2_grpc.add_AgentWorkersServicer_to_server(
             WorkerRegistryServicer(self.workers.planners, worker_key), rt.server
         )
@@ -79,6 +94,8 @@ class CoordinatorService(Service):
             f"shared, as {manager.owner}" if manager.shared else "not shared",
         )
         rt.spawn(manager.sweep_forever(), "wake-sweeper")
+        assert self.access is not None
+        rt.spawn(self.access.refresh_forever(), "key-refresher")
         if manager.shared:  # other coordinators use the store too
             rt.spawn(manager.lease_forever(), "lease-heartbeat")
             rt.spawn(manager.follow_cancels(rt.bus.subscriber("cancel.")), "cancel-listener")

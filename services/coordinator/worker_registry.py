@@ -5,13 +5,13 @@ from __future__ import annotations
 import grpc
 
 from protos.agentmesh.v1 import planner_pb2, planner_pb2_grpc
-from services.coordinator.auth import WorkerKey
+from services.coordinator.auth import MeshKey
 from services.coordinator.planners import HEARTBEAT_S, LEASE_S, PlannerPool
 from services.coordinator.servicer import authorization
 
 
 class WorkerRegistryServicer(planner_pb2_grpc.AgentWorkersServicer):
-    def __init__(self, pool: PlannerPool, key: WorkerKey) -> None:
+    def __init__(self, pool: PlannerPool, key: MeshKey) -> None:
         self.pool = pool
         self.key = key
 

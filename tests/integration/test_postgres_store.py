@@ -10,13 +10,17 @@ import signal
 import time
 from collections.abc import Iterator
 
+import grpc
 import psycopg
 import pytest
 
 from agentmesh.client import AgentMeshClient
 from agentmesh.local import TENANT_KEYS, Mesh
 from agentmesh.testing import registered
+from protos.agentmesh.v1 import agent_service_pb2 as api
+from protos.agentmesh.v1 import agent_service_pb2_grpc as api_grpc
 from protos.agentmesh.v1 import common_pb2 as pb
+from services.runtime.errors import AgentMeshError
 from services.runtime.procs import pid_alive
 from tests.conftest import client_for, run, wait_for_action_processes
 from tests.fixtures.greeter import write_greeter
@@ -155,6 +159,36 @@ def test_a_task_running_on_one_coordinator_is_cancelled_through_the_other(two_co
             while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
             assert not any(pid_alive(p) for p in pids)
+
+    run(go())
+
+
+def test_a_key_made_through_one_coordinator_works_on_the_other_until_revoked(two_coordinators) -> None:  # type: ignore[no-untyped-def]
+    mesh, b_addr = two_coordinators
+    admin_md = (("authorization", f"Bearer {(mesh.data_dir / 'admin.key').read_text().strip()}"),)
+
+    async def go() -> None:
+        async with grpc.aio.insecure_channel(mesh.coordinator_addr) as channel:
+            admin = api_grpc.AdminStub(channel)
+            made = await admin.CreateKey(api.CreateKeyRequest(tenant="gamma"), metadata=admin_md, timeout=10)
+            async with AgentMeshClient(b_addr, made.secret) as b:
+                await b.list()  # at once: a coordinator reads the keys again when it meets an unknown one
+                await admin.RevokeKey(api.RevokeKeyRequest(id=made.key.id), metadata=admin_md, timeout=10)
+                deadline = time.monotonic() + 10
+                while True:  # the other coordinator reads the keys each second
+                    try:
+                        await b.list()
+                    except AgentMeshError as exc:
+                        assert exc.reason == "REVOKED_API_KEY"
+                        break
+                    assert time.monotonic() < deadline, "the revocation never reached the other coordinator"
+                    await asyncio.sleep(0.05)
+            request = api.ListAuditRequest(tenant="gamma")
+            entries = (await admin.ListAudit(request, metadata=admin_md, timeout=10)).entries
+            assert [(e.action, e.target) for e in entries] == [
+                ("key.revoke", made.key.id),
+                ("key.create", made.key.id),
+            ]
 
     run(go())
 

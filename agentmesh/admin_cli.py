@@ -55,8 +55,9 @@ def add_parsers(sub: Any, data_dir: Callable[[], Path]) -> None:
     audit.add_argument("--before", type=float, default=0.0, help="entries older than this unix time")
 
 
-def _admin_key(args: argparse.Namespace) -> str:
-    from services.coordinator.auth import ADMIN_KEY_FILE_NAME
+def admin_key(args: argparse.Namespace) -> str:
+    """The mesh's admin key: --admin-key, $AGENTMESH_ADMIN_KEY, or DATA_DIR/admin.key."""
+    from services.runtime.mesh_keys import ADMIN_KEY_FILE_NAME
 
     if args.admin_key:
         return str(args.admin_key)
@@ -83,7 +84,7 @@ async def _run(args: argparse.Namespace) -> int:
     from services.runtime.errors import from_rpc_error
 
     console = Console()
-    metadata = (("authorization", f"Bearer {_admin_key(args)}"),)
+    metadata = (("authorization", f"Bearer {admin_key(args)}"),)
     async with grpc.aio.insecure_channel(args.address) as channel:
         stub = api_grpc.AdminStub(channel)
         try:

@@ -525,6 +525,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agentmesh import admin_cli
 
     admin_cli.add_parsers(sub, _default_data_dir)
+    from agentmesh import debug_cli
+
+    debug_cli.add_parsers(sub, _default_data_dir)
     return parser
 
 
@@ -551,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
         from agentmesh import admin_cli
 
         return admin_cli.run(args)
+    if args.command == "debug":
+        from agentmesh import debug_cli
+
+        return debug_cli.run(args)
 
     try:
         return asyncio.run(_client_call(args))

@@ -7,27 +7,23 @@ which every coordinator reads again each second, so a revocation takes effect wi
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.runtime.errors import InvalidArgument, Unauthenticated
+from services.runtime.mesh_keys import (
+    WORKER_KEY_FILE_NAME,
+    ensure_mesh_key,
+    hash_key,
+    presented_key,
+    write_private,
+)
 
 KEYS_FILE_NAME = "api_keys"
 DEFAULT_KEY_FILE_NAME = "default.key"
-# The key agent workers register with: one per mesh, kept beside the store, never a tenant's.
-WORKER_KEY_FILE_NAME = "worker.key"
-# The operator's key for the Admin service (API keys, the audit log): one per mesh, likewise.
-ADMIN_KEY_FILE_NAME = "admin.key"
 CONFIG, STORE = "config", "store"
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -47,24 +43,6 @@ class Caller:
 
     tenant: str
     key_id: str
-
-
-def presented_key(authorization: str | None, what: str = "API key") -> str:
-    """The key in `authorization: Bearer <key>`; Unauthenticated when there is none."""
-    if not authorization:
-        raise Unauthenticated(
-            f"missing {what}: send `authorization: Bearer <key>`", reason=f"MISSING_{_code(what)}"
-        )
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise Unauthenticated(
-            "malformed authorization: expected `Bearer <key>`", reason=f"MALFORMED_{_code(what)}"
-        )
-    return key.strip()
-
-
-def _code(what: str) -> str:
-    return what.upper().replace(" ", "_")
 
 
 class KeyRing:
@@ -141,8 +119,8 @@ def ensure_default_key(data_dir: Path) -> tuple[Path, str | None]:
     if keys_file.exists():
         return keys_file, None
     key = "am_" + secrets.token_urlsafe(24)
-    _write_private(data_dir / DEFAULT_KEY_FILE_NAME, key + "\n")
-    _write_private(keys_file, f"# tenant:sha256(key)\ndefault:{hash_key(key)}\n")
+    write_private(data_dir / DEFAULT_KEY_FILE_NAME, key + "\n")
+    write_private(keys_file, f"# tenant:sha256(key)\ndefault:{hash_key(key)}\n")
     return keys_file, key
 
 
@@ -155,39 +133,5 @@ def load_keyring(api_keys: str, api_keys_file: str, data_dir: Path) -> KeyRing:
     return KeyRing.load_file(keys_file)
 
 
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
-
-
-def ensure_mesh_key(data_dir: Path, file_name: str) -> str:
-    """One of the mesh's own keys (DATA_DIR/worker.key, DATA_DIR/admin.key), made on first use."""
-    path = data_dir / file_name
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        prefix = {WORKER_KEY_FILE_NAME: "amw_", ADMIN_KEY_FILE_NAME: "ama_"}.get(file_name, "am_")
-        _write_private(path, prefix + secrets.token_urlsafe(24) + "\n")
-    return path.read_text().strip()
-
-
 def ensure_worker_key(data_dir: Path) -> str:
     return ensure_mesh_key(data_dir, WORKER_KEY_FILE_NAME)
-
-
-class MeshKey:
-    """Checks a key that only the mesh's own parts hold (constant time): `role` is who holds it
-    ("worker": agent workers registering; "admin": the operator managing keys)."""
-
-    def __init__(self, key: str, role: str) -> None:
-        if not key:
-            raise InvalidArgument(f"the {role} key is empty")
-        self._digest = hash_key(key)
-        self.role = role
-
-    def check(self, authorization: str | None) -> None:
-        key = presented_key(authorization, f"{self.role} key")
-        if not hmac.compare_digest(hash_key(key), self._digest):
-            raise Unauthenticated(f"unknown {self.role} key", reason=f"UNKNOWN_{self.role.upper()}_KEY")

@@ -29,9 +29,6 @@ class CoordinatorConfig(CommonConfig):
     worker_key: str = setting(
         "", "key agent workers register with (default: DATA_DIR/worker.key, made if missing)"
     )
-    admin_key: str = setting(
-        "", "key of the Admin service: API keys, the audit log (default: DATA_DIR/admin.key, made if missing)"
-    )
     prices: str = setting(DEFAULT_PRICES, "USD per unit: tokens_in, tokens_out, gpu_ms, cpu_ms, wall_ms")
     max_input_bytes: int = setting(1 << 20, "largest task input or SendInput data accepted")
     lease_s: float = setting(

@@ -7,13 +7,7 @@ from pathlib import Path
 
 from protos.agentmesh.v1 import agent_service_pb2, agent_service_pb2_grpc, planner_pb2, planner_pb2_grpc
 from services.coordinator.access import Access
-from services.coordinator.auth import (
-    ADMIN_KEY_FILE_NAME,
-    MeshKey,
-    ensure_mesh_key,
-    ensure_worker_key,
-    load_keyring,
-)
+from services.coordinator.auth import ensure_worker_key, load_keyring
 from services.coordinator.backends import backend_for
 from services.coordinator.config import CoordinatorConfig
 from services.coordinator.core import Limits, TaskManager
@@ -24,6 +18,7 @@ from services.coordinator.worker_registry import WorkerRegistryServicer
 from services.coordinator.workers import Workers
 from services.runtime import config as config_mod
 from services.runtime import metrics, server
+from services.runtime.mesh_keys import ADMIN_KEY_FILE_NAME, MeshKey, ensure_mesh_key
 from services.runtime.server import Runtime, Service
 
 log = logging.getLogger(__name__)

@@ -10,9 +10,10 @@ from protos.agentmesh.v1 import agent_service_pb2 as api
 from protos.agentmesh.v1 import agent_service_pb2_grpc as api_grpc
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.coordinator.access import Access, info_of
-from services.coordinator.auth import Caller, MeshKey
+from services.coordinator.auth import Caller
 from services.coordinator.core import TaskManager
 from services.runtime.errors import PermissionDenied
+from services.runtime.mesh_keys import MeshKey
 
 
 def authorization(context: grpc.aio.ServicerContext) -> str | None:

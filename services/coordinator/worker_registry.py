@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from protos.agentmesh.v1 import planner_pb2, planner_pb2_grpc
-from services.coordinator.auth import MeshKey
 from services.coordinator.planners import HEARTBEAT_S, LEASE_S, PlannerPool
 from services.coordinator.servicer import authorization
+from services.runtime.mesh_keys import MeshKey
 
 
 class WorkerRegistryServicer(planner_pb2_grpc.AgentWorkersServicer):

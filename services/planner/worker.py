@@ -22,7 +22,6 @@ from pathlib import Path
 import grpc
 
 from protos.agentmesh.v1 import planner_pb2, planner_pb2_grpc
-from services.coordinator.auth import WORKER_KEY_FILE_NAME
 from services.planner.main import PlannerConfig, PlannerService
 from services.planner.servicer import agent_infos
 from services.runtime import config as config_mod
@@ -30,6 +29,7 @@ from services.runtime import server
 from services.runtime.channels import insecure_channel
 from services.runtime.config import setting
 from services.runtime.errors import InvalidArgument
+from services.runtime.mesh_keys import WORKER_KEY_FILE_NAME
 from services.runtime.server import Runtime
 
 log = logging.getLogger(__name__)

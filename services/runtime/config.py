@@ -35,6 +35,11 @@ class CommonConfig:
     bus_pub_addr: str = setting("tcp://127.0.0.1:5559", "bus side that publishers connect to")
     bus_sub_addr: str = setting("tcp://127.0.0.1:5560", "bus side that subscribers connect to")
     data_dir: str = setting("./.agentmesh", "directory for the store, keys and logs")
+    admin_key: str = setting(
+        "",
+        "the operator's key: the coordinator's Admin service (API keys, audit log) and every service's "
+        "Debug service (default: DATA_DIR/admin.key, made if missing)",
+    )
     log_level: str = setting("INFO", "DEBUG, INFO, WARNING or ERROR")
     log_format: str = setting("text", "text or json")
     metrics_port: int = setting(0, "Prometheus metrics HTTP port on 127.0.0.1 (0: off)")

@@ -25,6 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from services.runtime import metrics
 from services.runtime.channels import SERVER_OPTIONS
 from services.runtime.config import CommonConfig
+from services.runtime.debug import add_debug_service
 from services.runtime.interceptors import ServiceInterceptor
 from services.runtime.logs import setup_logging
 
@@ -150,6 +151,7 @@ async def _serve(service: Service, config: CommonConfig, listen: str) -> int:
         return 2
     # Handlers must be registered before the server starts; slow work goes in `warm`.
     await service.setup(rt)
+    rt.add_service_name(add_debug_service(server, service.name, config.admin_key, config.data_dir))
     reflection.enable_server_reflection(
         (
             *rt.service_names,

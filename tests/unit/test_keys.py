@@ -9,8 +9,9 @@ import argparse
 import pytest
 
 from agentmesh.admin_cli import duration_s
-from services.coordinator.auth import STORE, Caller, KeyEntry, KeyRing, MeshKey, hash_key
+from services.coordinator.auth import STORE, Caller, KeyEntry, KeyRing
 from services.runtime.errors import Unauthenticated
+from services.runtime.mesh_keys import MeshKey, hash_key
 
 
 def bearer(key: str) -> str:

@@ -104,6 +104,12 @@ class AgentMeshClient:
         request = api.SendInputRequest(id=task_id, data_json=json.dumps(data))
         return await self._unary(self._stub.SendInput, request)
 
+    async def list_models(self) -> list[Any]:
+        """The models the inference workers serve (inference_pb2.ModelInfo: name, kind, device)."""
+        from protos.agentmesh.v1 import inference_pb2
+
+        return list((await self._unary(self._stub.ListModels, inference_pb2.ListModelsRequest())).models)
+
     async def list_agents(self) -> api.ListAgentsResponse:
         return await self._unary(self._stub.ListAgents, api.ListAgentsRequest())
 

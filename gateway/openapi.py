@@ -64,6 +64,40 @@ SSE_EXAMPLE = (
     'data: {"task_id":"t1","seq":3,"ts":1.5,"kind":"state","data":{"state":"RUNNING"}}\n\n'
 )
 
+# The OpenAI-compatible endpoints (gateway/openai_api.py) follow OpenAI's own API reference; the
+# fields it honours are listed, others are ignored. Errors there have OpenAI's shape.
+OPENAI_OBJECT = {"type": "object", "description": "As OpenAI's API reference describes it"}
+OPENAI_CHAT = {
+    "type": "object",
+    "required": ["model", "messages"],
+    "properties": {
+        "model": {"type": "string"},
+        "messages": {"type": "array", "items": {"type": "object", "required": ["role", "content"]}},
+        "stream": {"type": "boolean"},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "seed": {"type": "integer", "minimum": 0},
+        "stop": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 4}]
+        },
+        "n": {"const": 1},
+    },
+}
+OPENAI_EMBED = {
+    "type": "object",
+    "required": ["model", "input"],
+    "properties": {
+        "model": {"type": "string"},
+        "input": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "maxItems": 256}]
+        },
+        "encoding_format": {"enum": ["float", "base64"]},
+    },
+}
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -238,6 +272,47 @@ DOCUMENT: dict[str, Any] = {
                 "operationId": "listAgents",
                 "summary": "List the agents tasks can run",
                 "responses": {"200": _json(_ref("AgentList"), "The agents"), **_errors(*COMMON_ERRORS)},
+            },
+        },
+        "/v1/models": {
+            "get": {
+                "operationId": "openaiListModels",
+                "summary": "OpenAI-compatible: the models the inference workers serve",
+                "tags": ["OpenAI-compatible"],
+                "responses": {
+                    "200": _json(OPENAI_OBJECT, "`{object: list, data: [{id, object: model, kind}]}`"),
+                    **_errors(*COMMON_ERRORS),
+                },
+            },
+        },
+        "/v1/chat/completions": {
+            "post": {
+                "operationId": "openaiChatCompletions",
+                "summary": "OpenAI-compatible chat completion (`stream: true`: SSE chunks, `data: [DONE]`)",
+                "tags": ["OpenAI-compatible"],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": OPENAI_CHAT}}},
+                "responses": {
+                    "200": {
+                        "description": "A chat.completion (id `chatcmpl-<task id>`), or its chunks as SSE",
+                        "content": {
+                            "application/json": {"schema": OPENAI_OBJECT},
+                            "text/event-stream": {"schema": {"type": "string"}},
+                        },
+                    },
+                    **_errors("400", "404", "413", "429", *COMMON_ERRORS),
+                },
+            },
+        },
+        "/v1/embeddings": {
+            "post": {
+                "operationId": "openaiEmbeddings",
+                "summary": "OpenAI-compatible embeddings (encoding_format float or base64)",
+                "tags": ["OpenAI-compatible"],
+                "requestBody": {"required": True, "content": {"application/json": {"schema": OPENAI_EMBED}}},
+                "responses": {
+                    "200": _json(OPENAI_OBJECT, "`{object: list, data: [{embedding, index}], usage}`"),
+                    **_errors("400", "404", "413", "429", *COMMON_ERRORS),
+                },
             },
         },
         "/healthz": {

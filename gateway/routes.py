@@ -25,6 +25,7 @@ from agentmesh.client import AgentMeshClient
 from gateway import openapi, sse
 from gateway.config import GatewayConfig
 from gateway.errors import HttpError, error_response, payload_too_large, unexpected_error
+from gateway.openai_api import OpenAIRoutes
 from gateway.upstream import Upstream
 from gateway.validation import (
     bearer_key,
@@ -241,7 +242,10 @@ async def dashboard(request: Request) -> Response:
     return HTMLResponse(_state(request).dashboard_html, headers={"Cache-Control": "no-cache"})
 
 
+OPENAI = OpenAIRoutes(_client, _json_object)
+
 ROUTES = [
+    *OPENAI.routes(),
     Route("/", dashboard, methods=["GET"]),
     Route("/healthz", healthz, methods=["GET"]),
     Route("/metrics", metrics, methods=["GET"]),

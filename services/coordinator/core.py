@@ -504,6 +504,9 @@ class TaskManager:
     async def list_agents(self) -> list[Any]:
         return await self.workers.list_agents()
 
+    async def list_models(self) -> list[Any]:
+        return await self.workers.list_models()
+
     async def cancel(
         self, tenant: str | None, task_id: str, reason: str = "", caller: Caller | None = None
     ) -> pb.Task:

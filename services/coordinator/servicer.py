@@ -9,6 +9,7 @@ import grpc
 from protos.agentmesh.v1 import agent_service_pb2 as api
 from protos.agentmesh.v1 import agent_service_pb2_grpc as api_grpc
 from protos.agentmesh.v1 import common_pb2 as pb
+from protos.agentmesh.v1 import inference_pb2
 from services.coordinator.access import Access, info_of
 from services.coordinator.auth import Caller
 from services.coordinator.core import TaskManager
@@ -88,6 +89,12 @@ class AgentServicer(api_grpc.AgentServiceServicer):
         return await self.manager.resolve(
             caller.tenant, request.id, request.action, request.version, request.to_decision, caller=caller
         )
+
+    async def ListModels(
+        self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> inference_pb2.ListModelsResponse:
+        await self._caller(context)
+        return inference_pb2.ListModelsResponse(models=await self.manager.list_models())
 
     async def ListAgents(
         self, request: api.ListAgentsRequest, context: grpc.aio.ServicerContext

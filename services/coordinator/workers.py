@@ -86,6 +86,13 @@ class Workers:
     async def list_agents(self) -> list[api.AgentInfo]:
         return await self.planners.list_agents()
 
+    async def list_models(self) -> list[inference_pb2.ModelInfo]:
+        try:
+            reply = await self.inference.ListModels(inference_pb2.ListModelsRequest(), timeout=10)
+        except grpc.RpcError as exc:
+            raise from_rpc_error(exc) from None
+        return list(reply.models)
+
     async def run_exec(
         self,
         task_id: str,

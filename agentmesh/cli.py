@@ -362,6 +362,10 @@ async def _client_call(args: argparse.Namespace) -> int:
             return await _watch(console, client, args.id, args.after, args.json)
         if args.command == "get":
             print_task(console, await client.get(args.id), as_json=args.json)
+        elif args.command == "timeline":
+            from agentmesh.render import print_timeline
+
+            print_timeline(console, await client.timeline(args.id), as_json=args.json)
         elif args.command == "list":
             state = STATE_VALUES.get(args.state.upper(), -1) if args.state else 0
             if state < 0:
@@ -502,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--after", type=int, default=0, help="resume after this event seq")
     get = client_parser("get", "show a task")
     get.add_argument("id")
+    timeline = client_parser("timeline", "where a task's time went: queue, decisions, each action attempt")
+    timeline.add_argument("id")
     lst = client_parser("list", "list tasks, newest first")
     lst.add_argument("--state", default="")
     lst.add_argument("--limit", type=int, default=20)

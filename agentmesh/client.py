@@ -81,6 +81,9 @@ class AgentMeshClient:
     async def get(self, task_id: str) -> common_pb2.Task:
         return await self._unary(self._stub.GetTask, api.GetTaskRequest(id=task_id))
 
+    async def timeline(self, task_id: str) -> api.TaskTimeline:
+        return await self._unary(self._stub.GetTaskTimeline, api.GetTaskTimelineRequest(id=task_id))
+
     async def journal(self, task_id: str) -> api.TaskJournal:
         """The task with every decision and its results (what `agentmesh export` writes)."""
         return await self._unary(self._stub.GetTaskJournal, api.GetTaskJournalRequest(id=task_id))

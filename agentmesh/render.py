@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.runtime.wire import STATE_NAMES, event_to_dict, task_to_dict
+from services.runtime.wire import STATE_NAMES, event_to_dict, task_to_dict, timeline_to_dict
 
 STATE_STYLE = {
     "SUCCEEDED": "green",
@@ -118,3 +118,40 @@ class LiveTaskView:
     def finish(self, task: pb.Task) -> None:
         if not self.as_json:
             print_task(self.console, task)
+
+
+def print_timeline(console: Console, timeline: Any, as_json: bool = False) -> None:
+    """Each span of a task's timeline, with a bar showing where it fell in the task's life."""
+    data = timeline_to_dict(timeline)
+    if as_json:
+        print(json.dumps(data))
+        return
+    spans = data["spans"]
+    if not spans:
+        console.print("no spans yet")
+        return
+    origin = min(s["start"] for s in spans)
+    span_s = max(max(s["end"] for s in spans) - origin, 1e-6)
+    width = 40
+    table = Table(title=f"task {data['task']['id']} ({data['task']['state']}): {span_s:.3f}s")
+    for column in ("at", "took", "kind", "name", "", "worker", "status", "cost"):
+        table.add_column(column)
+    for s in spans:
+        left = int((s["start"] - origin) / span_s * width)
+        bar = " " * left + "█" * max(1, int((s["end"] - s["start"]) / span_s * width))
+        cost = s.get("cost", {})
+        spent = f"${cost['usd']:.6f}" if cost.get("usd") else ""
+        queued = f" (+{s['queued_ms']:.0f}ms queued)" if s.get("queued_ms", 0) >= 1 else ""
+        table.add_row(
+            f"{s['start'] - origin:8.3f}",
+            f"{s['duration_ms'] / 1000:.3f}s",
+            s["kind"],
+            s["name"] + (f" #{s['attempt']}" if s.get("attempt", 0) > 1 else ""),
+            bar[:width],
+            s.get("worker", "") + queued,
+            s["status"] + (f" {s['reason']}" if s.get("reason") else ""),
+            spent,
+        )
+    console.print(table)
+    if data["truncated"]:
+        console.print("[yellow]the task has more events than a timeline reads: it stops early[/yellow]")

@@ -64,6 +64,36 @@ SSE_EXAMPLE = (
     'data: {"task_id":"t1","seq":3,"ts":1.5,"kind":"state","data":{"state":"RUNNING"}}\n\n'
 )
 
+TIMELINE = {
+    "type": "object",
+    "properties": {
+        "task": {"type": "object"},
+        "truncated": {"type": "boolean"},
+        "spans": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["kind", "name", "start", "end", "duration_ms", "status"],
+                "properties": {
+                    "kind": {"enum": ["queued", "decision", "attempt", "wait"]},
+                    "name": {"type": "string", "description": "the action's key, or `decision N`"},
+                    "start": {"type": "number", "description": "unix seconds"},
+                    "end": {"type": "number"},
+                    "duration_ms": {"type": "number"},
+                    "status": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "action_id": {"type": "string"},
+                    "action_kind": {"type": "string"},
+                    "attempt": {"type": "integer"},
+                    "worker": {"type": "string", "description": "the address of the worker called"},
+                    "queued_ms": {"type": "number", "description": "the wait for a coordinator slot"},
+                    "cost": {"type": "object"},
+                },
+            },
+        },
+    },
+}
+
 # The OpenAI-compatible endpoints (gateway/openai_api.py) follow OpenAI's own API reference; the
 # fields it honours are listed, others are ignored. Errors there have OpenAI's shape.
 OPENAI_OBJECT = {"type": "object", "description": "As OpenAI's API reference describes it"}
@@ -222,6 +252,17 @@ DOCUMENT: dict[str, Any] = {
                 "responses": {
                     "202": _json(_ref("SendInputResponse"), "Input accepted"),
                     **_errors("400", "404", "409", "413", *COMMON_ERRORS),
+                },
+            },
+        },
+        "/v1/tasks/{task_id}/timeline": {
+            "get": {
+                "operationId": "getTaskTimeline",
+                "summary": "Where the task's time went: its queue wait, each decision, each action attempt",
+                "parameters": [TASK_ID],
+                "responses": {
+                    "200": _json(TIMELINE, "The task and its spans, in the order they ended"),
+                    **_errors("404", *COMMON_ERRORS),
                 },
             },
         },

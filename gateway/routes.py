@@ -39,7 +39,7 @@ from gateway.validation import (
 )
 from services.runtime.errors import AgentMeshError
 from services.runtime.logs import current_task_id
-from services.runtime.wire import TERMINAL_STATES, task_to_dict
+from services.runtime.wire import TERMINAL_STATES, task_to_dict, timeline_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +163,11 @@ async def send_input(request: Request) -> Response:
 
 
 @api
+async def task_timeline(request: Request) -> Response:
+    return JSONResponse(timeline_to_dict(await _client(request).timeline(request.path_params["task_id"])))
+
+
+@api
 async def task_events(request: Request) -> Response:
     task_id = request.path_params["task_id"]
     after = resume_after(request.headers.get("last-event-id"), request.query_params.get("after"))
@@ -258,6 +263,7 @@ ROUTES = [
     Route("/v1/tasks/{task_id}/resolve", resolve_task, methods=["POST"]),
     Route("/v1/tasks/{task_id}/input", send_input, methods=["POST"]),
     Route("/v1/tasks/{task_id}/events", task_events, methods=["GET"]),
+    Route("/v1/tasks/{task_id}/timeline", task_timeline, methods=["GET"]),
 ]
 
 

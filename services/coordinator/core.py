@@ -33,6 +33,7 @@ from protos.agentmesh.v1 import agent_service_pb2 as api
 from protos.agentmesh.v1 import bus_pb2, planner_pb2
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.coordinator import access, records
+from services.coordinator import timeline as timelines
 from services.coordinator.auth import Caller
 from services.coordinator.events import EventHub, row_to_event
 from services.coordinator.pricing import BUDGET_EXCEEDED, PriceTable, add_cost, count_spend
@@ -482,6 +483,15 @@ class TaskManager:
     async def get(self, tenant: str, task_id: str) -> pb.Task:
         return await self.store.run(lambda c: records.get_task(c, task_id, tenant))
 
+    async def timeline(self, tenant: str, task_id: str) -> api.TaskTimeline:
+        """Where the task's time went, read from its events (timeline.py)."""
+
+        def op(conn: Any) -> api.TaskTimeline:
+            task = records.get_task(conn, task_id, tenant)
+            return timelines.build(task, *timelines.read(conn, task_id))
+
+        return await self.store.run(op)
+
     async def journal(self, tenant: str, task_id: str) -> api.TaskJournal:
         """The task with every decision and its actions' results, as a replay reads them."""
 
@@ -868,7 +878,9 @@ class TaskManager:
             # A child spawned by its parent is pinned when it first runs: to the newest version.
             agent_version=run.agent_version or (await self.workers.newest(run.agent) if seq == 1 else ""),
         )
+        asked_at = time.time()
         decision = await self._call_planner(run, request)
+        decided_ms = round((time.time() - asked_at) * 1000, 3)
         run.agent_version = request.agent_version  # written with the first checkpoint
         if _diverged(decision) and not cancelling:
             await self._hold(run, decision.final.error)
@@ -884,6 +896,8 @@ class TaskManager:
             "seq": seq,
             "actions": [{"id": a.id, "key": a.key, "kind": a.WhichOneof("kind")} for a in decision.actions],
             "final": STATE_NAMES[decision.final.state] if decision.HasField("final") else None,
+            # How long the planner took (retries and a replay included): the timeline's decision span.
+            "decide_ms": decided_ms,
         }
         # An SDK agent's ctx.emit: recorded with the checkpoint, under a prefix no system event has.
         emitted = [("agent." + e.kind, e.data_json or "null") for e in decision.events]
@@ -1440,11 +1454,14 @@ class TaskManager:
         attempt, lost = 1, 0
         # Time spent waiting for a worker that is away or starting counts against the attempt's timeout.
         attempt_ends = time.monotonic() + timeout
+        tries: list[dict[str, Any]] = []  # each call to a worker, for the task's timeline
         while True:
             spent = pb.Cost()  # what this attempt used, if it is cancelled
             left = max(0.001, attempt_ends - time.monotonic())
+            asked_at = began_at = time.time()
             try:
                 async with self._slots[kind]:
+                    began_at = time.time()  # after waiting for one of the coordinator's slots
                     if kind == "exec":
                         # An action that may have run before a crash, and may not run twice, is only
                         # joined or collected, never started again.
@@ -1473,6 +1490,7 @@ class TaskManager:
                 add_cost(charged, spent)
                 await self._record_cancelled(run, action, attempt, charged)
                 raise
+            tries.append(_try_of(attempt, self.workers.addresses.get(kind, ""), asked_at, began_at, result))
             add_cost(charged, result.cost)
             result.cost.CopyFrom(charged)
             result.action_id, result.key, result.attempts = action.id, action.key, attempt
@@ -1509,7 +1527,7 @@ class TaskManager:
             except asyncio.CancelledError:  # cut off between attempts: the earlier ones are paid for
                 await self._record_cancelled(run, action, attempt, charged)
                 raise
-        await self._record(run, result)
+        await self._record(run, result, tries)
         return result
 
     async def _record_cancelled(self, run: TaskRun, action: pb.Action, attempt: int, spent: pb.Cost) -> None:
@@ -1544,7 +1562,9 @@ class TaskManager:
         write.add_done_callback(run.late_writes.discard)
         await asyncio.shield(write)
 
-    async def _record(self, run: TaskRun, result: pb.ActionResult) -> None:
+    async def _record(
+        self, run: TaskRun, result: pb.ActionResult, tries: list[dict[str, Any]] | None = None
+    ) -> None:
         """Persist an action's result with the task's new cost; stop the task if it passed its budget."""
         result.cost.usd = self.prices.usd(result.cost)
         total = pb.Cost()
@@ -1558,6 +1578,8 @@ class TaskManager:
             "attempts": result.attempts,
             "error": result.error.reason or None,
         }
+        if tries:
+            finished["tries"] = tries
         events = [("action.finished", json.dumps(finished))]
         if result.cost.usd or result.cost.tokens_in or result.cost.tokens_out:
             events.append(
@@ -1698,6 +1720,22 @@ def _validate_submit(
     if violations:
         raise InvalidArgument("; ".join(f"{f}: {d}" for f, d in violations), field_violations=violations)
     _parse_json(input_json or "null", "input")
+
+
+def _try_of(
+    attempt: int, worker: str, asked_at: float, began_at: float, result: pb.ActionResult
+) -> dict[str, Any]:
+    """One call to a worker as the timeline shows it: when, where, after how long a wait, how it ended."""
+    return {
+        "attempt": attempt,
+        "worker": worker,
+        "queued_ms": round((began_at - asked_at) * 1000, 3),
+        "start": began_at,
+        "end": time.time(),
+        "status": ACTION_STATUS_NAMES[result.status],
+        "reason": result.error.reason or None,
+        "cost": cost_to_dict(result.cost),
+    }
 
 
 def _no_worker(result: pb.ActionResult, kind: str, timeout: float) -> None:

@@ -90,6 +90,11 @@ class AgentServicer(api_grpc.AgentServiceServicer):
             caller.tenant, request.id, request.action, request.version, request.to_decision, caller=caller
         )
 
+    async def GetTaskTimeline(
+        self, request: api.GetTaskTimelineRequest, context: grpc.aio.ServicerContext
+    ) -> api.TaskTimeline:
+        return await self.manager.timeline(await self._tenant(context), request.id)
+
     async def ListModels(
         self, request: inference_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> inference_pb2.ListModelsResponse:

@@ -53,6 +53,8 @@ class Workers:
         self, planner_addr: str, executor_addr: str, inference_addr: str, cancel_grace_s: float = 2.0
     ) -> None:
         self._channels = [insecure_channel(a) for a in (executor_addr, inference_addr)]
+        # Which worker runs each kind of action (a task's timeline names it).
+        self.addresses = {"exec": executor_addr, "infer": inference_addr, "embed": inference_addr}
         # The mesh's planner and the agent workers that registered (planners.py routes between them).
         self.planners = PlannerPool(planner_addr)
         self.executor = executor_pb2_grpc.ExecutorStub(self._channels[0])

@@ -79,3 +79,27 @@ def event_to_dict(event: common_pb2.Event) -> dict[str, Any]:
         "kind": event.kind,
         "data": loads_or_none(event.data_json),
     }
+
+
+def timeline_to_dict(timeline: Any) -> dict[str, Any]:
+    """An agent_service_pb2.TaskTimeline as the HTTP API and `agentmesh timeline --json` show it."""
+    spans = []
+    for span in timeline.spans:
+        entry: dict[str, Any] = {
+            "kind": span.kind,
+            "name": span.name,
+            "start": span.start,
+            "end": span.end,
+            "duration_ms": round((span.end - span.start) * 1000, 3),
+            "status": span.status,
+        }
+        if span.action_id:
+            entry.update(action_id=span.action_id, action_kind=span.action_kind, attempt=span.attempt)
+        if span.worker:
+            entry.update(worker=span.worker, queued_ms=span.queued_ms)
+        if span.reason:
+            entry["reason"] = span.reason
+        if span.HasField("cost"):
+            entry["cost"] = cost_to_dict(span.cost)
+        spans.append(entry)
+    return {"task": task_to_dict(timeline.task), "spans": spans, "truncated": timeline.truncated}

@@ -75,13 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     import grpc
-    from google.protobuf.json_format import MessageToDict
     from rich.console import Console
     from rich.table import Table
 
     from protos.agentmesh.v1 import agent_service_pb2 as api
     from protos.agentmesh.v1 import agent_service_pb2_grpc as api_grpc
-    from services.runtime.errors import from_rpc_error
 
     console = Console()
     metadata = (("authorization", f"Bearer {admin_key(args)}"),)
@@ -109,18 +107,10 @@ async def _run(args: argparse.Namespace) -> int:
             else:
                 reply = await stub.RevokeKey(api.RevokeKeyRequest(id=args.id), metadata=metadata, timeout=30)
         except grpc.aio.AioRpcError as exc:
-            error = from_rpc_error(exc)
-            print(f"{error.code.name} {error.reason}: {error.message}", file=sys.stderr)
+            print_rpc_error(exc)
             return 1
     if args.json:
-        print(
-            json.dumps(
-                MessageToDict(
-                    reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                ),
-                indent=2,
-            )
-        )
+        print_message_json(reply)
         return 0
     if args.command == "audit":
         table = Table(title="audit log, newest first")
@@ -154,6 +144,27 @@ async def _run(args: argparse.Namespace) -> int:
     else:
         console.print(f"API key {reply.id} of tenant {reply.tenant} revoked {_when(reply.revoked_at)}")
     return 0
+
+
+def print_message_json(message: Any) -> None:
+    """A reply as JSON, with its empty fields too (a script reads the same keys every time)."""
+    from google.protobuf.json_format import MessageToDict
+
+    print(
+        json.dumps(
+            MessageToDict(
+                message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            ),
+            indent=2,
+        )
+    )
+
+
+def print_rpc_error(exc: Any) -> None:
+    from services.runtime.errors import from_rpc_error
+
+    error = from_rpc_error(exc)
+    print(f"{error.code.name} {error.reason}: {error.message}", file=sys.stderr)
 
 
 def _when(at: float) -> str:

@@ -62,11 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     import grpc
-    from google.protobuf.json_format import MessageToDict
 
-    from agentmesh.admin_cli import admin_key
+    from agentmesh.admin_cli import admin_key, print_message_json, print_rpc_error
     from protos.agentmesh.v1 import debug_pb2, debug_pb2_grpc
-    from services.runtime.errors import from_rpc_error
 
     metadata = (("authorization", f"Bearer {admin_key(args)}"),)
     command = args.debug_command
@@ -92,20 +90,12 @@ async def _run(args: argparse.Namespace) -> int:
                 request = debug_pb2.ProfileRequest(seconds=args.seconds, interval_s=args.interval)
                 reply = await stub.Profile(request, metadata=metadata, timeout=args.seconds + 60)
         except grpc.aio.AioRpcError as exc:
-            error = from_rpc_error(exc)
-            print(f"{error.code.name} {error.reason}: {error.message}", file=sys.stderr)
+            print_rpc_error(exc)
             return 1
     if command == "profile":
         return _write_profile(reply, args, out)
     if args.json:
-        print(
-            json.dumps(
-                MessageToDict(
-                    reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                ),
-                indent=2,
-            )
-        )
+        print_message_json(reply)
         return 0
     if command == "stacks":
         counts = f"{len(reply.threads)} threads, {len(reply.tasks)} asyncio tasks"

@@ -118,6 +118,16 @@ async def wait_for_action_processes(mesh: Mesh, name: str, count: int, timeout_s
         await asyncio.sleep(0.02)
 
 
+async def survivors(pids: list[int], timeout_s: float = 5.0) -> list[int]:
+    """The processes of `pids` still alive after waiting up to `timeout_s` for all of them to exit."""
+    from services.runtime.procs import pid_alive
+
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while any(pid_alive(p) for p in pids) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    return [p for p in pids if pid_alive(p)]
+
+
 def inference_running(mesh: Mesh) -> float:
     """How many sequences the inference worker's batch holds now (its metrics)."""
     import httpx

@@ -13,7 +13,7 @@ from pathlib import Path
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.procs import pid_alive
-from tests.conftest import client_for, run, wait_for_action_processes
+from tests.conftest import client_for, run, survivors, wait_for_action_processes
 
 
 async def _wait_state(client, task_id: str, state: str) -> None:  # type: ignore[no-untyped-def]
@@ -37,10 +37,7 @@ def test_budget_exceeded_stops_the_other_running_actions(mesh: Mesh) -> None:
             pids = await wait_for_action_processes(mesh, "sleep", 1)
             done = await client.wait(task.id)
             assert done.state == pb.TASK_STATE_FAILED and done.error.reason == "BUDGET_EXCEEDED", done.error
-            deadline = time.monotonic() + 3
-            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not any(pid_alive(p) for p in pids), "the slow step outlived its task's budget stop"
+            assert not await survivors(pids, 3), "the slow step outlived its task's budget stop"
             # The stopped step is on the bill too: it ran beside the quick one's whole second.
             finished = [
                 json.loads(e.data_json) async for e in client.watch(task.id) if e.kind == "action.finished"

@@ -10,8 +10,7 @@ import time
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.runtime.procs import pid_alive
-from tests.conftest import client_for, inference_running, run, wait_for_action_processes
+from tests.conftest import client_for, inference_running, run, survivors, wait_for_action_processes
 
 LONG = {
     "steps": [
@@ -64,9 +63,6 @@ def test_a_cancel_with_the_bus_down_still_stops_the_work(own_mesh) -> None:  # t
             await client.cancel(task.id)
             done = await asyncio.wait_for(client.wait(task.id), 30)
             assert done.state == pb.TASK_STATE_CANCELLED
-            deadline = time.monotonic() + 10
-            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not any(pid_alive(p) for p in pids)
+            assert not await survivors(pids, 10)
 
     run(go())

@@ -21,8 +21,7 @@ from protos.agentmesh.v1 import agent_service_pb2 as api
 from protos.agentmesh.v1 import agent_service_pb2_grpc as api_grpc
 from protos.agentmesh.v1 import common_pb2 as pb
 from services.runtime.errors import AgentMeshError
-from services.runtime.procs import pid_alive
-from tests.conftest import client_for, run, wait_for_action_processes
+from tests.conftest import client_for, run, survivors, wait_for_action_processes
 from tests.fixtures.greeter import write_greeter
 
 
@@ -155,10 +154,7 @@ def test_a_task_running_on_one_coordinator_is_cancelled_through_the_other(two_co
             assert reply.cancel_requested
             done = await asyncio.wait_for(b.wait(task.id), 20)
             assert done.state == pb.TASK_STATE_CANCELLED
-            deadline = time.monotonic() + 5
-            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not any(pid_alive(p) for p in pids)
+            assert not await survivors(pids, 5)
 
     run(go())
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 
 from agentmesh.local import Mesh
 from protos.agentmesh.v1 import common_pb2 as pb
-from services.runtime.procs import pid_alive
-from tests.conftest import client_for, run, wait_for_action_processes
+from tests.conftest import client_for, run, survivors, wait_for_action_processes
 
 
 def child(code: str) -> dict:
@@ -67,10 +65,7 @@ def test_fail_fast_cancels_the_siblings(mesh: Mesh) -> None:
             # The parent's error carries the failed child's own.
             assert "STEP_FAILED" in fan["error"]["message"], fan["error"]
             assert json.loads(done.result_json)["steps"]["after"]["status"] == "skipped"
-            deadline = time.monotonic() + 5
-            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not any(pid_alive(p) for p in pids), "a fail-fast sibling's process outlived the join"
+            assert not await survivors(pids, 5), "a fail-fast sibling's process outlived the join"
             states = [c["state"] for c in fan["output"]["children"]]
             assert states == ["CANCELLED", "FAILED"], fan["output"]
 
@@ -86,10 +81,7 @@ def test_any_takes_the_first_success_and_cancels_the_rest(mesh: Mesh) -> None:
             pids = await wait_for_action_processes(mesh, "sleep", 1)
             done = await client.wait(task.id)
             assert done.state == pb.TASK_STATE_SUCCEEDED, done.error
-            deadline = time.monotonic() + 5
-            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not any(pid_alive(p) for p in pids), "the losing sibling's process outlived the join"
+            assert not await survivors(pids, 5), "the losing sibling's process outlived the join"
             children = json.loads(done.result_json)["steps"]["fan"]["output"]["children"]
             assert [c["state"] for c in children] == ["CANCELLED", "SUCCEEDED"], children
 
@@ -104,10 +96,7 @@ def test_cancelling_the_parent_cancels_its_children(mesh: Mesh) -> None:
             await client.cancel(task.id)
             done = await client.wait(task.id)
             assert done.state == pb.TASK_STATE_CANCELLED
-            deadline = time.monotonic() + 5
-            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not any(pid_alive(p) for p in pids)
+            assert not await survivors(pids, 5)
             page = await client.list(limit=50)
             kids = [t for t in page.tasks if t.parent_id == task.id]
             # Each child ends on its own once its cancel is durable: after its action stopped and
@@ -193,9 +182,6 @@ def test_a_parent_waits_holding_no_worker_and_cancelling_it_cancels_its_grandchi
             assert (await client.wait(task.id)).state == pb.TASK_STATE_CANCELLED
             for descendant in (children[0].id, grandchildren[0].id):
                 assert (await client.wait(descendant)).state == pb.TASK_STATE_CANCELLED
-            deadline = time.monotonic() + 5
-            while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert not any(pid_alive(p) for p in pids), "the grandchild's process outlived the cancel"
+            assert not await survivors(pids, 5), "the grandchild's process outlived the cancel"
 
     run(go())
